@@ -1,0 +1,157 @@
+//! The command line: `probe validate` and `probe run`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::logging::{self, LogFormat};
+use crate::report::{OutputFormat, Status};
+use crate::run::{self, RunOptions};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "probe",
+    version,
+    about = "Synthetic-probe health checker for Discord bots",
+    long_about = "Synthetic-probe health checker for Discord bots. Probes a bot's exporter \
+                  and HTTP endpoints (and, with a prober account, the bot itself on Discord), \
+                  and reports results on the terminal or as Prometheus metrics."
+)]
+pub struct Cli {
+    /// Log format on stderr: human-readable text, or JSON lines in the bot's log format.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log filter, in RUST_LOG syntax (e.g. `info`, `twi_probe=debug`).
+    /// Default: `error` for `run` and `validate`, whose results go to stdout.
+    #[arg(long, global = true, env = "PROBE_LOG")]
+    pub log_level: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a probes.yaml: print `ok` and one line per probe, or every error found.
+    Validate {
+        /// The configuration file.
+        #[arg(long, short, env = "PROBE_CONFIG", default_value = "probes.yaml")]
+        config: PathBuf,
+    },
+    /// Run probes now and print their results. Exit status: 0 OK, 1 WARNING,
+    /// 2 CRITICAL, 3 UNKNOWN (Nagios plugin convention).
+    Run {
+        /// The configuration file.
+        #[arg(long, short, env = "PROBE_CONFIG", default_value = "probes.yaml")]
+        config: PathBuf,
+        /// Run only this probe (repeatable). Default: all probes.
+        #[arg(long = "probe", short = 'p', value_name = "NAME")]
+        probes: Vec<String>,
+        /// Run each probe N times and print a summary per probe.
+        #[arg(long, short = 'n', default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        count: u32,
+        /// Pause between two runs of the same probe (with --count).
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        interval: Duration,
+        /// Output: one text line per result, or one JSON object per line.
+        #[arg(long, short = 'f', value_enum, default_value = "text")]
+        format: OutputFormat,
+        /// Also write this run's metrics (Prometheus text format) to FILE,
+        /// atomically; e.g. for node_exporter's textfile collector.
+        #[arg(long, value_name = "FILE")]
+        metrics_file: Option<PathBuf>,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+/// Parses the command line, runs the command and returns its exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format, cli.log_level.as_deref().unwrap_or("error"));
+    match cli.command {
+        Command::Validate { config } => validate(&config),
+        Command::Run {
+            config,
+            probes,
+            count,
+            interval,
+            format,
+            metrics_file,
+        } => {
+            let options = RunOptions {
+                probes,
+                count,
+                interval,
+                format,
+                metrics_file,
+            };
+            ExitCode::from(run_command(&config, &options).code())
+        }
+    }
+}
+
+fn validate(path: &std::path::Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => {
+            for problem in config.secret_problems() {
+                eprintln!(
+                    "warning: {}: {problem} (needed by `probe run` and `probe serve` for Discord probes)",
+                    config.source.display()
+                );
+            }
+            println!("ok: {} ({} probes)", path.display(), config.probes.len());
+            for p in &config.probes {
+                println!(
+                    "  {:<24} {:<9} {}, timeout {}",
+                    p.name,
+                    p.kind.name(),
+                    p.schedule,
+                    humantime::format_duration(p.timeout)
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!(
+                "{}: {} error{}",
+                path.display(),
+                errors.0.len(),
+                if errors.0.len() == 1 { "" } else { "s" }
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_command(path: &std::path::Path, options: &RunOptions) -> Status {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Status::Unknown;
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return Status::Unknown;
+        }
+    };
+    let mut stdout = std::io::stdout();
+    match runtime.block_on(run::run(&config, options, &mut stdout)) {
+        Ok(status) => status,
+        Err(problem) => {
+            eprintln!("{problem}");
+            Status::Unknown
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! probes.yaml: loading, validation and the typed configuration.
+//!
+//! Loading is two steps. `raw` deserializes the YAML into structs that reject
+//! unknown fields (the first structural error stops it, with its position).
+//! `validate` then turns the raw structs into the typed [`Config`], collecting
+//! every semantic problem (durations, cron, regexes, URLs, names, labels) so a
+//! user sees them all at once.
+
+mod error;
+mod raw;
+mod secret;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use regex::Regex;
+use url::Url;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use secret::{Secret, TokenSource};
+
+use crate::probe::assertion::Assertion;
+
+/// Built-in defaults used when `defaults:` does not set them.
+pub const DEFAULT_EVERY: Duration = Duration::from_secs(30);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_START_TIME_METRIC: &str = "process_start_time_seconds";
+pub const DEFAULT_DISCORD_API_BASE: &str = "https://discord.com";
+
+/// A validated probes.yaml.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from, as given on the command line.
+    pub source: PathBuf,
+    pub target: Target,
+    pub discord: Option<DiscordConnection>,
+    /// Static labels added to every probe's series (e.g. `location`).
+    pub labels: BTreeMap<String, String>,
+    pub probes: Vec<ProbeSpec>,
+}
+
+/// The bot being probed.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: String,
+    pub user_id: Option<u64>,
+    pub exporter_url: Option<Url>,
+}
+
+/// How the prober account reaches Discord.
+#[derive(Debug, Clone)]
+pub struct DiscordConnection {
+    pub token: TokenSource,
+    /// `https://discord.com` in production; the sandbox's URL in tests.
+    pub api_base: Url,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProbeSpec {
+    pub name: String,
+    pub schedule: Schedule,
+    pub timeout: Duration,
+    /// The static labels of this probe: the global ones overlaid with its own.
+    pub labels: BTreeMap<String, String>,
+    pub kind: ProbeKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Schedule {
+    Every(Duration),
+    /// A cron expression, normalised to six fields (seconds first).
+    Cron {
+        expression: String,
+        /// The shortest gap between two runs, found over the next occurrences.
+        min_interval: Duration,
+    },
+}
+
+impl Schedule {
+    /// The shortest time between two scheduled runs.
+    pub fn min_interval(&self) -> Duration {
+        match self {
+            Schedule::Every(d) => *d,
+            Schedule::Cron { min_interval, .. } => *min_interval,
+        }
+    }
+}
+
+impl std::fmt::Display for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Schedule::Every(d) => write!(f, "every {}", humantime::format_duration(*d)),
+            Schedule::Cron { expression, .. } => write!(f, "cron \"{expression}\""),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum ProbeKind {
+    Exporter(ExporterSpec),
+    Http(HttpSpec),
+}
+
+impl ProbeKind {
+    /// The `kind` label value: a closed set.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ProbeKind::Exporter(_) => "exporter",
+            ProbeKind::Http(_) => "http",
+        }
+    }
+
+    /// Whether this kind talks to Discord (and so needs the prober's token).
+    pub fn needs_discord(&self) -> bool {
+        match self {
+            ProbeKind::Exporter(_) | ProbeKind::Http(_) => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ExporterSpec {
+    pub url: Url,
+    pub min_uptime: Option<Duration>,
+    pub start_time_metric: String,
+    pub assertions: Vec<Assertion>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpMethod {
+    Get,
+    Head,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpSpec {
+    pub url: Url,
+    pub method: HttpMethod,
+    pub expect_status: StatusSet,
+    pub body_regex: Option<Regex>,
+    pub follow_redirects: bool,
+}
+
+/// Accepted HTTP statuses: exact codes and classes such as `2xx`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusSet {
+    pub codes: Vec<u16>,
+    /// Classes by first digit: 2 for `2xx`.
+    pub classes: Vec<u16>,
+}
+
+impl StatusSet {
+    pub fn any_2xx() -> Self {
+        StatusSet {
+            codes: vec![],
+            classes: vec![2],
+        }
+    }
+
+    pub fn contains(&self, status: u16) -> bool {
+        self.codes.contains(&status) || self.classes.contains(&(status / 100))
+    }
+}
+
+impl std::fmt::Display for StatusSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .classes
+            .iter()
+            .map(|c| format!("{c}xx"))
+            .chain(self.codes.iter().map(|c| c.to_string()))
+            .collect();
+        write!(f, "{}", parts.join(", "))
+    }
+}
+
+impl Config {
+    /// Reads and validates a probes.yaml. Every problem found is returned.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: file.clone(),
+                line: 0,
+                column: 0,
+                path: String::new(),
+                message: format!("cannot read the file: {e}"),
+            }])
+        })?;
+        Self::from_yaml(&text, path)
+    }
+
+    /// Validates YAML text; `source` names it in errors.
+    pub fn from_yaml(text: &str, source: &Path) -> Result<Config, ConfigErrors> {
+        let raw = validate::parse(text, &source.display().to_string())?;
+        validate::validate(raw, source)
+    }
+
+    /// The label names every probe series carries besides `probe` and `kind`:
+    /// the union of all static label names, sorted. Probes that do not set one
+    /// export it as the empty string, so every series of a family has the
+    /// same label names.
+    pub fn static_label_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .probes
+            .iter()
+            .flat_map(|p| p.labels.keys().cloned())
+            .chain(self.labels.keys().cloned())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Problems with secrets that `validate` reports as warnings and that
+    /// `run`/`serve` treat as errors when a selected probe needs Discord.
+    pub fn secret_problems(&self) -> Vec<String> {
+        match &self.discord {
+            Some(d) => d.token.check().err().into_iter().collect(),
+            None => vec![],
+        }
+    }
+
+    pub fn probe(&self, name: &str) -> Option<&ProbeSpec> {
+        self.probes.iter().find(|p| p.name == name)
+    }
+}

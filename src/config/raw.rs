@@ -1,0 +1,101 @@
+//! probes.yaml as written: serde structs that reject unknown fields.
+//!
+//! Values that need checking (durations, cron, regexes, URLs, label names)
+//! stay strings wrapped in `Spanned`, so that validation can report every
+//! problem in one pass, each with its own line and column.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_saphyr::Spanned;
+
+pub type Text = Spanned<String>;
+pub type Labels = HashMap<Text, Text>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub target: Spanned<RawTarget>,
+    pub discord: Option<Spanned<RawDiscord>>,
+    #[serde(default)]
+    pub defaults: RawDefaults,
+    #[serde(default)]
+    pub labels: Labels,
+    pub probes: Spanned<Vec<Spanned<RawProbe>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    pub name: Text,
+    /// A snowflake; YAML may carry it as a number or a string.
+    pub user_id: Option<Spanned<Snowflake>>,
+    pub exporter_url: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Snowflake {
+    Number(u64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDiscord {
+    /// Refused: a token must not live in the file. Its value is never kept.
+    pub token: Option<Spanned<IgnoredAny>>,
+    pub token_env: Option<Text>,
+    pub token_file: Option<Text>,
+    pub api_base: Option<Text>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDefaults {
+    pub every: Option<Text>,
+    pub timeout: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProbe {
+    pub name: Text,
+    pub every: Option<Text>,
+    pub cron: Option<Text>,
+    pub timeout: Option<Text>,
+    #[serde(default)]
+    pub labels: Labels,
+    // The kind sections: exactly one must be present.
+    pub exporter: Option<Spanned<RawExporter>>,
+    pub http: Option<Spanned<RawHttp>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExporter {
+    /// Defaults to `target.exporter_url`.
+    pub url: Option<Text>,
+    pub min_uptime: Option<Text>,
+    pub start_time_metric: Option<Text>,
+    #[serde(default)]
+    pub assertions: Vec<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    pub url: Text,
+    pub method: Option<Text>,
+    pub expect_status: Option<Vec<Spanned<StatusItem>>>,
+    pub body_regex: Option<Text>,
+    pub follow_redirects: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum StatusItem {
+    Code(u64),
+    Text(String),
+}

@@ -1,0 +1,619 @@
+//! From raw YAML structs to the typed [`Config`], collecting every problem.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use regex::Regex;
+use serde_saphyr::{MessageFormatter, Spanned, UserMessageFormatter};
+use url::Url;
+
+use super::raw::{self, RawConfig, RawProbe, Snowflake, StatusItem, Text};
+use super::*;
+
+/// Label names that twi-probe sets itself, or that Prometheus sets at scrape
+/// time; a static label with one of these names would clash.
+const RESERVED_LABELS: &[&str] = &[
+    "probe", "kind", "outcome", "phase", "le", "quantile", "version", "job", "instance",
+];
+/// Long label values are a sign of a mistake (a URL or a message pasted in).
+const MAX_LABEL_VALUE_LEN: usize = 128;
+/// How many future cron occurrences are looked at to find the shortest gap.
+const CRON_LOOKAHEAD: usize = 32;
+
+/// Step 1: YAML to raw structs. Stops at the first structural problem.
+pub(super) fn parse(text: &str, file: &str) -> Result<RawConfig, ConfigErrors> {
+    let mut path = String::new();
+    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize::<_, RawConfig>(de).map_err(|e| {
+            path = e.path().to_string();
+            e.into_inner()
+        })
+    });
+    result.map_err(|err| {
+        let (line, column) = err
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((0, 0));
+        // `.` is the document root and `?` an unknown spot: no useful path.
+        if path == "." || path == "?" {
+            path.clear();
+        }
+        let message = UserMessageFormatter
+            .format_message(err.without_snippet())
+            .escape_debug()
+            .to_string();
+        ConfigErrors(vec![ConfigError {
+            file: file.to_string(),
+            line,
+            column,
+            path,
+            message,
+        }])
+    })
+}
+
+/// Collects errors while walking the raw config.
+struct Checker {
+    file: String,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker {
+    fn error<T>(&mut self, at: &Spanned<T>, path: &str, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            file: self.file.clone(),
+            line: at.referenced.line(),
+            column: at.referenced.column(),
+            path: path.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, text: &Text, path: &str) -> Option<Duration> {
+        match humantime::parse_duration(text.value.trim()) {
+            Ok(d) if d.is_zero() => {
+                self.error(text, path, "duration must be greater than zero");
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.error(
+                    text,
+                    path,
+                    format!("invalid duration {:?}: {e}", text.value),
+                );
+                None
+            }
+        }
+    }
+
+    /// An http(s) URL. The value is not quoted back: URLs can carry credentials.
+    fn url(&mut self, text: &Text, path: &str) -> Option<Url> {
+        match Url::parse(text.value.trim()) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => Some(u),
+            Ok(u) => {
+                self.error(
+                    text,
+                    path,
+                    format!(
+                        "unsupported URL scheme \"{}\" (use http or https)",
+                        u.scheme()
+                    ),
+                );
+                None
+            }
+            Err(e) => {
+                self.error(text, path, format!("invalid URL: {e}"));
+                None
+            }
+        }
+    }
+
+    fn regex(&mut self, text: &Text, path: &str) -> Option<Regex> {
+        match Regex::new(&text.value) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                // regex's message spans several lines; keep the last, which says what is wrong.
+                let reason = e.to_string();
+                let reason = reason.lines().last().unwrap_or("").trim_start_matches("error: ");
+                self.error(
+                    text,
+                    path,
+                    format!("invalid regex {:?}: {reason}", text.value),
+                );
+                None
+            }
+        }
+    }
+
+    fn cron(&mut self, text: &Text, path: &str) -> Option<Schedule> {
+        let fields: Vec<&str> = text.value.split_whitespace().collect();
+        let expression = match fields.len() {
+            5 => format!("0 {}", fields.join(" ")),
+            6 => fields.join(" "),
+            n => {
+                self.error(
+                    text,
+                    path,
+                    format!(
+                        "invalid cron expression {:?}: expected 5 fields (minute hour day-of-month month day-of-week) or 6 with a leading seconds field, found {n}",
+                        text.value
+                    ),
+                );
+                return None;
+            }
+        };
+        let cron = match croner::Cron::from_str(&expression) {
+            Ok(c) => c,
+            Err(e) => {
+                self.error(
+                    text,
+                    path,
+                    format!("invalid cron expression {:?}: {e}", text.value),
+                );
+                return None;
+            }
+        };
+        let times: Vec<_> = cron
+            .iter_after(chrono::Utc::now())
+            .take(CRON_LOOKAHEAD)
+            .collect();
+        let min_interval = times
+            .windows(2)
+            .filter_map(|w| (w[1] - w[0]).to_std().ok())
+            .min();
+        match min_interval {
+            Some(min_interval) => Some(Schedule::Cron {
+                expression,
+                min_interval,
+            }),
+            None => {
+                self.error(
+                    text,
+                    path,
+                    format!("cron expression {:?} never fires", text.value),
+                );
+                None
+            }
+        }
+    }
+
+    fn labels(&mut self, labels: &raw::Labels, path: &str) -> BTreeMap<String, String> {
+        let name_re = Regex::new("^[a-zA-Z_][a-zA-Z0-9_]*$").expect("static regex");
+        let mut entries: Vec<_> = labels.iter().collect();
+        entries.sort_by_key(|(k, _)| (k.referenced.line(), k.referenced.column()));
+        let mut out = BTreeMap::new();
+        for (key, value) in entries {
+            let here = format!("{path}.{}", key.value);
+            if !name_re.is_match(&key.value) || key.value.starts_with("__") {
+                self.error(
+                    key,
+                    &here,
+                    format!(
+                        "invalid label name {:?}: use letters, digits and underscores, not starting with a digit or \"__\"",
+                        key.value
+                    ),
+                );
+            } else if RESERVED_LABELS.contains(&key.value.as_str()) {
+                self.error(
+                    key,
+                    &here,
+                    format!(
+                        "label name {:?} is reserved (twi-probe or Prometheus sets it)",
+                        key.value
+                    ),
+                );
+            } else if value.value.len() > MAX_LABEL_VALUE_LEN {
+                self.error(
+                    value,
+                    &here,
+                    format!("label value is longer than {MAX_LABEL_VALUE_LEN} characters"),
+                );
+            } else {
+                out.insert(key.value.clone(), value.value.clone());
+            }
+        }
+        out
+    }
+}
+
+/// Step 2: raw structs to the typed config.
+pub(super) fn validate(raw: RawConfig, source: &Path) -> Result<Config, ConfigErrors> {
+    let mut c = Checker {
+        file: source.display().to_string(),
+        errors: vec![],
+    };
+
+    let target = check_target(&mut c, &raw.target);
+    let discord = raw.discord.as_ref().and_then(|d| check_discord(&mut c, d));
+
+    let default_every = match &raw.defaults.every {
+        Some(t) => c.duration(t, "defaults.every"),
+        None => Some(DEFAULT_EVERY),
+    };
+    let default_timeout = match &raw.defaults.timeout {
+        Some(t) => c.duration(t, "defaults.timeout"),
+        None => Some(DEFAULT_TIMEOUT),
+    };
+    let labels = c.labels(&raw.labels, "labels");
+
+    if raw.probes.value.is_empty() {
+        c.error(&raw.probes, "probes", "no probes are configured");
+    }
+    let mut seen_names = HashSet::new();
+    let mut probes = Vec::new();
+    for (i, probe) in raw.probes.value.iter().enumerate() {
+        let path = format!("probes[{i}]");
+        let name = &probe.value.name;
+        if name.value.trim().is_empty() {
+            c.error(name, &format!("{path}.name"), "probe name is empty");
+        } else if !seen_names.insert(name.value.clone()) {
+            c.error(
+                name,
+                &format!("{path}.name"),
+                format!("duplicate probe name {:?}", name.value),
+            );
+        }
+        let ctx = ProbeContext {
+            target: &target,
+            default_every,
+            default_timeout,
+            global_labels: &labels,
+        };
+        if let Some(spec) = check_probe(&mut c, probe, &path, &ctx) {
+            probes.push(spec);
+        }
+    }
+
+    if !c.errors.is_empty() {
+        c.errors.sort_by_key(|e| (e.line, e.column));
+        return Err(ConfigErrors(c.errors));
+    }
+    Ok(Config {
+        source: source.to_path_buf(),
+        target: target.expect("no errors means the target is valid"),
+        discord,
+        labels,
+        probes,
+    })
+}
+
+fn check_target(c: &mut Checker, t: &Spanned<raw::RawTarget>) -> Option<Target> {
+    let raw = &t.value;
+    let mut ok = true;
+    if raw.name.value.trim().is_empty() {
+        c.error(&raw.name, "target.name", "target name is empty");
+        ok = false;
+    }
+    let user_id = match &raw.user_id {
+        None => None,
+        Some(id) => {
+            let parsed = match &id.value {
+                Snowflake::Number(n) => Some(*n),
+                Snowflake::Text(s) => s.trim().parse::<u64>().ok(),
+            };
+            if parsed.is_none() {
+                c.error(
+                    id,
+                    "target.user_id",
+                    "user id must be a Discord snowflake (a positive integer)",
+                );
+                ok = false;
+            }
+            parsed
+        }
+    };
+    let exporter_url = match &raw.exporter_url {
+        None => None,
+        Some(u) => {
+            let url = c.url(u, "target.exporter_url");
+            ok &= url.is_some();
+            url
+        }
+    };
+    ok.then(|| Target {
+        name: raw.name.value.trim().to_string(),
+        user_id,
+        exporter_url,
+    })
+}
+
+fn check_discord(c: &mut Checker, d: &Spanned<raw::RawDiscord>) -> Option<DiscordConnection> {
+    let raw = &d.value;
+    if let Some(inline) = &raw.token {
+        c.error(
+            inline,
+            "discord.token",
+            "a token written in the config file is refused: config files end up in version control, backups and logs; set token_env (an environment variable) or token_file (a file readable only by the prober) instead",
+        );
+        return None;
+    }
+    let token = match (&raw.token_env, &raw.token_file) {
+        (Some(env), None) => {
+            if env.value.trim().is_empty() {
+                c.error(env, "discord.token_env", "environment variable name is empty");
+                return None;
+            }
+            TokenSource::Env(env.value.trim().to_string())
+        }
+        (None, Some(file)) => {
+            if file.value.trim().is_empty() {
+                c.error(file, "discord.token_file", "file name is empty");
+                return None;
+            }
+            TokenSource::File(file.value.trim().into())
+        }
+        (Some(_), Some(file)) => {
+            c.error(
+                file,
+                "discord.token_file",
+                "set either token_env or token_file, not both",
+            );
+            return None;
+        }
+        (None, None) => {
+            c.error(
+                d,
+                "discord",
+                "the prober's token is not configured: set token_env (an environment variable) or token_file",
+            );
+            return None;
+        }
+    };
+    let api_base = match &raw.api_base {
+        Some(u) => c.url(u, "discord.api_base")?,
+        None => Url::parse(DEFAULT_DISCORD_API_BASE).expect("static URL"),
+    };
+    Some(DiscordConnection { token, api_base })
+}
+
+struct ProbeContext<'a> {
+    target: &'a Option<Target>,
+    default_every: Option<Duration>,
+    default_timeout: Option<Duration>,
+    global_labels: &'a BTreeMap<String, String>,
+}
+
+fn check_probe(
+    c: &mut Checker,
+    probe: &Spanned<RawProbe>,
+    path: &str,
+    ctx: &ProbeContext<'_>,
+) -> Option<ProbeSpec> {
+    let p = &probe.value;
+    let errors_before = c.errors.len();
+
+    let schedule = match (&p.every, &p.cron) {
+        (Some(_), Some(cron)) => {
+            c.error(
+                cron,
+                &format!("{path}.cron"),
+                "set either every or cron, not both",
+            );
+            None
+        }
+        (Some(every), None) => c
+            .duration(every, &format!("{path}.every"))
+            .map(Schedule::Every),
+        (None, Some(cron)) => c.cron(cron, &format!("{path}.cron")),
+        (None, None) => ctx.default_every.map(Schedule::Every),
+    };
+    let timeout = match &p.timeout {
+        Some(t) => c.duration(t, &format!("{path}.timeout")),
+        None => ctx.default_timeout,
+    };
+    if let (Some(schedule), Some(timeout)) = (&schedule, timeout)
+        && timeout >= schedule.min_interval()
+    {
+        let message = format!(
+            "timeout {} must be shorter than the interval between runs ({})",
+            humantime::format_duration(timeout),
+            humantime::format_duration(schedule.min_interval())
+        );
+        match (&p.timeout, &p.every, &p.cron) {
+            (Some(t), _, _) => c.error(t, &format!("{path}.timeout"), message),
+            (None, Some(e), _) => c.error(e, &format!("{path}.every"), message),
+            (None, None, Some(cr)) => c.error(cr, &format!("{path}.cron"), message),
+            (None, None, None) => c.error(probe, path, message),
+        }
+    }
+
+    let mut labels = ctx.global_labels.clone();
+    labels.extend(c.labels(&p.labels, &format!("{path}.labels")));
+
+    let mut kinds = Vec::new();
+    if let Some(e) = &p.exporter {
+        kinds.push(("exporter", e.referenced.line(), e.referenced.column()));
+    }
+    if let Some(h) = &p.http {
+        kinds.push(("http", h.referenced.line(), h.referenced.column()));
+    }
+    let kind = match kinds.len() {
+        0 => {
+            c.error(
+                &p.name,
+                path,
+                "no probe kind: add exactly one of the sections exporter, http",
+            );
+            None
+        }
+        1 => {
+            if let Some(e) = &p.exporter {
+                check_exporter(c, e, &format!("{path}.exporter"), ctx.target)
+                    .map(ProbeKind::Exporter)
+            } else if let Some(h) = &p.http {
+                check_http(c, h, &format!("{path}.http")).map(ProbeKind::Http)
+            } else {
+                None
+            }
+        }
+        _ => {
+            let names: Vec<&str> = kinds.iter().map(|k| k.0).collect();
+            let (_, line, column) = kinds[1];
+            c.errors.push(ConfigError {
+                file: c.file.clone(),
+                line,
+                column,
+                path: format!("{path}.{}", kinds[1].0),
+                message: format!(
+                    "a probe has exactly one kind, found {}",
+                    names.join(" and ")
+                ),
+            });
+            None
+        }
+    };
+
+    if c.errors.len() > errors_before {
+        return None;
+    }
+    Some(ProbeSpec {
+        name: p.name.value.clone(),
+        schedule: schedule?,
+        timeout: timeout?,
+        labels,
+        kind: kind?,
+    })
+}
+
+fn check_exporter(
+    c: &mut Checker,
+    e: &Spanned<raw::RawExporter>,
+    path: &str,
+    target: &Option<Target>,
+) -> Option<ExporterSpec> {
+    let raw = &e.value;
+    let errors_before = c.errors.len();
+    let url = match &raw.url {
+        Some(u) => c.url(u, &format!("{path}.url")),
+        None => match target.as_ref().and_then(|t| t.exporter_url.clone()) {
+            Some(u) => Some(u),
+            None => {
+                c.error(
+                    e,
+                    &format!("{path}.url"),
+                    "no exporter URL: set url here or target.exporter_url",
+                );
+                None
+            }
+        },
+    };
+    let min_uptime = raw
+        .min_uptime
+        .as_ref()
+        .and_then(|t| c.duration(t, &format!("{path}.min_uptime")));
+    let start_time_metric = match &raw.start_time_metric {
+        Some(m) => {
+            let name_re = Regex::new("^[a-zA-Z_:][a-zA-Z0-9_:]*$").expect("static regex");
+            if !name_re.is_match(&m.value) {
+                c.error(
+                    m,
+                    &format!("{path}.start_time_metric"),
+                    format!("invalid metric name {:?}", m.value),
+                );
+            }
+            m.value.clone()
+        }
+        None => DEFAULT_START_TIME_METRIC.to_string(),
+    };
+    let mut assertions = Vec::new();
+    for (i, a) in raw.assertions.iter().enumerate() {
+        match Assertion::parse(&a.value) {
+            Ok(parsed) => assertions.push(parsed),
+            Err(why) => c.error(
+                a,
+                &format!("{path}.assertions[{i}]"),
+                format!("invalid assertion {:?}: {why}", a.value),
+            ),
+        }
+    }
+    if c.errors.len() > errors_before {
+        return None;
+    }
+    Some(ExporterSpec {
+        url: url?,
+        min_uptime,
+        start_time_metric,
+        assertions,
+    })
+}
+
+fn check_http(c: &mut Checker, h: &Spanned<raw::RawHttp>, path: &str) -> Option<HttpSpec> {
+    let raw = &h.value;
+    let errors_before = c.errors.len();
+    let url = c.url(&raw.url, &format!("{path}.url"));
+    let method = match &raw.method {
+        None => HttpMethod::Get,
+        Some(m) => match m.value.to_ascii_uppercase().as_str() {
+            "GET" => HttpMethod::Get,
+            "HEAD" => HttpMethod::Head,
+            _ => {
+                c.error(
+                    m,
+                    &format!("{path}.method"),
+                    format!("unsupported method {:?} (use GET or HEAD)", m.value),
+                );
+                HttpMethod::Get
+            }
+        },
+    };
+    let expect_status = match &raw.expect_status {
+        None => StatusSet::any_2xx(),
+        Some(items) => check_statuses(c, items, &format!("{path}.expect_status")),
+    };
+    let body_regex = match &raw.body_regex {
+        None => None,
+        Some(r) => {
+            if method == HttpMethod::Head {
+                c.error(
+                    r,
+                    &format!("{path}.body_regex"),
+                    "body_regex needs a body, but HEAD responses have none: use method GET",
+                );
+            }
+            c.regex(r, &format!("{path}.body_regex"))
+        }
+    };
+    if c.errors.len() > errors_before {
+        return None;
+    }
+    Some(HttpSpec {
+        url: url?,
+        method,
+        expect_status,
+        body_regex,
+        follow_redirects: raw.follow_redirects.unwrap_or(true),
+    })
+}
+
+fn check_statuses(c: &mut Checker, items: &[Spanned<StatusItem>], path: &str) -> StatusSet {
+    let class_re = Regex::new("^([1-5])[xX][xX]$").expect("static regex");
+    let mut set = StatusSet {
+        codes: vec![],
+        classes: vec![],
+    };
+    if items.is_empty() {
+        set.classes.push(2);
+    }
+    for (i, item) in items.iter().enumerate() {
+        let here = format!("{path}[{i}]");
+        match &item.value {
+            StatusItem::Code(code) if (100..=599).contains(code) => set.codes.push(*code as u16),
+            StatusItem::Text(t) if class_re.is_match(t.trim()) => {
+                let digit = t.trim().as_bytes()[0] - b'0';
+                set.classes.push(u16::from(digit));
+            }
+            StatusItem::Text(t) if t.trim().parse::<u16>().is_ok_and(|n| (100..=599).contains(&n)) => {
+                set.codes.push(t.trim().parse().expect("checked above"));
+            }
+            _ => c.error(
+                item,
+                &here,
+                "expected an HTTP status code (100-599) or a class such as \"2xx\"",
+            ),
+        }
+    }
+    set
+}

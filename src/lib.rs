@@ -1,0 +1,12 @@
+//! twi-probe: a synthetic-probe health checker for Discord bots.
+//!
+//! See ARCHITECTURE.md for the map of the modules.
+
+pub mod cli;
+pub mod config;
+pub mod exposition;
+pub mod logging;
+pub mod metrics;
+pub mod probe;
+pub mod report;
+pub mod run;

@@ -1,0 +1,81 @@
+//! The `http` probe: GET or HEAD a URL and check its status and body.
+
+use super::{Check, Outcome, classify_send_error, describe_http_error};
+use crate::config::{HttpMethod, HttpSpec};
+
+/// How many redirects are followed when following is on (reqwest's default).
+const MAX_REDIRECTS: usize = 10;
+
+#[derive(Debug)]
+pub struct HttpProbe {
+    spec: HttpSpec,
+    client: reqwest::Client,
+}
+
+impl HttpProbe {
+    pub fn new(spec: HttpSpec) -> Result<Self, String> {
+        let redirects = if spec.follow_redirects {
+            reqwest::redirect::Policy::limited(MAX_REDIRECTS)
+        } else {
+            reqwest::redirect::Policy::none()
+        };
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("twi-probe/", env!("CARGO_PKG_VERSION")))
+            .redirect(redirects)
+            .build()
+            .map_err(|e| format!("cannot build HTTP client: {e}"))?;
+        Ok(HttpProbe { spec, client })
+    }
+
+    pub async fn check(&self) -> Check {
+        let request = match self.spec.method {
+            HttpMethod::Get => self.client.get(self.spec.url.clone()),
+            HttpMethod::Head => self.client.head(self.spec.url.clone()),
+        };
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) if e.is_redirect() => {
+                return Check::new(
+                    Outcome::Failure,
+                    format!("too many redirects (more than {MAX_REDIRECTS})"),
+                );
+            }
+            Err(e) => return Check::new(classify_send_error(&e), describe_http_error(&e)),
+        };
+        let status = response.status().as_u16();
+        if !self.spec.expect_status.contains(status) {
+            let note = if response.status().is_redirection() && !self.spec.follow_redirects {
+                "; follow_redirects is off"
+            } else {
+                ""
+            };
+            return Check::new(
+                Outcome::Failure,
+                format!(
+                    "HTTP {status}, expected {}{note}",
+                    self.spec.expect_status
+                ),
+            );
+        }
+        let Some(regex) = &self.spec.body_regex else {
+            return Check::new(Outcome::Success, format!("HTTP {status}"));
+        };
+        let body = match response.text().await {
+            Ok(b) => b,
+            Err(e) => {
+                return Check::new(
+                    Outcome::Failure,
+                    format!("reading the body failed: {}", describe_http_error(&e)),
+                );
+            }
+        };
+        if regex.is_match(&body) {
+            Check::new(Outcome::Success, format!("HTTP {status}, body matches"))
+        } else {
+            Check::new(
+                Outcome::Failure,
+                format!("HTTP {status}, body does not match /{}/", regex.as_str()),
+            )
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! Probes: the outcome model, one file per kind, and the runner that turns a
+//! probe run into exactly one [`ProbeResult`] whatever happens inside it.
+
+pub mod assertion;
+mod exporter;
+mod http;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use tracing::Instrument;
+
+use crate::config::{ProbeKind, ProbeSpec};
+
+pub use exporter::ExporterProbe;
+pub use http::HttpProbe;
+
+/// The result of one probe run: a closed set (DESIGN.md §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// The target did what was expected, in time.
+    Success,
+    /// The target answered, but wrongly.
+    Failure,
+    /// No answer within the probe's timeout.
+    Timeout,
+    /// The target could not be contacted.
+    Unreachable,
+    /// The prober itself could not run the probe; says nothing about the target.
+    Inconclusive,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Success,
+        Outcome::Failure,
+        Outcome::Timeout,
+        Outcome::Unreachable,
+        Outcome::Inconclusive,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Failure => "failure",
+            Outcome::Timeout => "timeout",
+            Outcome::Unreachable => "unreachable",
+            Outcome::Inconclusive => "inconclusive",
+        }
+    }
+
+    /// Whether this outcome says something about the target.
+    pub fn is_conclusive(self) -> bool {
+        self != Outcome::Inconclusive
+    }
+
+    /// Whether this outcome counts against the target.
+    pub fn counts_against_target(self) -> bool {
+        matches!(
+            self,
+            Outcome::Failure | Outcome::Timeout | Outcome::Unreachable
+        )
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a probe kind reports about one run; timing is the runner's job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    pub outcome: Outcome,
+    /// A short human sentence for logs and `probe run`; never a metric label.
+    pub detail: String,
+    pub observations: Observations,
+}
+
+impl Check {
+    pub fn new(outcome: Outcome, detail: impl Into<String>) -> Self {
+        Check {
+            outcome,
+            detail: detail.into(),
+            observations: Observations::default(),
+        }
+    }
+}
+
+/// Facts about the target seen during a run, exported as metrics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observations {
+    pub target_uptime_seconds: Option<f64>,
+    /// Restarts noticed by this run (the start time moved forward).
+    pub target_restarts: u64,
+}
+
+/// One probe run, as recorded in metrics and printed by `probe run`.
+#[derive(Debug, Clone)]
+pub struct ProbeResult {
+    pub probe: String,
+    pub kind: &'static str,
+    pub outcome: Outcome,
+    /// Wall time of the whole run on the monotonic clock.
+    pub duration: Duration,
+    pub detail: String,
+    /// One id per run, also in every log line of the run.
+    pub request_id: String,
+    /// When the run started.
+    pub started_at: SystemTime,
+    pub observations: Observations,
+}
+
+impl ProbeResult {
+    /// The latency of a successful run; other outcomes have none.
+    pub fn latency(&self) -> Option<Duration> {
+        (self.outcome == Outcome::Success).then_some(self.duration)
+    }
+}
+
+/// A configured probe, ready to run; it keeps whatever state its kind needs
+/// between runs (the exporter's last start time).
+#[derive(Debug)]
+pub struct Probe {
+    pub spec: ProbeSpec,
+    kind: KindProbe,
+}
+
+#[derive(Debug)]
+enum KindProbe {
+    Exporter(ExporterProbe),
+    Http(HttpProbe),
+}
+
+impl Probe {
+    /// Builds the probe. Fails only on a local problem (e.g. the TLS backend).
+    pub fn new(spec: ProbeSpec) -> Result<Self, String> {
+        let kind = match &spec.kind {
+            ProbeKind::Exporter(e) => KindProbe::Exporter(ExporterProbe::new(e.clone())?),
+            ProbeKind::Http(h) => KindProbe::Http(HttpProbe::new(h.clone())?),
+        };
+        Ok(Probe { spec, kind })
+    }
+
+    async fn check(&self) -> Check {
+        match &self.kind {
+            KindProbe::Exporter(p) => p.check().await,
+            KindProbe::Http(p) => p.check().await,
+        }
+    }
+}
+
+/// Runs a probe once under its timeout. Always returns a result.
+pub async fn run_once(probe: Arc<Probe>) -> ProbeResult {
+    let name = probe.spec.name.clone();
+    let kind = probe.spec.kind.name();
+    let timeout = probe.spec.timeout;
+    run_guarded(name, kind, timeout, async move { probe.check().await }).await
+}
+
+/// Runs one check under a timeout in its own task, so that a timeout
+/// becomes `timeout` and a panic becomes `inconclusive` for this run only,
+/// never taking the process or other probes down.
+pub async fn run_guarded<F>(name: String, kind: &'static str, timeout: Duration, check: F) -> ProbeResult
+where
+    F: Future<Output = Check> + Send + 'static,
+{
+    let request_id = new_request_id();
+    let span = tracing::info_span!("probe_run", request_id = %request_id, probe = %name, kind);
+    let started_at = SystemTime::now();
+    let start = Instant::now();
+
+    let task = tokio::spawn(tokio::time::timeout(timeout, check).instrument(span.clone()));
+    let check = match task.await {
+        Ok(Ok(check)) => check,
+        Ok(Err(_elapsed)) => Check::new(
+            Outcome::Timeout,
+            format!("no answer within {}", humantime::format_duration(timeout)),
+        ),
+        Err(join_error) => Check::new(
+            Outcome::Inconclusive,
+            format!("internal error: {}", panic_message(join_error)),
+        ),
+    };
+    let duration = start.elapsed();
+
+    let result = ProbeResult {
+        probe: name,
+        kind,
+        outcome: check.outcome,
+        duration,
+        detail: check.detail,
+        request_id,
+        started_at,
+        observations: check.observations,
+    };
+    span.in_scope(|| log_result(&result));
+    result
+}
+
+fn log_result(r: &ProbeResult) {
+    let execution_time_ms = r.duration.as_secs_f64() * 1000.0;
+    let outcome = r.outcome.as_str();
+    match r.outcome {
+        Outcome::Success => {
+            tracing::info!(outcome, execution_time_ms, detail = %r.detail, "probe succeeded")
+        }
+        Outcome::Inconclusive => {
+            tracing::warn!(outcome, execution_time_ms, detail = %r.detail, "probe inconclusive (prober-side problem)")
+        }
+        _ => tracing::warn!(outcome, execution_time_ms, detail = %r.detail, "probe failed"),
+    }
+}
+
+fn panic_message(err: tokio::task::JoinError) -> String {
+    if err.is_cancelled() {
+        return "probe task was cancelled".into();
+    }
+    let payload = err.into_panic();
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    format!("probe panicked: {text}")
+}
+
+/// A short random id (12 hex digits) tying a run's log lines together.
+fn new_request_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
+}
+
+/// Describes a reqwest error by its innermost cause, without the URL (URLs
+/// can carry credentials, and the probe name already says what was fetched).
+pub(crate) fn describe_http_error(err: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = err;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    let text = cause.to_string();
+    if text.is_empty() {
+        "request failed".into()
+    } else {
+        text
+    }
+}
+
+/// Sorts a reqwest send error into the outcome it means for the target.
+pub(crate) fn classify_send_error(err: &reqwest::Error) -> Outcome {
+    if err.is_timeout() {
+        Outcome::Timeout
+    } else if err.is_builder() {
+        Outcome::Inconclusive
+    } else if err.is_connect() || err.is_request() {
+        Outcome::Unreachable
+    } else {
+        Outcome::Failure
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_check_is_inconclusive() {
+        let r = run_guarded("p".into(), "http", Duration::from_secs(5), async {
+            panic!("boom");
+        })
+        .await;
+        assert_eq!(r.outcome, Outcome::Inconclusive);
+        assert_eq!(r.detail, "internal error: probe panicked: boom");
+        assert_eq!(r.latency(), None);
+    }
+
+    #[tokio::test]
+    async fn a_slow_check_times_out() {
+        let r = run_guarded("p".into(), "http", Duration::from_millis(20), async {
+            std::future::pending::<Check>().await
+        })
+        .await;
+        assert_eq!(r.outcome, Outcome::Timeout);
+        assert_eq!(r.detail, "no answer within 20ms");
+        assert!(r.duration >= Duration::from_millis(20));
+    }
+
+    #[test]
+    fn request_ids_differ() {
+        assert_ne!(new_request_id(), new_request_id());
+        assert_eq!(new_request_id().len(), 12);
+    }
+}

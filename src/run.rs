@@ -1,0 +1,130 @@
+//! `probe run`: run the selected probes now, print each result, summarise.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::probe::{Probe, ProbeResult, run_once};
+use crate::report::{self, OutputFormat, Status, Summary};
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Probe names to run; all when empty.
+    pub probes: Vec<String>,
+    /// Runs per probe.
+    pub count: u32,
+    /// Pause between two runs of the same probe.
+    pub interval: Duration,
+    pub format: OutputFormat,
+    /// Where to write the metrics of this run (Prometheus text format), e.g.
+    /// for node_exporter's textfile collector.
+    pub metrics_file: Option<PathBuf>,
+}
+
+/// Runs the probes and prints to `out`. `Err` is a problem that stopped the
+/// run before any probe ran (unknown probe name, missing secret), to be
+/// reported as UNKNOWN.
+pub async fn run(
+    config: &Config,
+    options: &RunOptions,
+    out: &mut (dyn Write + Send),
+) -> Result<Status, String> {
+    let selected = select(config, &options.probes)?;
+    if selected.iter().any(|p| p.kind.needs_discord())
+        && let Some(problem) = config.secret_problems().into_iter().next()
+    {
+        return Err(problem);
+    }
+    let probes: Vec<Arc<Probe>> = selected
+        .into_iter()
+        .map(|spec| {
+            let name = spec.name.clone();
+            Probe::new(spec.clone())
+                .map(Arc::new)
+                .map_err(|e| format!("probe {name}: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+
+    let metrics = Metrics::new(config);
+    let (tx, mut rx) = mpsc::unbounded_channel::<ProbeResult>();
+    let mut tasks = tokio::task::JoinSet::new();
+    for probe in &probes {
+        let probe = probe.clone();
+        let tx = tx.clone();
+        let (count, interval) = (options.count.max(1), options.interval);
+        tasks.spawn(async move {
+            for i in 0..count {
+                if i > 0 {
+                    tokio::time::sleep(interval).await;
+                }
+                if tx.send(run_once(probe.clone()).await).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(tx);
+
+    let mut by_probe: Vec<Vec<ProbeResult>> = vec![Vec::new(); probes.len()];
+    while let Some(result) = rx.recv().await {
+        writeln!(out, "{}", report::format_result(options.format, &result))
+            .map_err(|e| format!("cannot write output: {e}"))?;
+        let index = probes
+            .iter()
+            .position(|p| p.spec.name == result.probe)
+            .expect("results come from the selected probes");
+        metrics.record(&probes[index].spec, &result);
+        by_probe[index].push(result);
+    }
+    while tasks.join_next().await.is_some() {}
+
+    let summaries: Vec<Summary> = by_probe.iter().filter_map(|r| Summary::of(r)).collect();
+    if options.count > 1 {
+        for s in &summaries {
+            writeln!(out, "{}", s.format(options.format))
+                .map_err(|e| format!("cannot write output: {e}"))?;
+        }
+    }
+    if let Some(path) = &options.metrics_file {
+        write_atomically(path, &metrics.render())
+            .map_err(|e| format!("cannot write metrics to {}: {e}", path.display()))?;
+    }
+    Ok(report::overall_status(&summaries))
+}
+
+fn select<'a>(
+    config: &'a Config,
+    names: &[String],
+) -> Result<Vec<&'a crate::config::ProbeSpec>, String> {
+    if names.is_empty() {
+        return Ok(config.probes.iter().collect());
+    }
+    names
+        .iter()
+        .map(|name| {
+            config.probe(name).ok_or_else(|| {
+                let known: Vec<&str> = config.probes.iter().map(|p| p.name.as_str()).collect();
+                format!(
+                    "{}: no probe named {name:?} (configured: {})",
+                    config.source.display(),
+                    known.join(", ")
+                )
+            })
+        })
+        .collect()
+}
+
+/// Writes through a temporary file and a rename, so a reader (such as the
+/// textfile collector) never sees half a file.
+fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
