@@ -171,7 +171,10 @@ impl<'a> Cursor<'a> {
         if !ok_first(first) {
             return None;
         }
-        let end = self.rest.find(|c: char| !ok_rest(c)).unwrap_or(self.rest.len());
+        let end = self
+            .rest
+            .find(|c: char| !ok_rest(c))
+            .unwrap_or(self.rest.len());
         let (name, rest) = self.rest.split_at(end);
         self.rest = rest;
         Some(name)
@@ -262,6 +265,9 @@ with_ts 1 1700000000000
 
     #[test]
     fn empty_body_has_no_samples() {
-        assert_eq!(parse("# only comments\n\n").unwrap_err().message, "no samples");
+        assert_eq!(
+            parse("# only comments\n\n").unwrap_err().message,
+            "no samples"
+        );
     }
 }

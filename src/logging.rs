@@ -88,7 +88,10 @@ where
             .to_string()
             .into(),
     );
-    obj.insert("level".into(), python_level(*event.metadata().level()).into());
+    obj.insert(
+        "level".into(),
+        python_level(*event.metadata().level()).into(),
+    );
     obj.insert("logger".into(), event.metadata().target().into());
     obj.insert("message".into(), Value::String(String::new()));
     // Fields of enclosing spans, outermost first, then the event's own.

@@ -184,7 +184,9 @@ impl Metrics {
             .set(result.duration.as_secs_f64());
         if result.outcome.is_conclusive() {
             let ok = result.outcome == Outcome::Success;
-            self.success.with_label_values(v).set(f64::from(u8::from(ok)));
+            self.success
+                .with_label_values(v)
+                .set(f64::from(u8::from(ok)));
         }
         if let Some(latency) = result.latency() {
             self.latency

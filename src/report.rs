@@ -256,7 +256,10 @@ mod tests {
         assert_eq!(s.percentile(50.0), Some(Duration::from_millis(50)));
         assert_eq!(s.percentile(99.0), Some(Duration::from_millis(99)));
         assert_eq!(s.percentile(100.0), Some(Duration::from_millis(100)));
-        assert_eq!(summary(1, 0, 0).percentile(1.0), Some(Duration::from_millis(1)));
+        assert_eq!(
+            summary(1, 0, 0).percentile(1.0),
+            Some(Duration::from_millis(1))
+        );
         assert_eq!(summary(0, 1, 0).percentile(50.0), None);
     }
 }

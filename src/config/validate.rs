@@ -27,7 +27,7 @@ pub(super) fn parse(text: &str, file: &str) -> Result<RawConfig, ConfigErrors> {
     let mut path = String::new();
     let result = serde_saphyr::with_deserializer_from_str(text, |de| {
         serde_path_to_error::deserialize::<_, RawConfig>(de).map_err(|e| {
-            path = e.path().to_string();
+            path = user_path(e.path());
             e.into_inner()
         })
     });
@@ -36,14 +36,12 @@ pub(super) fn parse(text: &str, file: &str) -> Result<RawConfig, ConfigErrors> {
             .location()
             .map(|l| (l.line(), l.column()))
             .unwrap_or((0, 0));
-        // `.` is the document root and `?` an unknown spot: no useful path.
-        if path == "." || path == "?" {
-            path.clear();
-        }
+        // The message may quote the YAML: keep it on one line.
         let message = UserMessageFormatter
             .format_message(err.without_snippet())
-            .escape_debug()
-            .to_string();
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
         ConfigErrors(vec![ConfigError {
             file: file.to_string(),
             line,
@@ -52,6 +50,27 @@ pub(super) fn parse(text: &str, file: &str) -> Result<RawConfig, ConfigErrors> {
             message,
         }])
     })
+}
+
+/// The path as the user wrote it: `probes[0].http.url`. `Spanned` wraps
+/// values in a `value` field that the user never sees, so those segments go.
+fn user_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } if key == "value" => {}
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    out
 }
 
 /// Collects errors while walking the raw config.
@@ -117,7 +136,11 @@ impl Checker {
             Err(e) => {
                 // regex's message spans several lines; keep the last, which says what is wrong.
                 let reason = e.to_string();
-                let reason = reason.lines().last().unwrap_or("").trim_start_matches("error: ");
+                let reason = reason
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+                    .trim_start_matches("error: ");
                 self.error(
                     text,
                     path,
@@ -333,7 +356,11 @@ fn check_discord(c: &mut Checker, d: &Spanned<raw::RawDiscord>) -> Option<Discor
     let token = match (&raw.token_env, &raw.token_file) {
         (Some(env), None) => {
             if env.value.trim().is_empty() {
-                c.error(env, "discord.token_env", "environment variable name is empty");
+                c.error(
+                    env,
+                    "discord.token_env",
+                    "environment variable name is empty",
+                );
                 return None;
             }
             TokenSource::Env(env.value.trim().to_string())
@@ -450,6 +477,7 @@ fn check_probe(
             }
         }
         _ => {
+            kinds.sort_by_key(|k| (k.1, k.2));
             let names: Vec<&str> = kinds.iter().map(|k| k.0).collect();
             let (_, line, column) = kinds[1];
             c.errors.push(ConfigError {
@@ -605,7 +633,11 @@ fn check_statuses(c: &mut Checker, items: &[Spanned<StatusItem>], path: &str) ->
                 let digit = t.trim().as_bytes()[0] - b'0';
                 set.classes.push(u16::from(digit));
             }
-            StatusItem::Text(t) if t.trim().parse::<u16>().is_ok_and(|n| (100..=599).contains(&n)) => {
+            StatusItem::Text(t)
+                if t.trim()
+                    .parse::<u16>()
+                    .is_ok_and(|n| (100..=599).contains(&n)) =>
+            {
                 set.codes.push(t.trim().parse().expect("checked above"));
             }
             _ => c.error(

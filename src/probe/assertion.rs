@@ -73,9 +73,9 @@ impl Assertion {
             r"^\s*([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(?:\{(.*)\})?\s*(==|!=|<=|>=|<|>)\s*(\S+)\s*$",
         )
         .expect("static regex");
-        let caps = syntax.captures(text).ok_or(
-            "expected `metric{label=\"value\"} OP number` with OP one of == != < <= > >=",
-        )?;
+        let caps = syntax
+            .captures(text)
+            .ok_or("expected `metric{label=\"value\"} OP number` with OP one of == != < <= > >=")?;
         let matchers = match caps.get(2) {
             Some(m) => parse_matchers(m.as_str())?,
             None => vec![],
@@ -134,8 +134,10 @@ impl Assertion {
 }
 
 fn parse_matchers(text: &str) -> Result<Vec<Matcher>, String> {
-    let one = Regex::new(r#"^\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*(?:,|$)"#)
-        .expect("static regex");
+    let one = Regex::new(
+        r#"^\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*(?:,|$)"#,
+    )
+    .expect("static regex");
     let mut rest = text.trim();
     let mut out = Vec::new();
     while !rest.is_empty() {

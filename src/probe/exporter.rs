@@ -104,7 +104,10 @@ impl ExporterProbe {
         let uptime = (now_secs - start_time).max(0.0);
 
         let restarted = {
-            let mut last = self.last_start_time.lock().unwrap_or_else(|p| p.into_inner());
+            let mut last = self
+                .last_start_time
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             let restarted = last.is_some_and(|prev| start_time > prev + RESTART_TOLERANCE_SECONDS);
             *last = Some(start_time);
             restarted

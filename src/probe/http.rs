@@ -51,10 +51,7 @@ impl HttpProbe {
             };
             return Check::new(
                 Outcome::Failure,
-                format!(
-                    "HTTP {status}, expected {}{note}",
-                    self.spec.expect_status
-                ),
+                format!("HTTP {status}, expected {}{note}", self.spec.expect_status),
             );
         }
         let Some(regex) = &self.spec.body_regex else {

@@ -165,7 +165,12 @@ pub async fn run_once(probe: Arc<Probe>) -> ProbeResult {
 /// Runs one check under a timeout in its own task, so that a timeout
 /// becomes `timeout` and a panic becomes `inconclusive` for this run only,
 /// never taking the process or other probes down.
-pub async fn run_guarded<F>(name: String, kind: &'static str, timeout: Duration, check: F) -> ProbeResult
+pub async fn run_guarded<F>(
+    name: String,
+    kind: &'static str,
+    timeout: Duration,
+    check: F,
+) -> ProbeResult
 where
     F: Future<Output = Check> + Send + 'static,
 {

@@ -1,0 +1,305 @@
+//! The `probe` binary as a process: exit codes, output formats, logs.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use tokio::process::Command;
+
+use crate::metrics::promtool_check_metrics;
+use crate::support::{Reply, TestServer, python_exporter_body, unix_now};
+
+fn probe_bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_probe"));
+    cmd.env_remove("PROBE_CONFIG")
+        .env_remove("PROBE_LOG")
+        .env_remove("PROBER_DISCORD_TOKEN")
+        .kill_on_drop(true);
+    cmd
+}
+
+async fn probe(args: &[&str], cwd: &Path) -> Output {
+    probe_bin()
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .await
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A temporary directory holding a probes.yaml, removed on drop.
+struct ConfigDir(PathBuf);
+
+impl ConfigDir {
+    fn new(yaml: &str) -> ConfigDir {
+        let dir = std::env::temp_dir().join(format!(
+            "twi-probe-cli-{}-{}",
+            std::process::id(),
+            uuid_like()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("probes.yaml"), yaml).unwrap();
+        ConfigDir(dir)
+    }
+}
+
+impl Drop for ConfigDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn uuid_like() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A healthy exporter plus a probes.yaml with a passing and a failing probe.
+async fn setup() -> (TestServer, ConfigDir) {
+    let server = TestServer::start(Reply::ok(python_exporter_body(unix_now() - 3600.0, 1))).await;
+    let dir = ConfigDir::new(&format!(
+        r#"
+target: {{name: twi-bot-shard, exporter_url: "{}"}}
+discord: {{token_env: PROBER_DISCORD_TOKEN}}
+probes:
+  - name: bot-exporter
+    timeout: 2s
+    exporter:
+      min_uptime: 10m
+      assertions: ["discord_gateway_connected >= 1"]
+  - name: wants-204
+    timeout: 2s
+    http: {{url: "{}", expect_status: [204]}}
+"#,
+        server.url("/metrics"),
+        server.url("/page")
+    ));
+    (server, dir)
+}
+
+#[tokio::test]
+async fn validate_prints_ok_and_a_line_per_probe() {
+    let (_server, dir) = setup().await;
+    let out = probe(&["validate"], &dir.0).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("ok: probes.yaml (2 probes)"), "{text}");
+    assert!(
+        text.contains("bot-exporter") && text.contains("exporter"),
+        "{text}"
+    );
+    assert!(text.contains("wants-204"), "{text}");
+    assert!(
+        stderr(&out).contains("warning: probes.yaml: discord.token_env: environment variable PROBER_DISCORD_TOKEN is not set"),
+        "a missing secret is only a warning: {}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test]
+async fn validate_prints_every_error_and_fails() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bad");
+    let out = probe(&["validate", "--config", "many_errors.yaml"], &fixtures).await;
+    assert_eq!(out.status.code(), Some(1));
+    let expected = std::fs::read_to_string(fixtures.join("many_errors.expected")).unwrap();
+    assert_eq!(
+        stderr(&out),
+        format!("{}many_errors.yaml: 7 errors\n", expected)
+    );
+    assert!(stdout(&out).is_empty());
+}
+
+#[tokio::test]
+async fn run_exit_codes_follow_nagios() {
+    let (_server, dir) = setup().await;
+    let ok = probe(&["run", "--probe", "bot-exporter"], &dir.0).await;
+    assert_eq!(ok.status.code(), Some(0), "{}{}", stdout(&ok), stderr(&ok));
+    let line = stdout(&ok);
+    assert!(line.starts_with("bot-exporter"), "{line}");
+    assert!(
+        line.contains(" exporter ") && line.contains(" success "),
+        "{line}"
+    );
+
+    let critical = probe(&["run"], &dir.0).await;
+    assert_eq!(critical.status.code(), Some(2), "{}", stdout(&critical));
+    let text = stdout(&critical);
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(text.contains("HTTP 200, expected 204"), "{text}");
+
+    let unknown_probe = probe(&["run", "--probe", "nope"], &dir.0).await;
+    assert_eq!(unknown_probe.status.code(), Some(3));
+    assert!(
+        stderr(&unknown_probe)
+            .contains("no probe named \"nope\" (configured: bot-exporter, wants-204)"),
+        "{}",
+        stderr(&unknown_probe)
+    );
+
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bad");
+    let bad = probe(&["run", "--config", "bad_cron.yaml"], &fixtures).await;
+    assert_eq!(bad.status.code(), Some(3), "bad config is UNKNOWN");
+    assert!(
+        stderr(&bad).contains("bad_cron.yaml:5:11"),
+        "{}",
+        stderr(&bad)
+    );
+}
+
+#[tokio::test]
+async fn run_json_lines_parse_and_carry_the_fields() {
+    let (_server, dir) = setup().await;
+    let out = probe(&["run", "--format", "json"], &dir.0).await;
+    assert_eq!(out.status.code(), Some(2));
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for v in &lines {
+        for field in [
+            "probe",
+            "kind",
+            "outcome",
+            "latency_seconds",
+            "detail",
+            "request_id",
+        ] {
+            assert!(v.get(field).is_some(), "{field} missing in {v}");
+        }
+    }
+    let exporter = lines.iter().find(|v| v["probe"] == "bot-exporter").unwrap();
+    assert_eq!(exporter["outcome"], "success");
+    assert!(exporter["latency_seconds"].as_f64().unwrap() > 0.0);
+    let failing = lines.iter().find(|v| v["probe"] == "wants-204").unwrap();
+    assert_eq!(failing["outcome"], "failure");
+    assert!(
+        failing["latency_seconds"].is_null(),
+        "a failed run has no latency"
+    );
+}
+
+#[tokio::test]
+async fn count_prints_a_ping_like_summary() {
+    let (_server, dir) = setup().await;
+    let out = probe(
+        &[
+            "run",
+            "--probe",
+            "bot-exporter",
+            "--count",
+            "4",
+            "--interval",
+            "0s",
+        ],
+        &dir.0,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("bot-exporter"))
+            .count(),
+        4,
+        "{text}"
+    );
+    assert!(
+        text.contains("--- bot-exporter (exporter): 4 runs, 4 success, 0 failed, 0 inconclusive, 100.0% success"),
+        "{text}"
+    );
+    assert!(text.contains("latency min/p50/p90/p99/max = "), "{text}");
+
+    let json = probe(
+        &[
+            "run",
+            "-p",
+            "bot-exporter",
+            "-n",
+            "3",
+            "--interval",
+            "0s",
+            "-f",
+            "json",
+        ],
+        &dir.0,
+    )
+    .await;
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout(&json).lines().last().unwrap()).unwrap();
+    assert_eq!(summary["type"], "summary");
+    assert_eq!(summary["runs"], 3);
+    assert_eq!(summary["success_rate"], 1.0);
+    assert!(summary["latency_seconds"]["p99"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test]
+async fn json_logs_carry_the_guide_fields() {
+    let (_server, dir) = setup().await;
+    let out = probe(
+        &[
+            "--log-format",
+            "json",
+            "--log-level",
+            "info",
+            "run",
+            "-p",
+            "bot-exporter",
+        ],
+        &dir.0,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0));
+    let logs = stderr(&out);
+    let line = logs
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"))
+        })
+        .find(|v| v["message"] == "probe succeeded")
+        .unwrap_or_else(|| panic!("no result log line in {logs}"));
+    let ts = line["timestamp"].as_str().unwrap();
+    assert!(ts.ends_with('Z') && ts.contains('T'), "{ts}");
+    assert_eq!(line["level"], "INFO");
+    assert_eq!(line["logger"], "twi_probe::probe");
+    assert_eq!(line["probe"], "bot-exporter");
+    assert_eq!(line["kind"], "exporter");
+    assert_eq!(line["outcome"], "success");
+    assert_eq!(line["request_id"].as_str().unwrap().len(), 12);
+    assert!(line["execution_time_ms"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test]
+async fn metrics_file_is_valid_prometheus_text() {
+    let (_server, dir) = setup().await;
+    let out = probe(&["run", "--metrics-file", "probe.prom"], &dir.0).await;
+    assert_eq!(out.status.code(), Some(2));
+    let text = std::fs::read_to_string(dir.0.join("probe.prom")).unwrap();
+    assert!(
+        text.contains(
+            "probe_runs_total{kind=\"exporter\",outcome=\"success\",probe=\"bot-exporter\"} 1"
+        ),
+        "{text}"
+    );
+    promtool_check_metrics(&text).unwrap_or_else(|e| panic!("promtool: {e}"));
+}
+
+#[tokio::test]
+async fn help_mentions_no_secret() {
+    let out = probe_bin()
+        .env("PROBER_DISCORD_TOKEN", "sekrit-token-value")
+        .args(["run", "--help"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!stdout(&out).contains("sekrit"));
+}

@@ -1,0 +1,120 @@
+//! The HTTP probe against a real HTTP server on 127.0.0.1.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::Method;
+use twi_probe::probe::{Outcome, Probe, ProbeResult, run_once};
+
+use crate::support::{Reply, TestServer, config, refused_addr};
+
+async fn probe_once(url: &str, extra: &str) -> ProbeResult {
+    let cfg = config(&format!(
+        r#"
+target: {{name: bot}}
+probes:
+  - name: site
+    every: 30s
+    timeout: 1s
+    http:
+      url: "{url}"
+{extra}
+"#
+    ));
+    run_once(Arc::new(Probe::new(cfg.probes[0].clone()).unwrap())).await
+}
+
+#[tokio::test]
+async fn a_2xx_answer_succeeds() {
+    let server = TestServer::start(Reply::ok("The Wandering Inn")).await;
+    let r = probe_once(&server.url("/page"), "").await;
+    assert_eq!(r.outcome, Outcome::Success, "{}", r.detail);
+    assert_eq!(r.detail, "HTTP 200");
+    assert_eq!(server.methods_seen(), vec![Method::GET]);
+}
+
+#[tokio::test]
+async fn a_wrong_status_is_a_failure() {
+    let server = TestServer::start(Reply {
+        status: 500,
+        body: "oops".into(),
+        delay: Duration::ZERO,
+    })
+    .await;
+    let r = probe_once(&server.url("/page"), "").await;
+    assert_eq!(r.outcome, Outcome::Failure);
+    assert_eq!(r.detail, "HTTP 500, expected 2xx");
+
+    let r = probe_once(&server.url("/page"), "      expect_status: [500]").await;
+    assert_eq!(r.outcome, Outcome::Success, "an expected 500 is fine");
+}
+
+#[tokio::test]
+async fn body_regex_match_and_mismatch() {
+    let server = TestServer::start(Reply::ok("Welcome to The Wandering Inn")).await;
+    let r = probe_once(
+        &server.url("/page"),
+        "      body_regex: \"Wandering\\\\s+Inn\"",
+    )
+    .await;
+    assert_eq!(r.outcome, Outcome::Success, "{}", r.detail);
+    let r = probe_once(&server.url("/page"), "      body_regex: \"Maintenance\"").await;
+    assert_eq!(r.outcome, Outcome::Failure);
+    assert_eq!(r.detail, "HTTP 200, body does not match /Maintenance/");
+}
+
+#[tokio::test]
+async fn redirects_followed_or_not() {
+    let server = TestServer::start(Reply::ok("moved here")).await;
+    let r = probe_once(&server.url("/old"), "").await;
+    assert_eq!(
+        r.outcome,
+        Outcome::Success,
+        "followed by default: {}",
+        r.detail
+    );
+
+    let r = probe_once(&server.url("/old"), "      follow_redirects: false").await;
+    assert_eq!(r.outcome, Outcome::Failure);
+    assert_eq!(r.detail, "HTTP 301, expected 2xx; follow_redirects is off");
+
+    let r = probe_once(
+        &server.url("/old"),
+        "      follow_redirects: false\n      expect_status: [301]",
+    )
+    .await;
+    assert_eq!(r.outcome, Outcome::Success, "{}", r.detail);
+
+    let r = probe_once(&server.url("/loop"), "").await;
+    assert_eq!(r.outcome, Outcome::Failure);
+    assert_eq!(r.detail, "too many redirects (more than 10)");
+}
+
+#[tokio::test]
+async fn head_requests_use_head() {
+    let server = TestServer::start(Reply::ok("x")).await;
+    let r = probe_once(&server.url("/page"), "      method: HEAD").await;
+    assert_eq!(r.outcome, Outcome::Success, "{}", r.detail);
+    assert_eq!(server.methods_seen(), vec![Method::HEAD]);
+}
+
+#[tokio::test]
+async fn connection_refused_is_unreachable() {
+    let addr = refused_addr().await;
+    let r = probe_once(&format!("http://{addr}/"), "").await;
+    assert_eq!(r.outcome, Outcome::Unreachable, "{}", r.detail);
+    assert!(r.detail.to_lowercase().contains("refused"), "{}", r.detail);
+}
+
+#[tokio::test]
+async fn a_slow_site_times_out() {
+    let server = TestServer::start(Reply {
+        status: 200,
+        body: "late".into(),
+        delay: Duration::from_secs(30),
+    })
+    .await;
+    let r = probe_once(&server.url("/page"), "").await;
+    assert_eq!(r.outcome, Outcome::Timeout);
+    assert_eq!(r.detail, "no answer within 1s");
+}
