@@ -10,3 +10,4 @@ pub mod metrics;
 pub mod probe;
 pub mod report;
 pub mod run;
+pub mod sandbox;

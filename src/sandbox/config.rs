@@ -1,0 +1,242 @@
+//! The sandbox's world and behaviour, from YAML or the built-in default.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::sandbox::bot::BotBehaviour;
+
+/// A sandbox configuration. Every field has a default, so `{}` is valid and
+/// gives: a guild "The Wandering Inn" with a `#probes` channel, a `prober`
+/// bot account, a `twi-bot-shard` bot account, and a human user `erin`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    pub accounts: Vec<AccountConfig>,
+    pub guilds: Vec<GuildConfig>,
+    pub webhooks: Vec<WebhookConfig>,
+    pub gateway: GatewayConfig,
+    pub rate_limits: RateLimitConfig,
+    pub bot: BotConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    /// The account's username, also how the rest of this file refers to it.
+    pub name: String,
+    /// Bot account (default) or a human user.
+    #[serde(default = "yes")]
+    pub bot: bool,
+    /// A fixed user id; generated when absent.
+    #[serde(default)]
+    pub id: Option<u64>,
+    /// A fixed token; generated when absent.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Privileged intents this account may ask for (as enabled in Discord's
+    /// developer portal): any of `GUILD_MEMBERS`, `GUILD_PRESENCES`, `MESSAGE_CONTENT`.
+    #[serde(default)]
+    pub privileged_intents: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuildConfig {
+    pub name: String,
+    #[serde(default)]
+    pub id: Option<u64>,
+    /// Account names; the first is the owner. Default: every account.
+    #[serde(default)]
+    pub members: Option<Vec<String>>,
+    pub channels: Vec<ChannelConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    pub name: String,
+    #[serde(default)]
+    pub id: Option<u64>,
+    /// Accounts that cannot see the channel (403 Missing Access).
+    #[serde(default)]
+    pub hidden_from: Vec<String>,
+    /// Accounts that can read but not send (403 Missing Permissions).
+    #[serde(default)]
+    pub read_only_for: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub name: String,
+    /// `guild/channel` or just the channel name (first match).
+    pub channel: String,
+    #[serde(default)]
+    pub id: Option<u64>,
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// HELLO's heartbeat_interval. Discord uses 41.25 s.
+    #[serde(with = "humantime_serde_compat")]
+    pub heartbeat_interval: Duration,
+    /// How long a dropped session stays resumable.
+    #[serde(with = "humantime_serde_compat")]
+    pub resume_window: Duration,
+    /// The shard count `GET /gateway/bot` recommends.
+    pub recommended_shards: u32,
+    /// Dispatches kept per session for RESUME replay.
+    pub replay_buffer: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            heartbeat_interval: Duration::from_millis(41_250),
+            resume_window: Duration::from_secs(60),
+            recommended_shards: 1,
+            replay_buffer: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Messages one account may send in one channel per window (Discord: about 5 per 5 s).
+    pub messages_per_channel: u32,
+    #[serde(with = "humantime_serde_compat")]
+    pub messages_window: Duration,
+    /// Requests per second per account across all routes (Discord: 50).
+    pub global_per_second: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            messages_per_channel: 5,
+            messages_window: Duration::from_secs(5),
+            global_per_second: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BotConfig {
+    /// Run the simulated Twi Bot Shard. Off lets an external bot use the account.
+    pub enabled: bool,
+    /// The account it logs in as.
+    pub account: String,
+    /// Bot accounts whose commands it answers. discord.py ignores bots by
+    /// default, so the real bot must allow the prober explicitly too.
+    pub allowed_bots: Vec<String>,
+    pub behaviour: BotBehaviour,
+}
+
+impl Default for BotConfig {
+    fn default() -> Self {
+        BotConfig {
+            enabled: true,
+            account: "twi-bot-shard".into(),
+            allowed_bots: vec!["prober".into()],
+            behaviour: BotBehaviour::default(),
+        }
+    }
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            accounts: vec![
+                AccountConfig {
+                    name: "prober".into(),
+                    bot: true,
+                    id: None,
+                    token: None,
+                    privileged_intents: vec!["GUILD_PRESENCES".into(), "MESSAGE_CONTENT".into()],
+                },
+                AccountConfig {
+                    name: "twi-bot-shard".into(),
+                    bot: true,
+                    id: None,
+                    token: None,
+                    privileged_intents: vec![
+                        "GUILD_MEMBERS".into(),
+                        "GUILD_PRESENCES".into(),
+                        "MESSAGE_CONTENT".into(),
+                    ],
+                },
+                AccountConfig {
+                    name: "erin".into(),
+                    bot: false,
+                    id: None,
+                    token: None,
+                    privileged_intents: vec![],
+                },
+            ],
+            guilds: vec![GuildConfig {
+                name: "The Wandering Inn".into(),
+                id: None,
+                members: None,
+                channels: vec![
+                    ChannelConfig {
+                        name: "probes".into(),
+                        id: None,
+                        hidden_from: vec![],
+                        read_only_for: vec![],
+                    },
+                    ChannelConfig {
+                        name: "general".into(),
+                        id: None,
+                        hidden_from: vec![],
+                        read_only_for: vec![],
+                    },
+                ],
+            }],
+            webhooks: vec![WebhookConfig {
+                name: "alerts".into(),
+                channel: "probes".into(),
+                id: None,
+                token: None,
+            }],
+            gateway: GatewayConfig::default(),
+            rate_limits: RateLimitConfig::default(),
+            bot: BotConfig::default(),
+        }
+    }
+}
+
+impl SandboxConfig {
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read the file: {e}", path.display()))?;
+        serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+/// Durations as humantime strings (`41.25s`, `60s`) in YAML.
+pub(crate) mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
+    }
+}

@@ -1,0 +1,229 @@
+//! Fault control and ground truth: Rust methods for tests, and the same
+//! over HTTP under `/_sandbox/` for anything else.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::Description;
+use super::bot::{BotBehaviour, SimBot};
+use super::faults::HttpFault;
+use super::gateway;
+use super::hub::Core;
+use super::truth::MessageTruth;
+
+pub struct Controls {
+    pub(super) core: Arc<Core>,
+    pub(super) bot: Option<Arc<SimBot>>,
+}
+
+impl Controls {
+    fn account_id(&self, name: &str) -> Result<u64, String> {
+        self.core
+            .state()
+            .world
+            .account_id(name)
+            .ok_or_else(|| format!("no account named {name:?}"))
+    }
+
+    /// Closes the account's gateway connections with `code`.
+    pub fn close_gateway(&self, account: &str, code: u16) -> Result<usize, String> {
+        let id = self.account_id(account)?;
+        self.core
+            .log_event(&format!("control: close {account}'s gateway with {code}"));
+        Ok(gateway::close_account(&self.core, id, code))
+    }
+
+    /// Sends op 7 RECONNECT to the account's connections.
+    pub fn send_reconnect(&self, account: &str) -> Result<usize, String> {
+        let id = self.account_id(account)?;
+        self.core
+            .log_event(&format!("control: op 7 RECONNECT to {account}"));
+        Ok(gateway::reconnect_account(&self.core, id))
+    }
+
+    /// Sends op 9 INVALID_SESSION to the account's sessions and ends them.
+    pub fn invalidate_session(&self, account: &str) -> Result<usize, String> {
+        let id = self.account_id(account)?;
+        self.core
+            .log_event(&format!("control: op 9 INVALID_SESSION to {account}"));
+        Ok(gateway::invalidate_account(&self.core, id))
+    }
+
+    /// Stops (or resumes) acknowledging the account's heartbeats.
+    pub fn set_heartbeat_acks(&self, account: &str, enabled: bool) -> Result<(), String> {
+        let id = self.account_id(account)?;
+        self.core
+            .log_event(&format!("control: heartbeat ACKs for {account}: {enabled}"));
+        self.core.faults.set_heartbeat_acks(id, enabled);
+        Ok(())
+    }
+
+    pub fn is_connected(&self, account: &str) -> Result<bool, String> {
+        let id = self.account_id(account)?;
+        Ok(gateway::is_connected(&self.core, id))
+    }
+
+    /// Forces 429s or 5xx answers on a route.
+    pub fn force_http(&self, fault: HttpFault) -> Result<(), String> {
+        self.core.log_event(&format!(
+            "control: force {} on {:?} {}",
+            fault.status, fault.method, fault.path
+        ));
+        self.core.faults.add_http(fault)
+    }
+
+    pub fn clear_faults(&self) {
+        self.core.log_event("control: faults cleared");
+        self.core.faults.clear();
+    }
+
+    /// Ground truth for one message.
+    pub fn truth(&self, message_id: u64) -> Option<MessageTruth> {
+        self.core.truth.message(message_id)
+    }
+
+    /// Ground truth for a channel's messages, oldest first.
+    pub fn truths(&self, channel_id: Option<u64>) -> Vec<MessageTruth> {
+        self.core.truth.messages(channel_id)
+    }
+
+    /// The simulated bot, when it runs.
+    pub fn bot(&self) -> Option<&Arc<SimBot>> {
+        self.bot.as_ref()
+    }
+
+    fn sim_bot(&self) -> Result<&Arc<SimBot>, String> {
+        self.bot
+            .as_ref()
+            .ok_or_else(|| "the simulated bot is disabled (bot.enabled: false)".to_string())
+    }
+
+    /// Changes how the simulated bot behaves, at once.
+    pub fn set_bot_behaviour(&self, b: BotBehaviour) -> Result<(), String> {
+        let bot = self.sim_bot()?;
+        self.core
+            .log_event(&format!("control: bot behaviour {b:?}"));
+        bot.set_behaviour(b);
+        Ok(())
+    }
+
+    /// Takes the simulated bot offline: it closes its gateway connection
+    /// cleanly, so its presence goes offline at once.
+    pub async fn bot_offline(&self) -> Result<(), String> {
+        let bot = self.sim_bot()?;
+        self.core.log_event("control: bot offline");
+        bot.go_offline().await;
+        Ok(())
+    }
+
+    pub async fn bot_online(&self) -> Result<(), String> {
+        let bot = self.sim_bot()?;
+        self.core.log_event("control: bot online");
+        bot.go_online().await
+    }
+
+    /// Restarts the simulated bot like a process restart: reconnects, and
+    /// its exporter's start time and counters reset.
+    pub async fn bot_restart(&self) -> Result<(), String> {
+        let bot = self.sim_bot()?;
+        self.core.log_event("control: bot restart");
+        bot.restart().await
+    }
+}
+
+type Ctl = State<(Arc<Controls>, Arc<Description>)>;
+
+fn done(r: Result<impl serde::Serialize, String>) -> Response {
+    match r {
+        Ok(v) => Json(json!({"ok": true, "result": v})).into_response(),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"ok": false, "error": e})),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct CloseBody {
+    code: u16,
+}
+
+#[derive(Deserialize)]
+struct AcksBody {
+    enabled: bool,
+}
+
+#[derive(Deserialize)]
+struct TruthQuery {
+    channel_id: Option<u64>,
+}
+
+/// The HTTP control API. Every change takes effect at once and is logged.
+pub fn router(controls: Arc<Controls>, description: Description) -> Router {
+    Router::new()
+        .route("/describe", get(|State((_, d)): Ctl| async move { Json((*d).clone()) }))
+        .route(
+            "/gateway/{account}/close",
+            post(|State((c, _)): Ctl, Path(account): Path<String>, Json(b): Json<CloseBody>| async move {
+                done(c.close_gateway(&account, b.code))
+            }),
+        )
+        .route(
+            "/gateway/{account}/reconnect",
+            post(|State((c, _)): Ctl, Path(account): Path<String>| async move { done(c.send_reconnect(&account)) }),
+        )
+        .route(
+            "/gateway/{account}/invalidate",
+            post(|State((c, _)): Ctl, Path(account): Path<String>| async move { done(c.invalidate_session(&account)) }),
+        )
+        .route(
+            "/gateway/{account}/heartbeat-acks",
+            post(|State((c, _)): Ctl, Path(account): Path<String>, Json(b): Json<AcksBody>| async move {
+                done(c.set_heartbeat_acks(&account, b.enabled))
+            }),
+        )
+        .route(
+            "/faults/http",
+            post(|State((c, _)): Ctl, Json(f): Json<HttpFault>| async move { done(c.force_http(f)) }),
+        )
+        .route(
+            "/faults/clear",
+            post(|State((c, _)): Ctl| async move {
+                c.clear_faults();
+                done(Ok(()))
+            }),
+        )
+        .route(
+            "/bot/behaviour",
+            get(|State((c, _)): Ctl| async move { done(c.sim_bot().map(|b| b.behaviour())) })
+                .post(|State((c, _)): Ctl, Json(b): Json<BotBehaviour>| async move { done(c.set_bot_behaviour(b)) }),
+        )
+        .route("/bot/offline", post(|State((c, _)): Ctl| async move { done(c.bot_offline().await) }))
+        .route("/bot/online", post(|State((c, _)): Ctl| async move { done(c.bot_online().await) }))
+        .route("/bot/restart", post(|State((c, _)): Ctl| async move { done(c.bot_restart().await) }))
+        .route(
+            "/truth/messages",
+            get(|State((c, _)): Ctl, Query(q): Query<TruthQuery>| async move {
+                let records: Vec<_> = c.truths(q.channel_id).iter().map(|r| c.core.truth.to_json(r)).collect();
+                Json(records)
+            }),
+        )
+        .route(
+            "/truth/messages/{id}",
+            get(|State((c, _)): Ctl, Path(id): Path<u64>| async move {
+                match c.truth(id) {
+                    Some(r) => Json(c.core.truth.to_json(&r)).into_response(),
+                    None => (StatusCode::NOT_FOUND, Json(json!({"ok": false, "error": "no such message"}))).into_response(),
+                }
+            }),
+        )
+        .with_state((controls, Arc::new(description)))
+}

@@ -1,0 +1,591 @@
+//! Gateway v10 over WebSocket: HELLO, IDENTIFY, READY, heartbeats, RESUME,
+//! presence, sharding, intents, and `compress=zlib-stream`.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Instant;
+
+use flate2::Compression;
+use flate2::write::ZlibEncoder;
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Message as WsMessage, Message};
+use tokio_util::sync::CancellationToken;
+
+use super::hub::{Conn, Core, Out, Session};
+use super::intents;
+use super::model;
+use super::world::Status;
+
+/// Accepts gateway connections until `shutdown` fires.
+pub async fn serve(core: Arc<Core>, listener: TcpListener, shutdown: CancellationToken) {
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    tasks.spawn(connection(core.clone(), stream, shutdown.clone()));
+                }
+            }
+        }
+        // Reap finished connections so the set does not grow.
+        while tasks.try_join_next().is_some() {}
+    }
+    tasks.shutdown().await;
+}
+
+/// A close the server decides: code and reason.
+struct Close(u16, &'static str);
+
+/// How a connection ended, which decides the session's fate.
+enum End {
+    /// The client closed with this code (None: no code).
+    ClientClosed(Option<u16>),
+    ServerClosed(u16),
+    Dropped,
+}
+
+/// Writes frames, compressing them into one zlib stream when asked.
+struct Writer {
+    sink: SplitSink<WebSocketStream<TcpStream>, WsMessage>,
+    zlib: Option<ZlibEncoder<Vec<u8>>>,
+}
+
+impl Writer {
+    async fn send(&mut self, text: &str) -> Result<(), ()> {
+        let msg = match &mut self.zlib {
+            Some(z) => {
+                // A sync flush ends every message with 00 00 ff ff, as Discord does.
+                z.write_all(text.as_bytes()).map_err(|_| ())?;
+                z.flush().map_err(|_| ())?;
+                Message::Binary(std::mem::take(z.get_mut()))
+            }
+            None => Message::Text(text.to_string()),
+        };
+        self.sink.send(msg).await.map_err(|_| ())
+    }
+
+    async fn close(&mut self, code: u16, reason: &str) {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.to_string().into(),
+        };
+        let _ = self.sink.send(Message::Close(Some(frame))).await;
+        let _ = self.sink.close().await;
+    }
+}
+
+/// Per-connection state.
+struct Ctx {
+    conn: Conn,
+    session: Option<String>,
+    account: Option<u64>,
+}
+
+// The handshake callback's error type is tungstenite's, large by its design.
+#[allow(clippy::result_large_err)]
+async fn connection(core: Arc<Core>, stream: TcpStream, shutdown: CancellationToken) {
+    let _ = stream.set_nodelay(true);
+    let mut query = String::new();
+    let ws = match tokio_tungstenite::accept_hdr_async(stream, |req: &Request, resp: Response| {
+        query = req.uri().query().unwrap_or("").to_string();
+        Ok(resp)
+    })
+    .await
+    {
+        Ok(ws) => ws,
+        Err(_) => return,
+    };
+    let params: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let (sink, mut source) = ws.split();
+    let zlib = params.get("compress").map(String::as_str) == Some("zlib-stream");
+    let mut writer = Writer {
+        sink,
+        zlib: zlib.then(|| ZlibEncoder::new(Vec::new(), Compression::default())),
+    };
+    if let Some(Close(code, reason)) = check_params(&params) {
+        writer.close(code, reason).await;
+        return;
+    }
+
+    let heartbeat = core.cfg.gateway.heartbeat_interval;
+    let hello = json!({"op": 10, "d": {"heartbeat_interval": heartbeat.as_millis() as u64}, "s": null, "t": null});
+    if writer.send(&hello.to_string()).await.is_err() {
+        return;
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut ctx = Ctx {
+        conn: Conn {
+            id: core.next_conn_id(),
+            tx,
+        },
+        session: None,
+        account: None,
+    };
+    // Discord closes a connection whose heartbeats stop; allow 1.5 intervals.
+    let allowance = heartbeat + heartbeat / 2;
+    let mut deadline = tokio::time::Instant::now() + allowance;
+
+    let end = loop {
+        tokio::select! {
+            biased;
+            out = rx.recv() => match out {
+                Some(Out::Frame { text, truth }) => {
+                    if writer.send(&text).await.is_err() {
+                        break End::Dropped;
+                    }
+                    if let (Some((message_id, event)), Some(account)) = (truth, ctx.account) {
+                        core.truth.dispatch_written(message_id, event, account, ctx.conn.id, Instant::now());
+                    }
+                }
+                Some(Out::Invalidate) => {
+                    ctx.session = None;
+                    let op9 = json!({"op": 9, "d": false, "s": null, "t": null});
+                    if writer.send(&op9.to_string()).await.is_err() {
+                        break End::Dropped;
+                    }
+                }
+                Some(Out::Close(code, reason)) => {
+                    writer.close(code, &reason).await;
+                    break End::ServerClosed(code);
+                }
+                None => break End::Dropped,
+            },
+            msg = source.next() => match msg {
+                Some(Ok(Message::Text(text))) => {
+                    match on_payload(&core, &mut ctx, &text) {
+                        Ok(Reply::None) => {}
+                        Ok(Reply::Send(v)) => {
+                            if writer.send(&v.to_string()).await.is_err() {
+                                break End::Dropped;
+                            }
+                        }
+                        Ok(Reply::Heartbeat(ack)) => {
+                            deadline = tokio::time::Instant::now() + allowance;
+                            if ack {
+                                let ack = json!({"op": 11, "d": null, "s": null, "t": null});
+                                if writer.send(&ack.to_string()).await.is_err() {
+                                    break End::Dropped;
+                                }
+                            }
+                        }
+                        Err(Close(code, reason)) => {
+                            writer.close(code, reason).await;
+                            break End::ServerClosed(code);
+                        }
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    writer.close(4002, "Decode error").await;
+                    break End::ServerClosed(4002);
+                }
+                Some(Ok(Message::Close(frame))) => break End::ClientClosed(frame.map(|f| u16::from(f.code))),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break End::Dropped,
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                writer.close(4009, "Session timed out").await;
+                break End::ServerClosed(4009);
+            }
+            _ = shutdown.cancelled() => {
+                writer.close(1001, "Going away").await;
+                break End::Dropped;
+            }
+        }
+    };
+    if let Some(session_id) = ctx.session {
+        connection_ended(&core, &session_id, ctx.conn.id, end);
+    }
+}
+
+fn check_params(params: &HashMap<String, String>) -> Option<Close> {
+    match params.get("v").map(String::as_str) {
+        None | Some("10") => {}
+        Some(_) => return Some(Close(4012, "Invalid API version")),
+    }
+    match params.get("encoding").map(String::as_str) {
+        None | Some("json") => {}
+        // etf is Discord's other encoding; the sandbox speaks JSON only.
+        Some(_) => {
+            return Some(Close(
+                4002,
+                "Decode error: the sandbox supports encoding=json only",
+            ));
+        }
+    }
+    match params.get("compress").map(String::as_str) {
+        None | Some("zlib-stream") => None,
+        Some(_) => Some(Close(
+            4000,
+            "Unknown error: the sandbox supports compress=zlib-stream only",
+        )),
+    }
+}
+
+enum Reply {
+    None,
+    Send(Value),
+    /// A heartbeat arrived; send an ACK if `true`.
+    Heartbeat(bool),
+}
+
+fn on_payload(core: &Arc<Core>, ctx: &mut Ctx, text: &str) -> Result<Reply, Close> {
+    let payload: Value = serde_json::from_str(text).map_err(|_| Close(4002, "Decode error"))?;
+    let op = payload["op"].as_u64().ok_or(Close(4002, "Decode error"))?;
+    let d = &payload["d"];
+    match op {
+        1 => {
+            let ack = ctx.account.is_none_or(|a| core.faults.acks_heartbeats(a));
+            Ok(Reply::Heartbeat(ack))
+        }
+        2 => identify(core, ctx, d).map(|()| Reply::None),
+        3 => {
+            let session = ctx
+                .session
+                .clone()
+                .ok_or(Close(4003, "Not authenticated"))?;
+            let status = d["status"]
+                .as_str()
+                .and_then(Status::parse)
+                .ok_or(Close(4002, "Decode error"))?;
+            set_status(core, &session, status);
+            Ok(Reply::None)
+        }
+        6 => resume(core, ctx, d),
+        8 => {
+            ctx.session
+                .as_ref()
+                .ok_or(Close(4003, "Not authenticated"))?;
+            request_members(core, ctx, d);
+            Ok(Reply::None)
+        }
+        4 | 31 => {
+            // Voice state and soundboard requests: accepted and ignored.
+            ctx.session
+                .as_ref()
+                .ok_or(Close(4003, "Not authenticated"))?;
+            Ok(Reply::None)
+        }
+        _ => Err(Close(4001, "Unknown opcode")),
+    }
+}
+
+fn identify(core: &Arc<Core>, ctx: &mut Ctx, d: &Value) -> Result<(), Close> {
+    if ctx.session.is_some() {
+        return Err(Close(4005, "Already authenticated"));
+    }
+    let token = d["token"].as_str().ok_or(Close(4002, "Decode error"))?;
+    let token = token.strip_prefix("Bot ").unwrap_or(token);
+    let wanted = d["intents"]
+        .as_u64()
+        .ok_or(Close(4013, "Invalid intent(s)"))?;
+    if wanted & !intents::ALL_KNOWN != 0 {
+        return Err(Close(4013, "Invalid intent(s)"));
+    }
+    let shard = match d.get("shard") {
+        None | Some(Value::Null) => [0, 1],
+        Some(v) => {
+            let pair = v.as_array().filter(|a| a.len() == 2);
+            let pair = pair.ok_or(Close(4010, "Invalid shard"))?;
+            let id = pair[0].as_u64().ok_or(Close(4010, "Invalid shard"))?;
+            let count = pair[1].as_u64().ok_or(Close(4010, "Invalid shard"))?;
+            if count == 0 || id >= count {
+                return Err(Close(4010, "Invalid shard"));
+            }
+            [id, count]
+        }
+    };
+    let status = d["presence"]["status"]
+        .as_str()
+        .and_then(Status::parse)
+        .unwrap_or(Status::Online);
+
+    let mut state = core.state();
+    let account = state
+        .world
+        .account_by_token(token)
+        .cloned()
+        .ok_or(Close(4004, "Authentication failed"))?;
+    if wanted & intents::PRIVILEGED & !account.privileged != 0 {
+        core.log_event(&format!(
+            "gateway: {} asked for privileged intents it may not use: {:?}",
+            account.name,
+            intents::privileged_names(wanted & intents::PRIVILEGED & !account.privileged)
+        ));
+        return Err(Close(4014, "Disallowed intent(s)"));
+    }
+    let session_id = uuid::Uuid::new_v4().simple().to_string();
+    let before = state.presence_snapshot(account.id);
+    state.sessions.insert(
+        session_id.clone(),
+        Session {
+            id: session_id.clone(),
+            account_id: account.id,
+            shard,
+            intents: wanted,
+            status,
+            seq: 0,
+            replay: Default::default(),
+            conn: Some(ctx.conn.clone()),
+            detach_generation: 0,
+        },
+    );
+    let guilds = state.world.shard_guilds(account.id, shard);
+    let ready = json!({
+        "v": 10,
+        "user": model::current_user(&account),
+        "guilds": guilds.iter().map(|id| json!({"id": id.to_string(), "unavailable": true})).collect::<Vec<_>>(),
+        "session_id": session_id,
+        "session_type": "normal",
+        "resume_gateway_url": core.gateway_url(),
+        "shard": shard,
+        "application": {"id": account.id.to_string(), "flags": 0},
+        "private_channels": [],
+        "relationships": [],
+        "presences": [],
+        "guild_join_requests": [],
+        "geo_ordered_rtc_regions": [],
+        "user_settings": {},
+        "_trace": ["[\"twi-probe-sandbox\"]"],
+    });
+    state.enqueue(&session_id, "READY", ready);
+    if wanted & intents::GUILDS != 0 {
+        for guild_id in guilds {
+            let Some(g) = state.world.guild(guild_id).cloned() else {
+                continue;
+            };
+            let presences = (wanted & intents::GUILD_PRESENCES != 0).then(|| {
+                g.members
+                    .iter()
+                    .map(|m| (*m, state.shown_status(*m, guild_id)))
+                    .filter(|(_, s)| *s != "offline")
+                    .map(|(m, s)| model::presence(m, s))
+                    .collect()
+            });
+            let d = model::guild_create(&state.world, &g, presences);
+            state.enqueue(&session_id, "GUILD_CREATE", d);
+        }
+    }
+    state.broadcast_presence(account.id, before);
+    drop(state);
+    core.log_event(&format!(
+        "gateway: {} identified (shard {:?}, intents {wanted})",
+        account.name, shard
+    ));
+    ctx.session = Some(session_id);
+    ctx.account = Some(account.id);
+    Ok(())
+}
+
+fn resume(core: &Arc<Core>, ctx: &mut Ctx, d: &Value) -> Result<Reply, Close> {
+    if ctx.session.is_some() {
+        return Err(Close(4005, "Already authenticated"));
+    }
+    let token = d["token"].as_str().ok_or(Close(4002, "Decode error"))?;
+    let token = token.strip_prefix("Bot ").unwrap_or(token);
+    let session_id = d["session_id"]
+        .as_str()
+        .ok_or(Close(4002, "Decode error"))?;
+    let seq = d["seq"].as_u64().unwrap_or(0);
+    let invalid = Reply::Send(json!({"op": 9, "d": false, "s": null, "t": null}));
+
+    let mut state = core.state();
+    let Some(account) = state.world.account_by_token(token).map(|a| a.id) else {
+        return Err(Close(4004, "Authentication failed"));
+    };
+    let Some(session) = state.sessions.get_mut(session_id) else {
+        return Ok(invalid);
+    };
+    if session.account_id != account {
+        return Ok(invalid);
+    }
+    // Dispatches after `seq` must all still be in the buffer.
+    let oldest_kept = session
+        .replay
+        .front()
+        .map(|(s, _)| *s)
+        .unwrap_or(session.seq + 1);
+    if seq > session.seq || seq + 1 < oldest_kept {
+        return Err(Close(4007, "Invalid seq"));
+    }
+    if let Some(old) = session.conn.take() {
+        let _ = old
+            .tx
+            .send(Out::Close(4009, "Session resumed elsewhere".into()));
+    }
+    session.detach_generation += 1;
+    session.conn = Some(ctx.conn.clone());
+    for (s, text) in &session.replay {
+        if *s > seq {
+            let _ = ctx.conn.tx.send(Out::Frame {
+                text: text.clone(),
+                truth: None,
+            });
+        }
+    }
+    let replayed = session.seq - seq;
+    state.enqueue(session_id, "RESUMED", json!({}));
+    drop(state);
+    core.log_event(&format!(
+        "gateway: session {session_id} resumed, {replayed} dispatches replayed"
+    ));
+    ctx.session = Some(session_id.to_string());
+    ctx.account = Some(account);
+    Ok(Reply::None)
+}
+
+fn set_status(core: &Arc<Core>, session_id: &str, status: Status) {
+    let mut state = core.state();
+    let Some(account) = state.sessions.get(session_id).map(|s| s.account_id) else {
+        return;
+    };
+    let before = state.presence_snapshot(account);
+    if let Some(s) = state.sessions.get_mut(session_id) {
+        s.status = status;
+    }
+    state.broadcast_presence(account, before);
+}
+
+/// op 8: GUILD_MEMBERS_CHUNK with every member (the guilds are small).
+fn request_members(core: &Arc<Core>, ctx: &Ctx, d: &Value) {
+    let Some(session_id) = &ctx.session else {
+        return;
+    };
+    let guild_id = match &d["guild_id"] {
+        Value::String(s) => s.parse().ok(),
+        v => v.as_u64(),
+    };
+    let mut state = core.state();
+    let Some(g) = guild_id.and_then(|id| state.world.guild(id)).cloned() else {
+        return;
+    };
+    let members: Vec<Value> = g
+        .members
+        .iter()
+        .filter_map(|id| state.world.account(*id))
+        .map(|a| model::member(&g, a))
+        .collect();
+    let chunk = json!({
+        "guild_id": g.id.to_string(),
+        "members": members,
+        "chunk_index": 0,
+        "chunk_count": 1,
+        "nonce": d.get("nonce").cloned().unwrap_or(Value::Null),
+    });
+    state.enqueue(session_id, "GUILD_MEMBERS_CHUNK", chunk);
+}
+
+/// Close codes after which Discord does not let a session resume.
+fn ends_session(code: u16) -> bool {
+    matches!(code, 4004 | 4007 | 4009 | 4010..=4014)
+}
+
+fn connection_ended(core: &Arc<Core>, session_id: &str, conn_id: u64, end: End) {
+    let terminate = match end {
+        // A clean close ends the session (and the presence) at once.
+        End::ClientClosed(Some(1000 | 1001)) => true,
+        End::ServerClosed(code) => ends_session(code),
+        End::ClientClosed(_) | End::Dropped => false,
+    };
+    let mut state = core.state();
+    let Some(session) = state.sessions.get_mut(session_id) else {
+        return;
+    };
+    if session.conn.as_ref().is_some_and(|c| c.id != conn_id) {
+        return; // Already resumed on another connection.
+    }
+    session.conn = None;
+    session.detach_generation += 1;
+    let generation = session.detach_generation;
+    if terminate {
+        end_session(&mut state, session_id);
+        return;
+    }
+    drop(state);
+    let window = core.cfg.gateway.resume_window;
+    let core = core.clone();
+    let session_id = session_id.to_string();
+    tokio::spawn(async move {
+        tokio::time::sleep(window).await;
+        let mut state = core.state();
+        let expired = state
+            .sessions
+            .get(&session_id)
+            .is_some_and(|s| s.conn.is_none() && s.detach_generation == generation);
+        if expired {
+            end_session(&mut state, &session_id);
+        }
+    });
+}
+
+/// Removes a session; its account's presence changes where it was the last.
+pub(crate) fn end_session(state: &mut super::hub::State, session_id: &str) {
+    let Some(account) = state.sessions.get(session_id).map(|s| s.account_id) else {
+        return;
+    };
+    let before = state.presence_snapshot(account);
+    state.sessions.remove(session_id);
+    state.broadcast_presence(account, before);
+}
+
+/// Control: closes every connection of `account` with `code`.
+pub fn close_account(core: &Core, account: u64, code: u16) -> usize {
+    send_to_account(core, account, || {
+        Out::Close(code, format!("closed by the sandbox control ({code})"))
+    })
+}
+
+/// Control: op 7 RECONNECT to every connection of `account`.
+pub fn reconnect_account(core: &Core, account: u64) -> usize {
+    let text: Arc<str> = json!({"op": 7, "d": null, "s": null, "t": null})
+        .to_string()
+        .into();
+    send_to_account(core, account, || Out::Frame {
+        text: text.clone(),
+        truth: None,
+    })
+}
+
+/// Control: op 9 INVALID_SESSION (not resumable) to every session of `account`.
+pub fn invalidate_account(core: &Core, account: u64) -> usize {
+    let mut state = core.state();
+    let ids = state.sessions_of(account);
+    for id in &ids {
+        if let Some(conn) = state.sessions.get(id).and_then(|s| s.conn.clone()) {
+            let _ = conn.tx.send(Out::Invalidate);
+        }
+        end_session(&mut state, id);
+    }
+    ids.len()
+}
+
+fn send_to_account(core: &Core, account: u64, out: impl Fn() -> Out) -> usize {
+    let state = core.state();
+    let mut n = 0;
+    for s in state.sessions.values().filter(|s| s.account_id == account) {
+        if let Some(conn) = &s.conn {
+            let _ = conn.tx.send(out());
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Whether `account` has a live gateway connection.
+pub fn is_connected(core: &Core, account: u64) -> bool {
+    core.state()
+        .sessions
+        .values()
+        .any(|s| s.account_id == account && s.conn.is_some())
+}

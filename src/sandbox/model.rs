@@ -1,0 +1,342 @@
+//! Discord's JSON objects as the sandbox sends them (API v10 shapes, with the
+//! fields real libraries require: serenity, discord.py, discord.js).
+
+use std::time::SystemTime;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+
+use super::world::{Account, Author, Channel, Guild, Message, Webhook, World};
+
+/// ISO 8601 as Discord writes it: `2026-11-26T15:00:00.123000+00:00`.
+pub fn timestamp(t: SystemTime) -> String {
+    DateTime::<Utc>::from(t)
+        .format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
+        .to_string()
+}
+
+pub fn user(a: &Account) -> Value {
+    json!({
+        "id": a.id.to_string(),
+        "username": a.name,
+        "global_name": if a.bot { Value::Null } else { Value::String(a.name.clone()) },
+        "discriminator": "0",
+        "avatar": null,
+        "bot": a.bot,
+        "system": false,
+        "public_flags": 0,
+        "flags": 0,
+        "banner": null,
+        "accent_color": null,
+        "avatar_decoration_data": null,
+    })
+}
+
+/// `GET /users/@me` and READY's `user`.
+pub fn current_user(a: &Account) -> Value {
+    let mut u = user(a);
+    let o = u.as_object_mut().expect("object");
+    o.insert("verified".into(), json!(true));
+    o.insert("mfa_enabled".into(), json!(false));
+    o.insert("email".into(), Value::Null);
+    o.insert("locale".into(), json!("en-US"));
+    o.insert("premium_type".into(), json!(0));
+    u
+}
+
+fn webhook_user(w: &Webhook) -> Value {
+    json!({
+        "id": w.id.to_string(),
+        "username": w.name,
+        "discriminator": "0000",
+        "avatar": null,
+        "bot": true,
+        "global_name": null,
+        "public_flags": 0,
+        "flags": 0,
+    })
+}
+
+pub fn member(g: &Guild, a: &Account) -> Value {
+    json!({
+        "user": user(a),
+        "nick": null,
+        "avatar": null,
+        "banner": null,
+        "roles": [],
+        "joined_at": timestamp(g.joined_at),
+        "premium_since": null,
+        "deaf": false,
+        "mute": false,
+        "flags": 0,
+        "pending": false,
+        "communication_disabled_until": null,
+    })
+}
+
+/// A member without `user`, as inside MESSAGE_CREATE.
+fn partial_member(g: &Guild) -> Value {
+    json!({
+        "nick": null,
+        "avatar": null,
+        "roles": [],
+        "joined_at": timestamp(g.joined_at),
+        "premium_since": null,
+        "deaf": false,
+        "mute": false,
+        "flags": 0,
+        "pending": false,
+        "communication_disabled_until": null,
+    })
+}
+
+pub fn channel(c: &Channel, with_guild_id: bool) -> Value {
+    let mut v = json!({
+        "id": c.id.to_string(),
+        "type": 0,
+        "name": c.name,
+        "position": c.position,
+        "permission_overwrites": [],
+        "topic": null,
+        "nsfw": false,
+        "last_message_id": c.messages.keys().next_back().map(|id| id.to_string()),
+        "rate_limit_per_user": 0,
+        "parent_id": null,
+        "last_pin_timestamp": null,
+        "flags": 0,
+    });
+    if with_guild_id {
+        v["guild_id"] = json!(c.guild_id.to_string());
+    }
+    v
+}
+
+fn everyone_role(g: &Guild) -> Value {
+    json!({
+        "id": g.id.to_string(),
+        "name": "@everyone",
+        "color": 0,
+        "colors": {"primary_color": 0, "secondary_color": null, "tertiary_color": null},
+        "hoist": false,
+        "icon": null,
+        "unicode_emoji": null,
+        "position": 0,
+        // VIEW_CHANNEL, SEND_MESSAGES, READ_MESSAGE_HISTORY, EMBED_LINKS, ADD_REACTIONS.
+        "permissions": ((1u64 << 10) | (1 << 11) | (1 << 16) | (1 << 14) | (1 << 6)).to_string(),
+        "managed": false,
+        "mentionable": false,
+        "flags": 0,
+    })
+}
+
+/// The guild object of `GET /guilds/{id}`.
+pub fn guild(g: &Guild) -> Value {
+    json!({
+        "id": g.id.to_string(),
+        "name": g.name,
+        "icon": null,
+        "icon_hash": null,
+        "splash": null,
+        "discovery_splash": null,
+        "owner_id": g.owner_id.to_string(),
+        "afk_channel_id": null,
+        "afk_timeout": 300,
+        "widget_enabled": false,
+        "widget_channel_id": null,
+        "verification_level": 0,
+        "default_message_notifications": 0,
+        "explicit_content_filter": 0,
+        "roles": [everyone_role(g)],
+        "emojis": [],
+        "features": [],
+        "mfa_level": 0,
+        "application_id": null,
+        "system_channel_id": null,
+        "system_channel_flags": 0,
+        "rules_channel_id": null,
+        "max_presences": null,
+        "max_members": 500000,
+        "vanity_url_code": null,
+        "description": null,
+        "banner": null,
+        "premium_tier": 0,
+        "premium_subscription_count": 0,
+        "preferred_locale": "en-US",
+        "public_updates_channel_id": null,
+        "max_video_channel_users": 25,
+        "max_stage_video_channel_users": 50,
+        "approximate_member_count": null,
+        "approximate_presence_count": null,
+        "nsfw_level": 0,
+        "stickers": [],
+        "premium_progress_bar_enabled": false,
+        "safety_alerts_channel_id": null,
+    })
+}
+
+/// GUILD_CREATE for a session; presences only with GUILD_PRESENCES.
+pub fn guild_create(world: &World, g: &Guild, presences: Option<Vec<Value>>) -> Value {
+    let mut v = guild(g);
+    let o = v.as_object_mut().expect("object");
+    o.insert("joined_at".into(), json!(timestamp(g.joined_at)));
+    o.insert("large".into(), json!(false));
+    o.insert("unavailable".into(), json!(false));
+    o.insert("member_count".into(), json!(g.members.len()));
+    o.insert("voice_states".into(), json!([]));
+    o.insert(
+        "members".into(),
+        Value::Array(
+            g.members
+                .iter()
+                .filter_map(|id| world.account(*id))
+                .map(|a| member(g, a))
+                .collect(),
+        ),
+    );
+    o.insert(
+        "channels".into(),
+        Value::Array(
+            g.channels
+                .iter()
+                .filter_map(|id| world.channels.get(id))
+                .map(|c| channel(c, false))
+                .collect(),
+        ),
+    );
+    o.insert("threads".into(), json!([]));
+    o.insert(
+        "presences".into(),
+        Value::Array(presences.unwrap_or_default()),
+    );
+    o.insert("stage_instances".into(), json!([]));
+    o.insert("guild_scheduled_events".into(), json!([]));
+    o.insert("soundboard_sounds".into(), json!([]));
+    v
+}
+
+pub fn presence(account: u64, status: &str) -> Value {
+    let client_status = if status == "offline" {
+        json!({})
+    } else {
+        json!({"web": status})
+    };
+    json!({
+        "user": {"id": account.to_string()},
+        "status": status,
+        "activities": [],
+        "client_status": client_status,
+    })
+}
+
+pub fn presence_update(guild_id: u64, account: u64, status: &str) -> Value {
+    let mut p = presence(account, status);
+    p["guild_id"] = json!(guild_id.to_string());
+    p
+}
+
+/// A message as `viewer` sees it. Without MESSAGE_CONTENT (and unless the
+/// message is the viewer's own, mentions it or replies to it), content,
+/// embeds, attachments and components are empty, as on Discord.
+pub fn message(world: &World, m: &Message, show_content: bool, in_dispatch: bool) -> Value {
+    let author = match m.author {
+        Author::Account(id) => world.account(id).map(user),
+        Author::Webhook(id) => world.webhooks.get(&id).map(webhook_user),
+    }
+    .unwrap_or(Value::Null);
+    let mentions: Vec<Value> = m
+        .mentions
+        .iter()
+        .filter_map(|id| world.account(*id))
+        .map(user)
+        .collect();
+    let mut v = json!({
+        "id": m.id.to_string(),
+        "channel_id": m.channel_id.to_string(),
+        "author": author,
+        "content": if show_content { m.content.clone() } else { String::new() },
+        "timestamp": timestamp(m.created()),
+        "edited_timestamp": m.edited.map(timestamp),
+        "tts": m.tts,
+        "mention_everyone": false,
+        "mentions": mentions,
+        "mention_roles": [],
+        "attachments": [],
+        "embeds": if show_content { Value::Array(m.embeds.clone()) } else { json!([]) },
+        "pinned": false,
+        "type": if m.reference.is_some() { 19 } else { 0 },
+        "flags": 0,
+        "components": [],
+    });
+    let o = v.as_object_mut().expect("object");
+    if let Some(nonce) = &m.nonce {
+        o.insert("nonce".into(), nonce.clone());
+    }
+    if let Author::Webhook(id) = m.author {
+        o.insert("webhook_id".into(), json!(id.to_string()));
+    }
+    if let Some(reference) = m.reference {
+        o.insert(
+            "message_reference".into(),
+            json!({
+                "type": 0,
+                "message_id": reference.to_string(),
+                "channel_id": m.channel_id.to_string(),
+                "guild_id": m.guild_id.to_string(),
+            }),
+        );
+        let referenced = world
+            .message(m.channel_id, reference)
+            .map(|r| message(world, r, show_content, false))
+            .unwrap_or(Value::Null);
+        o.insert("referenced_message".into(), referenced);
+    }
+    if in_dispatch {
+        o.insert("guild_id".into(), json!(m.guild_id.to_string()));
+        if let (Author::Account(_), Some(g)) = (m.author, world.guild(m.guild_id)) {
+            o.insert("member".into(), partial_member(g));
+        }
+    }
+    v
+}
+
+/// `GET /applications/@me` and `/oauth2/applications/@me`.
+pub fn application(a: &Account, owner: &Account) -> Value {
+    json!({
+        "id": a.id.to_string(),
+        "name": a.name,
+        "icon": null,
+        "description": "",
+        "summary": "",
+        "type": null,
+        "bot_public": false,
+        "bot_require_code_grant": false,
+        "owner": user(owner),
+        "verify_key": "0".repeat(64),
+        "team": null,
+        "flags": 0,
+        "hook": true,
+        "redirect_uris": [],
+        "interactions_endpoint_url": null,
+        "role_connections_verification_url": null,
+        "tags": [],
+        "install_params": null,
+        "approximate_guild_count": 1,
+        "bot": user(a),
+    })
+}
+
+pub fn webhook(w: &Webhook, with_token: bool) -> Value {
+    let mut v = json!({
+        "id": w.id.to_string(),
+        "type": 1,
+        "guild_id": w.guild_id.to_string(),
+        "channel_id": w.channel_id.to_string(),
+        "name": w.name,
+        "avatar": null,
+        "application_id": null,
+    });
+    if with_token {
+        v["token"] = json!(w.token);
+    }
+    v
+}

@@ -1,0 +1,799 @@
+//! REST v10 under `/api/v10/`: authentication, Discord's error shapes and
+//! codes, rate limits with Discord's headers, and the routes clients use.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use super::hub::Core;
+use super::intents;
+use super::model;
+use super::ratelimit::{Decision, Headers, RateLimiter};
+use super::world::{Access, Author, Message};
+
+/// Discord's limit on message content, in characters.
+const MAX_CONTENT: usize = 2000;
+const MAX_EMBEDS: usize = 10;
+/// Routes without a stricter limit share this one per account.
+const DEFAULT_ROUTE_LIMIT: (u32, Duration) = (50, Duration::from_secs(1));
+
+pub struct Rest {
+    pub core: Arc<Core>,
+    pub limiter: RateLimiter,
+}
+
+/// An error answer in Discord's JSON shape.
+pub struct ApiError {
+    status: StatusCode,
+    body: Value,
+}
+
+impl ApiError {
+    fn new(status: u16, code: u64, message: &str) -> Self {
+        ApiError {
+            status: StatusCode::from_u16(status).expect("valid status"),
+            body: json!({"message": message, "code": code}),
+        }
+    }
+
+    fn form(field: &str, code: &str, message: &str) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            body: json!({
+                "message": "Invalid Form Body",
+                "code": 50035,
+                "errors": {field: {"_errors": [{"code": code, "message": message}]}},
+            }),
+        }
+    }
+
+    fn unauthorized() -> Self {
+        Self::new(401, 0, "401: Unauthorized")
+    }
+    fn not_found() -> Self {
+        Self::new(404, 0, "404: Not Found")
+    }
+    fn unknown_channel() -> Self {
+        Self::new(404, 10003, "Unknown Channel")
+    }
+    fn unknown_message() -> Self {
+        Self::new(404, 10008, "Unknown Message")
+    }
+    fn missing_access() -> Self {
+        Self::new(403, 50001, "Missing Access")
+    }
+    fn missing_permissions() -> Self {
+        Self::new(403, 50013, "Missing Permissions")
+    }
+}
+
+/// A parsed request.
+struct Req<'a> {
+    method: Method,
+    segments: Vec<&'a str>,
+    query: Vec<(String, String)>,
+    body: Value,
+    arrived: Instant,
+}
+
+impl Req<'_> {
+    fn query(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// JSON with `Content-Type: application/json` exactly, as Discord sends it.
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    let mut r = Response::new(Body::from(body.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn no_content() -> Response {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    r
+}
+
+fn add_rate_headers(r: &mut Response, h: &Headers) {
+    let headers = r.headers_mut();
+    let mut put = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    };
+    put("x-ratelimit-limit", h.limit.to_string());
+    put("x-ratelimit-remaining", h.remaining.to_string());
+    put("x-ratelimit-reset", format!("{:.3}", h.reset));
+    put("x-ratelimit-reset-after", format!("{:.3}", h.reset_after));
+    put("x-ratelimit-bucket", h.bucket.clone());
+}
+
+fn too_many_requests(h: &Headers, retry_after: f64, global: bool) -> Response {
+    let body = json!({
+        "message": "You are being rate limited.",
+        "retry_after": (retry_after * 1000.0).ceil() / 1000.0,
+        "global": global,
+        "code": 0,
+    });
+    let mut r = json_response(StatusCode::TOO_MANY_REQUESTS, &body);
+    add_rate_headers(&mut r, h);
+    let headers = r.headers_mut();
+    headers.insert(
+        "retry-after",
+        HeaderValue::from_str(&(retry_after.ceil() as u64).max(1).to_string()).expect("digits"),
+    );
+    headers.insert("via", HeaderValue::from_static("1.1 google"));
+    headers.insert(
+        "x-ratelimit-scope",
+        HeaderValue::from_static(if global { "global" } else { "user" }),
+    );
+    if global {
+        headers.insert("x-ratelimit-global", HeaderValue::from_static("true"));
+    }
+    r
+}
+
+fn parse_id(s: &str) -> Option<u64> {
+    s.parse().ok()
+}
+
+/// A snowflake in a JSON body: a string, or a number (never through f64).
+fn json_id(v: &Value) -> Option<u64> {
+    match v {
+        Value::String(s) => s.parse().ok(),
+        Value::Number(n) => n.as_u64(),
+        _ => None,
+    }
+}
+
+impl Rest {
+    /// Handles any request under `/api/v10/`.
+    pub async fn handle(
+        self: Arc<Self>,
+        method: Method,
+        uri: Uri,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Response {
+        let arrived = Instant::now();
+        let path = uri.path().strip_prefix("/api/v10").unwrap_or(uri.path());
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let query: Vec<(String, String)> =
+            url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+                .into_owned()
+                .collect();
+        let body = if body.is_empty() {
+            Value::Null
+        } else {
+            match serde_json::from_slice(&body) {
+                Ok(v) => v,
+                Err(_) => {
+                    return json_response(
+                        StatusCode::BAD_REQUEST,
+                        &json!({"message": "400: Bad Request", "code": 50109}),
+                    );
+                }
+            }
+        };
+        let req = Req {
+            method,
+            segments,
+            query,
+            body,
+            arrived,
+        };
+        let (route, major) = route_of(&req);
+        if let Some(status) = self.core.faults.http_status(req.method.as_str(), path) {
+            self.core
+                .log_event(&format!("rest: forced {status} on {} {path}", req.method));
+            return self.forced(status, &route);
+        }
+        // Webhook execution authenticates with the token in the URL.
+        let is_public = matches!(req.segments.as_slice(), ["gateway"] | ["webhooks", ..]);
+        let account = match auth(&self.core, &headers) {
+            Some(a) => Some(a),
+            None if is_public => None,
+            None => return json_response(StatusCode::UNAUTHORIZED, &ApiError::unauthorized().body),
+        };
+        let rate_key = account.unwrap_or(0);
+        let global = self.core.cfg.rate_limits.global_per_second;
+        if let Decision::Limited {
+            headers,
+            retry_after,
+            ..
+        } = self
+            .limiter
+            .check("global", "global", rate_key, global, Duration::from_secs(1))
+        {
+            return too_many_requests(&headers, retry_after, true);
+        }
+        let (limit, per) =
+            if route == "POST /channels/{id}/messages" || route == "POST /webhooks/{id}/{token}" {
+                (
+                    self.core.cfg.rate_limits.messages_per_channel,
+                    self.core.cfg.rate_limits.messages_window,
+                )
+            } else {
+                DEFAULT_ROUTE_LIMIT
+            };
+        let rate =
+            match self
+                .limiter
+                .check(&route, &format!("{route}:{major}"), rate_key, limit, per)
+            {
+                Decision::Allowed(h) => h,
+                Decision::Limited {
+                    headers,
+                    retry_after,
+                    global,
+                } => {
+                    self.core
+                        .log_event(&format!("rest: 429 on {route} for account {rate_key}"));
+                    return too_many_requests(&headers, retry_after, global);
+                }
+            };
+        let mut response = match self.route(&req, account) {
+            Ok(r) => r,
+            Err(e) => json_response(e.status, &e.body),
+        };
+        add_rate_headers(&mut response, &rate);
+        response
+    }
+
+    fn forced(&self, status: u16, route: &str) -> Response {
+        if status == 429 {
+            let h = Headers {
+                limit: 5,
+                remaining: 0,
+                reset: SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64()
+                    + 1.0,
+                reset_after: 1.0,
+                bucket: route.to_string(),
+            };
+            return too_many_requests(&h, 1.0, false);
+        }
+        let text = format!(
+            "{status}: {}",
+            StatusCode::from_u16(status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("Server Error")
+        );
+        json_response(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            &json!({"message": text, "code": 0}),
+        )
+    }
+
+    fn route(&self, req: &Req<'_>, account: Option<u64>) -> Result<Response, ApiError> {
+        let me = account.unwrap_or(0);
+        let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
+        match (&req.method, req.segments.as_slice()) {
+            (&Method::GET, ["gateway"]) => ok(json!({"url": self.core.gateway_url()})),
+            (&Method::GET, ["gateway", "bot"]) => ok(json!({
+                "url": self.core.gateway_url(),
+                "shards": self.core.cfg.gateway.recommended_shards,
+                "session_start_limit": {"total": 1000, "remaining": 999, "reset_after": 14_400_000, "max_concurrency": 1},
+            })),
+            (&Method::GET, ["users", "@me"]) => {
+                let state = self.core.state();
+                let a = state.world.account(me).ok_or_else(ApiError::unauthorized)?;
+                ok(model::current_user(a))
+            }
+            (&Method::GET, ["applications", "@me"] | ["oauth2", "applications", "@me"]) => {
+                let state = self.core.state();
+                let a = state.world.account(me).ok_or_else(ApiError::unauthorized)?;
+                if !a.bot {
+                    return Err(ApiError::new(401, 50001, "Missing Access"));
+                }
+                // The team owner: the first human account (discord.py needs one).
+                let owner = state.world.accounts.iter().find(|x| !x.bot).unwrap_or(a);
+                ok(model::application(a, owner))
+            }
+            (&Method::GET, ["users", id]) => {
+                let state = self.core.state();
+                let a = parse_id(id)
+                    .and_then(|id| state.world.account(id))
+                    .ok_or_else(|| ApiError::new(404, 10013, "Unknown User"))?;
+                ok(model::user(a))
+            }
+            (&Method::GET, ["channels", id]) => {
+                let cid = parse_id(id).ok_or_else(ApiError::unknown_channel)?;
+                let state = self.core.state();
+                check_access(state.world.access(cid, me, false))?;
+                ok(model::channel(&state.world.channels[&cid], true))
+            }
+            (&Method::POST, ["channels", id, "messages"]) => {
+                let cid = parse_id(id).ok_or_else(ApiError::unknown_channel)?;
+                let v = self.create_message(req, cid, Author::Account(me))?;
+                ok(v)
+            }
+            (&Method::GET, ["channels", id, "messages"]) => {
+                let cid = parse_id(id).ok_or_else(ApiError::unknown_channel)?;
+                ok(self.list_messages(req, cid, me)?)
+            }
+            (&Method::GET, ["channels", id, "messages", mid]) => {
+                let cid = parse_id(id).ok_or_else(ApiError::unknown_channel)?;
+                let state = self.core.state();
+                check_access(state.world.access(cid, me, false))?;
+                let m = parse_id(mid)
+                    .and_then(|m| state.world.message(cid, m))
+                    .ok_or_else(ApiError::unknown_message)?;
+                ok(model::message(
+                    &state.world,
+                    m,
+                    self.rest_shows_content(&state.world, m, me),
+                    false,
+                ))
+            }
+            (&Method::PATCH, ["channels", id, "messages", mid]) => {
+                let cid = parse_id(id).ok_or_else(ApiError::unknown_channel)?;
+                let mid = parse_id(mid).ok_or_else(ApiError::unknown_message)?;
+                ok(self.edit_message(req, cid, mid, me)?)
+            }
+            (&Method::DELETE, ["channels", id, "messages", mid]) => {
+                let cid = parse_id(id).ok_or_else(ApiError::unknown_channel)?;
+                let mid = parse_id(mid).ok_or_else(ApiError::unknown_message)?;
+                self.delete_message(cid, mid, me)?;
+                Ok(no_content())
+            }
+            (&Method::POST, ["channels", id, "typing"]) => {
+                let cid = parse_id(id).ok_or_else(ApiError::unknown_channel)?;
+                self.typing(cid, me)?;
+                Ok(no_content())
+            }
+            (&Method::GET, ["guilds", id]) => {
+                let state = self.core.state();
+                let g = parse_id(id)
+                    .and_then(|id| state.world.guild(id))
+                    .ok_or_else(|| ApiError::new(404, 10004, "Unknown Guild"))?;
+                if !g.members.contains(&me) {
+                    return Err(ApiError::missing_access());
+                }
+                ok(model::guild(g))
+            }
+            (&Method::GET, ["guilds", id, "channels"]) => {
+                let state = self.core.state();
+                let g = parse_id(id)
+                    .and_then(|id| state.world.guild(id))
+                    .ok_or_else(|| ApiError::new(404, 10004, "Unknown Guild"))?;
+                if !g.members.contains(&me) {
+                    return Err(ApiError::missing_access());
+                }
+                let channels: Vec<Value> = g
+                    .channels
+                    .iter()
+                    .filter_map(|c| state.world.channels.get(c))
+                    .filter(|c| state.world.can_view(c, me))
+                    .map(|c| model::channel(c, true))
+                    .collect();
+                ok(Value::Array(channels))
+            }
+            (&Method::GET, ["guilds", id, "members", uid]) => {
+                let state = self.core.state();
+                let g = parse_id(id)
+                    .and_then(|id| state.world.guild(id))
+                    .ok_or_else(|| ApiError::new(404, 10004, "Unknown Guild"))?;
+                if !g.members.contains(&me) {
+                    return Err(ApiError::missing_access());
+                }
+                let a = parse_id(uid)
+                    .filter(|u| g.members.contains(u))
+                    .and_then(|u| state.world.account(u))
+                    .ok_or_else(|| ApiError::new(404, 10007, "Unknown Member"))?;
+                ok(model::member(g, a))
+            }
+            (&Method::GET, ["webhooks", id, token]) => {
+                let state = self.core.state();
+                let w = webhook(&state.world, id, token)?;
+                ok(model::webhook(w, true))
+            }
+            (&Method::POST, ["webhooks", id, token]) => {
+                let (wid, cid) = {
+                    let state = self.core.state();
+                    let w = webhook(&state.world, id, token)?;
+                    (w.id, w.channel_id)
+                };
+                let v = self.create_message(req, cid, Author::Webhook(wid))?;
+                if req.query("wait") == Some("true") {
+                    ok(v)
+                } else {
+                    Ok(no_content())
+                }
+            }
+            _ => Err(ApiError::not_found()),
+        }
+    }
+
+    /// Content over REST follows the account's approved intent (the portal toggle).
+    fn rest_shows_content(&self, world: &super::world::World, m: &Message, viewer: u64) -> bool {
+        world
+            .account(viewer)
+            .is_some_and(|a| a.privileged & intents::MESSAGE_CONTENT != 0)
+            || world.content_visible_without_intent(m, viewer)
+    }
+
+    fn create_message(
+        &self,
+        req: &Req<'_>,
+        channel_id: u64,
+        author: Author,
+    ) -> Result<Value, ApiError> {
+        let body = &req.body;
+        let content = body["content"].as_str().unwrap_or("").to_string();
+        let embeds: Vec<Value> = body["embeds"].as_array().cloned().unwrap_or_default();
+        if content.chars().count() > MAX_CONTENT {
+            return Err(ApiError::form(
+                "content",
+                "BASE_TYPE_MAX_LENGTH",
+                "Must be 2000 or fewer in length.",
+            ));
+        }
+        if embeds.len() > MAX_EMBEDS {
+            return Err(ApiError::form(
+                "embeds",
+                "BASE_TYPE_MAX_LENGTH",
+                "Must be 10 or fewer in length.",
+            ));
+        }
+        if content.trim().is_empty() && embeds.is_empty() {
+            return Err(ApiError::new(400, 50006, "Cannot send an empty message"));
+        }
+        let reference = match body.get("message_reference") {
+            Some(r) if !r.is_null() => Some(json_id(&r["message_id"]).ok_or_else(|| {
+                ApiError::form(
+                    "message_reference",
+                    "MESSAGE_REFERENCE_UNKNOWN_MESSAGE",
+                    "Unknown message",
+                )
+            })?),
+            _ => None,
+        };
+        let replied_user = body["allowed_mentions"]["replied_user"]
+            .as_bool()
+            .unwrap_or(true);
+
+        let mut state = self.core.state();
+        if let Author::Account(me) = author {
+            check_access(state.world.access(channel_id, me, true))?;
+        } else if !state.world.channels.contains_key(&channel_id) {
+            return Err(ApiError::unknown_channel());
+        }
+        let guild_id = state.world.channels[&channel_id].guild_id;
+        let mut mentions = mentioned_ids(&content, &state.world, guild_id);
+        if let Some(r) = reference {
+            let referenced = state.world.message(channel_id, r).ok_or_else(|| {
+                ApiError::form(
+                    "message_reference",
+                    "MESSAGE_REFERENCE_UNKNOWN_MESSAGE",
+                    "Unknown message",
+                )
+            })?;
+            if let (true, Author::Account(replied)) = (replied_user, referenced.author)
+                && Author::Account(replied) != author
+                && !mentions.contains(&replied)
+            {
+                mentions.push(replied);
+            }
+        }
+        let id = self.core.ids.next();
+        let created = Instant::now();
+        let message = Message {
+            id,
+            channel_id,
+            guild_id,
+            author,
+            content,
+            embeds,
+            mentions,
+            reference,
+            tts: body["tts"].as_bool().unwrap_or(false),
+            nonce: body.get("nonce").filter(|n| !n.is_null()).cloned(),
+            edited: None,
+        };
+        let author_id = match author {
+            Author::Account(a) | Author::Webhook(a) => a,
+        };
+        self.core
+            .truth
+            .message_created(id, channel_id, author_id, req.arrived, created);
+        let response = model::message(&state.world, &message, true, false);
+        state
+            .world
+            .channels
+            .get_mut(&channel_id)
+            .expect("checked above")
+            .messages
+            .insert(id, message);
+        let message = state.world.channels[&channel_id].messages[&id].clone();
+        state.dispatch_guild(
+            guild_id,
+            "MESSAGE_CREATE",
+            intents::GUILD_MESSAGES,
+            Some(id),
+            |world, s| {
+                let show = s.intents & intents::MESSAGE_CONTENT != 0
+                    || world.content_visible_without_intent(&message, s.account_id);
+                Some(model::message(world, &message, show, true))
+            },
+        );
+        Ok(response)
+    }
+
+    fn list_messages(&self, req: &Req<'_>, channel_id: u64, me: u64) -> Result<Value, ApiError> {
+        let limit = match req.query("limit") {
+            None => 50,
+            Some(l) => match l.parse::<usize>() {
+                Ok(n) if (1..=100).contains(&n) => n,
+                _ => {
+                    return Err(ApiError::form(
+                        "limit",
+                        "NUMBER_TYPE_MAX",
+                        "int value should be between 1 and 100.",
+                    ));
+                }
+            },
+        };
+        let state = self.core.state();
+        check_access(state.world.access(channel_id, me, false))?;
+        let messages = &state.world.channels[&channel_id].messages;
+        let id_param = |name| req.query(name).and_then(parse_id);
+        let picked: Vec<&Message> = if let Some(around) = id_param("around") {
+            let before: Vec<&Message> = messages
+                .range(..around)
+                .rev()
+                .take(limit / 2)
+                .map(|(_, m)| m)
+                .collect();
+            let after: Vec<&Message> = messages
+                .range(around..)
+                .take(limit - before.len())
+                .map(|(_, m)| m)
+                .collect();
+            let mut all: Vec<&Message> = after.into_iter().rev().collect();
+            all.extend(before);
+            all
+        } else if let Some(after) = id_param("after") {
+            let mut v: Vec<&Message> = messages
+                .range(after + 1..)
+                .take(limit)
+                .map(|(_, m)| m)
+                .collect();
+            v.reverse();
+            v
+        } else if let Some(before) = id_param("before") {
+            messages
+                .range(..before)
+                .rev()
+                .take(limit)
+                .map(|(_, m)| m)
+                .collect()
+        } else {
+            messages.values().rev().take(limit).collect()
+        };
+        Ok(Value::Array(
+            picked
+                .into_iter()
+                .map(|m| {
+                    model::message(
+                        &state.world,
+                        m,
+                        self.rest_shows_content(&state.world, m, me),
+                        false,
+                    )
+                })
+                .collect(),
+        ))
+    }
+
+    fn edit_message(
+        &self,
+        req: &Req<'_>,
+        channel_id: u64,
+        message_id: u64,
+        me: u64,
+    ) -> Result<Value, ApiError> {
+        let mut state = self.core.state();
+        check_access(state.world.access(channel_id, me, false))?;
+        let guild_id = state.world.channels[&channel_id].guild_id;
+        let m = state
+            .world
+            .channels
+            .get_mut(&channel_id)
+            .and_then(|c| c.messages.get_mut(&message_id))
+            .ok_or_else(ApiError::unknown_message)?;
+        if m.author != Author::Account(me) {
+            return Err(ApiError::new(
+                403,
+                50005,
+                "Cannot edit a message authored by another user",
+            ));
+        }
+        if let Some(c) = req.body["content"].as_str() {
+            if c.chars().count() > MAX_CONTENT {
+                return Err(ApiError::form(
+                    "content",
+                    "BASE_TYPE_MAX_LENGTH",
+                    "Must be 2000 or fewer in length.",
+                ));
+            }
+            m.content = c.to_string();
+        }
+        if let Some(e) = req.body["embeds"].as_array() {
+            m.embeds = e.clone();
+        }
+        m.edited = Some(SystemTime::now());
+        let message = m.clone();
+        let response = model::message(&state.world, &message, true, false);
+        state.dispatch_guild(
+            guild_id,
+            "MESSAGE_UPDATE",
+            intents::GUILD_MESSAGES,
+            Some(message_id),
+            |world, s| {
+                let show = s.intents & intents::MESSAGE_CONTENT != 0
+                    || world.content_visible_without_intent(&message, s.account_id);
+                Some(model::message(world, &message, show, true))
+            },
+        );
+        Ok(response)
+    }
+
+    fn delete_message(&self, channel_id: u64, message_id: u64, me: u64) -> Result<(), ApiError> {
+        let mut state = self.core.state();
+        check_access(state.world.access(channel_id, me, false))?;
+        let guild_id = state.world.channels[&channel_id].guild_id;
+        let author = state
+            .world
+            .message(channel_id, message_id)
+            .ok_or_else(ApiError::unknown_message)?
+            .author;
+        if author != Author::Account(me) {
+            return Err(ApiError::missing_permissions());
+        }
+        if let Some(c) = state.world.channels.get_mut(&channel_id) {
+            c.messages.remove(&message_id);
+        }
+        let d = json!({
+            "id": message_id.to_string(),
+            "channel_id": channel_id.to_string(),
+            "guild_id": guild_id.to_string(),
+        });
+        state.dispatch_guild(
+            guild_id,
+            "MESSAGE_DELETE",
+            intents::GUILD_MESSAGES,
+            None,
+            |_, _| Some(d.clone()),
+        );
+        Ok(())
+    }
+
+    fn typing(&self, channel_id: u64, me: u64) -> Result<(), ApiError> {
+        let mut state = self.core.state();
+        check_access(state.world.access(channel_id, me, true))?;
+        let guild_id = state.world.channels[&channel_id].guild_id;
+        let member = state
+            .world
+            .guild(guild_id)
+            .zip(state.world.account(me))
+            .map(|(g, a)| model::member(g, a));
+        let d = json!({
+            "channel_id": channel_id.to_string(),
+            "guild_id": guild_id.to_string(),
+            "user_id": me.to_string(),
+            "timestamp": SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs(),
+            "member": member,
+        });
+        state.dispatch_guild(
+            guild_id,
+            "TYPING_START",
+            intents::GUILD_MESSAGE_TYPING,
+            None,
+            |_, s| (s.account_id != me).then(|| d.clone()),
+        );
+        Ok(())
+    }
+}
+
+fn check_access(access: Access) -> Result<(), ApiError> {
+    match access {
+        Access::Ok => Ok(()),
+        Access::UnknownChannel => Err(ApiError::unknown_channel()),
+        Access::Missing => Err(ApiError::missing_access()),
+        Access::ReadOnly => Err(ApiError::missing_permissions()),
+    }
+}
+
+fn webhook<'w>(
+    world: &'w super::world::World,
+    id: &str,
+    token: &str,
+) -> Result<&'w super::world::Webhook, ApiError> {
+    let w = parse_id(id)
+        .and_then(|id| world.webhooks.get(&id))
+        .ok_or_else(|| ApiError::new(404, 10015, "Unknown Webhook"))?;
+    if w.token != token {
+        return Err(ApiError::new(401, 50027, "Invalid Webhook Token"));
+    }
+    Ok(w)
+}
+
+/// The account behind an `Authorization` header: `Bot <token>` for bot
+/// accounts, the bare token for user accounts, as Discord requires.
+fn auth(core: &Core, headers: &HeaderMap) -> Option<u64> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let state = core.state();
+    match value.strip_prefix("Bot ") {
+        Some(token) => state
+            .world
+            .account_by_token(token)
+            .filter(|a| a.bot)
+            .map(|a| a.id),
+        None => state
+            .world
+            .account_by_token(value)
+            .filter(|a| !a.bot)
+            .map(|a| a.id),
+    }
+}
+
+/// `<@id>` and `<@!id>` mentions of members of the guild.
+fn mentioned_ids(content: &str, world: &super::world::World, guild_id: u64) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut rest = content;
+    while let Some(start) = rest.find("<@") {
+        rest = &rest[start + 2..];
+        let digits = rest.trim_start_matches('!');
+        let end = digits.find('>').unwrap_or(0);
+        if let Ok(id) = digits[..end].parse::<u64>()
+            && world.is_member(guild_id, id)
+            && !out.contains(&id)
+        {
+            out.push(id);
+        }
+    }
+    out
+}
+
+/// The rate-limit route of a request and its major parameter.
+fn route_of(req: &Req<'_>) -> (String, String) {
+    let s = &req.segments;
+    let (template, major): (String, String) = match s.as_slice() {
+        ["channels", id, rest @ ..] => {
+            let rest: Vec<&str> = rest
+                .iter()
+                .enumerate()
+                .map(|(i, p)| if i == 1 { "{id}" } else { *p })
+                .collect();
+            let tail = if rest.is_empty() {
+                String::new()
+            } else {
+                format!("/{}", rest.join("/"))
+            };
+            (format!("/channels/{{id}}{tail}"), id.to_string())
+        }
+        ["guilds", id, rest @ ..] => (
+            format!("/guilds/{{id}}/{}", rest.first().unwrap_or(&"")),
+            id.to_string(),
+        ),
+        ["webhooks", id, _token, ..] => ("/webhooks/{id}/{token}".to_string(), id.to_string()),
+        other => (format!("/{}", other.join("/")), String::new()),
+    };
+    (format!("{} {template}", req.method), major)
+}

@@ -1,0 +1,172 @@
+//! Ground truth: when each message's request arrived, when it was created,
+//! and when each gateway dispatch of it was written to each connection.
+//! Benchmarks compare what the prober measured with these.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+/// Records are kept for the most recent messages only.
+const MAX_RECORDS: usize = 100_000;
+
+#[derive(Debug, Clone)]
+pub struct MessageTruth {
+    pub message_id: u64,
+    pub channel_id: u64,
+    pub author_id: u64,
+    /// When the REST request that created it reached the sandbox.
+    pub request_arrived: Instant,
+    /// When the message was created (its snowflake carries the same moment in ms).
+    pub created: Instant,
+    pub dispatches: Vec<DispatchTruth>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DispatchTruth {
+    pub event: &'static str,
+    pub account_id: u64,
+    pub connection_id: u64,
+    /// When the frame was handed to the socket.
+    pub written: Instant,
+}
+
+/// The same records with unix-epoch microseconds, for the control API.
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageTruthJson {
+    pub message_id: String,
+    pub channel_id: String,
+    pub author_id: String,
+    pub request_arrived_us: u64,
+    pub created_us: u64,
+    pub dispatches: Vec<DispatchTruthJson>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DispatchTruthJson {
+    pub event: &'static str,
+    pub account_id: String,
+    pub connection_id: u64,
+    pub written_us: u64,
+}
+
+pub struct Truth {
+    /// One moment on both clocks, to turn `Instant`s into unix time.
+    base: (Instant, SystemTime),
+    records: Mutex<(HashMap<u64, MessageTruth>, std::collections::VecDeque<u64>)>,
+}
+
+impl Truth {
+    pub fn new() -> Self {
+        Truth {
+            base: (Instant::now(), SystemTime::now()),
+            records: Mutex::new(Default::default()),
+        }
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, (HashMap<u64, MessageTruth>, std::collections::VecDeque<u64>)>
+    {
+        self.records.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn message_created(
+        &self,
+        message_id: u64,
+        channel_id: u64,
+        author_id: u64,
+        request_arrived: Instant,
+        created: Instant,
+    ) {
+        let mut guard = self.lock();
+        let (map, order) = &mut *guard;
+        map.insert(
+            message_id,
+            MessageTruth {
+                message_id,
+                channel_id,
+                author_id,
+                request_arrived,
+                created,
+                dispatches: Vec::new(),
+            },
+        );
+        order.push_back(message_id);
+        while order.len() > MAX_RECORDS {
+            if let Some(old) = order.pop_front() {
+                map.remove(&old);
+            }
+        }
+    }
+
+    pub fn dispatch_written(
+        &self,
+        message_id: u64,
+        event: &'static str,
+        account_id: u64,
+        connection_id: u64,
+        written: Instant,
+    ) {
+        if let Some(r) = self.lock().0.get_mut(&message_id) {
+            r.dispatches.push(DispatchTruth {
+                event,
+                account_id,
+                connection_id,
+                written,
+            });
+        }
+    }
+
+    pub fn message(&self, message_id: u64) -> Option<MessageTruth> {
+        self.lock().0.get(&message_id).cloned()
+    }
+
+    /// Records of a channel (all channels when `None`), oldest first.
+    pub fn messages(&self, channel_id: Option<u64>) -> Vec<MessageTruth> {
+        let guard = self.lock();
+        guard
+            .1
+            .iter()
+            .filter_map(|id| guard.0.get(id))
+            .filter(|r| channel_id.is_none_or(|c| r.channel_id == c))
+            .cloned()
+            .collect()
+    }
+
+    pub fn unix_us(&self, at: Instant) -> u64 {
+        let t = if at >= self.base.0 {
+            self.base.1 + (at - self.base.0)
+        } else {
+            self.base.1 - (self.base.0 - at)
+        };
+        t.duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as u64
+    }
+
+    pub fn to_json(&self, r: &MessageTruth) -> MessageTruthJson {
+        MessageTruthJson {
+            message_id: r.message_id.to_string(),
+            channel_id: r.channel_id.to_string(),
+            author_id: r.author_id.to_string(),
+            request_arrived_us: self.unix_us(r.request_arrived),
+            created_us: self.unix_us(r.created),
+            dispatches: r
+                .dispatches
+                .iter()
+                .map(|d| DispatchTruthJson {
+                    event: d.event,
+                    account_id: d.account_id.to_string(),
+                    connection_id: d.connection_id,
+                    written_us: self.unix_us(d.written),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Default for Truth {
+    fn default() -> Self {
+        Self::new()
+    }
+}
