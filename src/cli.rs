@@ -65,7 +65,24 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         metrics_file: Option<PathBuf>,
     },
+    /// Run the local Discord stand-in (REST v10, Gateway v10, a simulated
+    /// Twi Bot Shard) in the foreground until SIGINT or SIGTERM.
+    Sandbox {
+        /// Sandbox configuration (YAML); the built-in default world when absent.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Address of the REST and control server; the gateway and the bot's
+        /// exporter listen on the same IP, on free ports.
+        #[arg(long, default_value = DEFAULT_SANDBOX_LISTEN)]
+        listen: std::net::SocketAddr,
+        /// Write the JSON description (URLs, accounts with tokens, ids) to FILE instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        describe: Option<PathBuf>,
+    },
 }
+
+/// Default address of `probe sandbox`: loopback only, away from the bot's 8000.
+pub const DEFAULT_SANDBOX_LISTEN: &str = "127.0.0.1:6990";
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
@@ -74,7 +91,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Parses the command line, runs the command and returns its exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format, cli.log_level.as_deref().unwrap_or("error"));
+    let default_level = match cli.command {
+        Command::Sandbox { .. } => "info",
+        _ => "error",
+    };
+    logging::init(
+        cli.log_format,
+        cli.log_level.as_deref().unwrap_or(default_level),
+    );
     match cli.command {
         Command::Validate { config } => validate(&config),
         Command::Run {
@@ -94,6 +118,91 @@ pub fn main() -> ExitCode {
             };
             ExitCode::from(run_command(&config, &options).code())
         }
+        Command::Sandbox {
+            config,
+            listen,
+            describe,
+        } => sandbox_command(config.as_deref(), listen, describe.as_deref()),
+    }
+}
+
+fn sandbox_command(
+    config: Option<&std::path::Path>,
+    listen: std::net::SocketAddr,
+    describe: Option<&std::path::Path>,
+) -> ExitCode {
+    let cfg = match config {
+        Some(path) => match crate::sandbox::SandboxConfig::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => crate::sandbox::SandboxConfig::default(),
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let sandbox = match crate::sandbox::Sandbox::start(cfg, listen).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let text = serde_json::to_string_pretty(sandbox.description()).expect("serializable");
+        let written = match describe {
+            Some(path) => std::fs::write(path, format!("{text}\n"))
+                .map_err(|e| format!("cannot write {}: {e}", path.display())),
+            None => {
+                println!("{text}");
+                Ok(())
+            }
+        };
+        if let Err(e) = written {
+            eprintln!("{e}");
+            sandbox.shutdown().await;
+            return ExitCode::FAILURE;
+        }
+        eprintln!(
+            "sandbox: REST {} · gateway {} · control {} (Ctrl-C to stop)",
+            sandbox.description().api_base,
+            sandbox.description().gateway_url,
+            sandbox.description().control_url
+        );
+        wait_for_signal().await;
+        sandbox.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
     }
 }
 

@@ -190,7 +190,11 @@ async fn connection(core: Arc<Core>, stream: TcpStream, shutdown: CancellationTo
                     writer.close(4002, "Decode error").await;
                     break End::ServerClosed(4002);
                 }
-                Some(Ok(Message::Close(frame))) => break End::ClientClosed(frame.map(|f| u16::from(f.code))),
+                Some(Ok(Message::Close(frame))) => {
+                    // Completes the closing handshake (tungstenite queued the reply).
+                    let _ = writer.sink.close().await;
+                    break End::ClientClosed(frame.map(|f| u16::from(f.code)));
+                }
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => break End::Dropped,
             },

@@ -303,3 +303,67 @@ async fn help_mentions_no_secret() {
     assert!(out.status.success());
     assert!(!stdout(&out).contains("sekrit"));
 }
+
+#[tokio::test]
+async fn sandbox_describe_parses_its_urls_answer_and_sigterm_stops_it() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let dir = ConfigDir::new("");
+    let describe = dir.0.join("sandbox.json");
+    let mut child = probe_bin()
+        .args(["sandbox", "--listen", "127.0.0.1:0", "--describe"])
+        .arg(&describe)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The banner is printed after the description is written.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    loop {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("sandbox starts in time")
+            .unwrap()
+            .expect("sandbox printed its banner");
+        if line.starts_with("sandbox: REST ") {
+            break;
+        }
+    }
+    let d: twi_probe::sandbox::Description =
+        serde_json::from_str(&std::fs::read_to_string(&describe).unwrap()).unwrap();
+    assert_eq!(d.accounts.len(), 3);
+    let gateway: serde_json::Value = reqwest::get(format!("{}/gateway", d.api_base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(gateway["url"], d.gateway_url);
+    let control: twi_probe::sandbox::Description =
+        reqwest::get(format!("{}/describe", d.control_url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(control, d);
+    let metrics = reqwest::get(d.exporter_url.clone().unwrap()).await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    let hook = reqwest::Client::new()
+        .post(format!("{}?wait=true", d.webhook_url.clone().unwrap()))
+        .json(&serde_json::json!({"content": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hook.status(), 200);
+
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}

@@ -2,7 +2,11 @@
 
 mod cli;
 mod config_files;
+mod discord;
 mod exporter_probe;
 mod http_probe;
 mod metrics;
+mod sandbox_bot;
+mod sandbox_gateway;
+mod sandbox_rest;
 mod support;
