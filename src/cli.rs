@@ -64,6 +64,11 @@ pub enum Command {
         /// atomically; e.g. for node_exporter's textfile collector.
         #[arg(long, value_name = "FILE")]
         metrics_file: Option<PathBuf>,
+        /// Run against an in-process sandbox built from the config (the
+        /// target bot simulated under its user id, the probes' guilds and
+        /// channels): a real round trip with no credentials.
+        #[arg(long)]
+        sandbox: bool,
     },
     /// Run the local Discord stand-in (REST v10, Gateway v10, a simulated
     /// Twi Bot Shard) in the foreground until SIGINT or SIGTERM.
@@ -108,6 +113,7 @@ pub fn main() -> ExitCode {
             interval,
             format,
             metrics_file,
+            sandbox,
         } => {
             let options = RunOptions {
                 probes,
@@ -116,7 +122,7 @@ pub fn main() -> ExitCode {
                 format,
                 metrics_file,
             };
-            ExitCode::from(run_command(&config, &options).code())
+            ExitCode::from(run_command(&config, &options, sandbox).code())
         }
         Command::Sandbox {
             config,
@@ -240,7 +246,7 @@ fn validate(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn run_command(path: &std::path::Path, options: &RunOptions) -> Status {
+fn run_command(path: &std::path::Path, options: &RunOptions, sandbox: bool) -> Status {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(errors) => {
@@ -256,7 +262,31 @@ fn run_command(path: &std::path::Path, options: &RunOptions) -> Status {
         }
     };
     let mut stdout = std::io::stdout();
-    match runtime.block_on(run::run(&config, options, &mut stdout)) {
+    let outcome = runtime.block_on(async {
+        if !sandbox {
+            return run::run(&config, options, &mut stdout).await;
+        }
+        let sb_config = crate::sandbox::sandbox_for(&config);
+        let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let sb = crate::sandbox::Sandbox::start(sb_config, listen).await?;
+        let description = sb.description().clone();
+        eprintln!(
+            "sandbox: running {} against an in-process Discord stand-in at {} (simulated {})",
+            config.source.display(),
+            description.api_base,
+            config.target.name
+        );
+        let pointed = crate::sandbox::point_at_sandbox(&config, &description);
+        let token = description
+            .accounts
+            .iter()
+            .find(|a| a.name == "prober")
+            .map(|a| crate::config::Secret::new(a.token.clone()));
+        let result = run::run_with_token(&pointed, options, token, &mut stdout).await;
+        sb.shutdown().await;
+        result
+    });
+    match outcome {
         Ok(status) => status,
         Err(problem) => {
             eprintln!("{problem}");

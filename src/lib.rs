@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod discord;
 pub mod exposition;
 pub mod logging;
 pub mod metrics;

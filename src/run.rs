@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::config::Config;
+use crate::config::{Config, Secret};
+use crate::discord::{ConnectError, DiscordSession};
 use crate::metrics::Metrics;
 use crate::probe::{Probe, ProbeResult, run_once};
 use crate::report::{self, OutputFormat, Status, Summary};
@@ -34,19 +35,55 @@ pub async fn run(
     options: &RunOptions,
     out: &mut (dyn Write + Send),
 ) -> Result<Status, String> {
+    run_with_token(config, options, None, out).await
+}
+
+/// As [`run`], with the prober's token given directly (the sandbox's)
+/// instead of read from the environment or a file.
+pub async fn run_with_token(
+    config: &Config,
+    options: &RunOptions,
+    token: Option<Secret>,
+    out: &mut (dyn Write + Send),
+) -> Result<Status, String> {
     let selected = select(config, &options.probes)?;
-    if selected.iter().any(|p| p.kind.needs_discord())
-        && let Some(problem) = config.secret_problems().into_iter().next()
-    {
-        return Err(problem);
+    let mut session = None;
+    let mut unavailable = None;
+    if selected.iter().any(|p| p.kind.needs_discord()) {
+        let token = match token {
+            Some(t) => t,
+            None => config
+                .discord
+                .as_ref()
+                .ok_or("Discord probes need a discord section")?
+                .token
+                .read()
+                .map_err(|e| format!("{}: {e}", config.source.display()))?,
+        };
+        match DiscordSession::connect(config, &token).await {
+            Ok(s) => session = Some(Arc::new(s)),
+            // A wrong token or intent is a set-up error the operator must fix.
+            Err(e @ (ConnectError::InvalidToken(_) | ConnectError::DisallowedIntents(..))) => {
+                return Err(e.to_string());
+            }
+            // Discord unreachable: the Discord probes cannot say anything.
+            Err(e) => {
+                let reason = format!("{e}; the bot was not probed");
+                writeln!(out, "note: {reason}").map_err(|e| format!("cannot write output: {e}"))?;
+                unavailable = Some(reason);
+            }
+        }
     }
     let probes: Vec<Arc<Probe>> = selected
         .into_iter()
         .map(|spec| {
-            let name = spec.name.clone();
-            Probe::new(spec.clone())
-                .map(Arc::new)
-                .map_err(|e| format!("probe {name}: {e}"))
+            let name = spec.display_name();
+            match (&unavailable, spec.kind.needs_discord()) {
+                (Some(reason), true) => Ok(Probe::unavailable(spec.clone(), reason.clone())),
+                _ => Probe::new(spec.clone(), session.as_ref()),
+            }
+            .map(Arc::new)
+            .map_err(|e| format!("probe {name}: {e}"))
         })
         .collect::<Result<_, _>>()?;
 
@@ -76,7 +113,7 @@ pub async fn run(
             .map_err(|e| format!("cannot write output: {e}"))?;
         let index = probes
             .iter()
-            .position(|p| p.spec.name == result.probe)
+            .position(|p| p.spec.display_name() == result.probe)
             .expect("results come from the selected probes");
         metrics.record(&probes[index].spec, &result);
         by_probe[index].push(result);
@@ -89,6 +126,10 @@ pub async fn run(
             writeln!(out, "{}", s.format(options.format))
                 .map_err(|e| format!("cannot write output: {e}"))?;
         }
+    }
+    drop(probes);
+    if let Some(s) = &session {
+        s.shutdown().await;
     }
     if let Some(path) = &options.metrics_file {
         write_atomically(path, &metrics.render())
@@ -104,19 +145,22 @@ fn select<'a>(
     if names.is_empty() {
         return Ok(config.probes.iter().collect());
     }
-    names
-        .iter()
-        .map(|name| {
-            config.probe(name).ok_or_else(|| {
-                let known: Vec<&str> = config.probes.iter().map(|p| p.name.as_str()).collect();
-                format!(
-                    "{}: no probe named {name:?} (configured: {})",
-                    config.source.display(),
-                    known.join(", ")
-                )
-            })
-        })
-        .collect()
+    let mut selected = Vec::new();
+    for name in names {
+        let matching: Vec<&crate::config::ProbeSpec> =
+            config.probes.iter().filter(|p| &p.name == name).collect();
+        if matching.is_empty() {
+            let mut known: Vec<&str> = config.probes.iter().map(|p| p.name.as_str()).collect();
+            known.dedup();
+            return Err(format!(
+                "{}: no probe named {name:?} (configured: {})",
+                config.source.display(),
+                known.join(", ")
+            ));
+        }
+        selected.extend(matching);
+    }
+    Ok(selected)
 }
 
 /// Writes through a temporary file and a rename, so a reader (such as the

@@ -22,12 +22,16 @@ pub use error::{ConfigError, ConfigErrors};
 pub use secret::{Secret, TokenSource};
 
 use crate::probe::assertion::Assertion;
+use crate::probe::reply::ReplyMatch;
 
 /// Built-in defaults used when `defaults:` does not set them.
 pub const DEFAULT_EVERY: Duration = Duration::from_secs(30);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_START_TIME_METRIC: &str = "process_start_time_seconds";
 pub const DEFAULT_DISCORD_API_BASE: &str = "https://discord.com";
+/// Shortest gap between two probe messages in one channel: Discord allows
+/// about 5 messages per 5 s per channel; one per 2 s stays far below.
+pub const DEFAULT_SEND_INTERVAL: Duration = Duration::from_secs(2);
 
 /// A validated probes.yaml.
 #[derive(Debug, Clone)]
@@ -55,10 +59,16 @@ pub struct DiscordConnection {
     pub token: TokenSource,
     /// `https://discord.com` in production; the sandbox's URL in tests.
     pub api_base: Url,
+    /// Shortest gap between two probe messages in one channel.
+    pub send_interval: Duration,
+    /// Explicit choice of the MESSAGE_CONTENT intent; `None`: when needed.
+    pub message_content_intent: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
 pub struct ProbeSpec {
+    /// The configured name. Presence probes with several guilds share it:
+    /// their series differ by the `shard` label.
     pub name: String,
     pub schedule: Schedule,
     pub timeout: Duration,
@@ -101,6 +111,20 @@ impl std::fmt::Display for Schedule {
 pub enum ProbeKind {
     Exporter(ExporterSpec),
     Http(HttpSpec),
+    Command(CommandSpec),
+    Presence(PresenceSpec),
+}
+
+impl ProbeSpec {
+    /// The name with what tells same-named specs apart (`presence[shard 1]`).
+    pub fn display_name(&self) -> String {
+        match &self.kind {
+            ProbeKind::Presence(p) if p.shard_count > 1 => {
+                format!("{}[shard {}]", self.name, p.shard)
+            }
+            _ => self.name.clone(),
+        }
+    }
 }
 
 impl ProbeKind {
@@ -109,6 +133,8 @@ impl ProbeKind {
         match self {
             ProbeKind::Exporter(_) => "exporter",
             ProbeKind::Http(_) => "http",
+            ProbeKind::Command(_) => "command",
+            ProbeKind::Presence(_) => "presence",
         }
     }
 
@@ -116,6 +142,7 @@ impl ProbeKind {
     pub fn needs_discord(&self) -> bool {
         match self {
             ProbeKind::Exporter(_) | ProbeKind::Http(_) => false,
+            ProbeKind::Command(_) | ProbeKind::Presence(_) => true,
         }
     }
 }
@@ -126,6 +153,27 @@ pub struct ExporterSpec {
     pub min_uptime: Option<Duration>,
     pub start_time_metric: String,
     pub assertions: Vec<Assertion>,
+}
+
+/// Send a message and check the target bot's reply.
+#[derive(Debug, Clone)]
+pub struct CommandSpec {
+    pub channel_id: u64,
+    pub guild_id: Option<u64>,
+    /// The message to send, with `{target}` already replaced by a mention.
+    pub message: String,
+    pub expect: ReplyMatch,
+    pub error_reply: Option<ReplyMatch>,
+    /// Delete the probe message (and the reply, when allowed) after the run.
+    pub cleanup: bool,
+}
+
+/// The target's presence in one guild; one spec per guild (shard).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceSpec {
+    pub guild_id: u64,
+    pub shard: u64,
+    pub shard_count: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,5 +273,10 @@ impl Config {
 
     pub fn probe(&self, name: &str) -> Option<&ProbeSpec> {
         self.probes.iter().find(|p| p.name == name)
+    }
+
+    /// Whether any probe talks to Discord.
+    pub fn needs_discord(&self) -> bool {
+        self.probes.iter().any(|p| p.kind.needs_discord())
     }
 }

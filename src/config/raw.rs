@@ -49,6 +49,11 @@ pub struct RawDiscord {
     pub token_env: Option<Text>,
     pub token_file: Option<Text>,
     pub api_base: Option<Text>,
+    /// Shortest time between two probe messages in one channel.
+    pub send_interval: Option<Text>,
+    /// Ask for the privileged MESSAGE_CONTENT intent (default: when a
+    /// command probe checks content or embeds).
+    pub message_content_intent: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -70,6 +75,49 @@ pub struct RawProbe {
     // The kind sections: exactly one must be present.
     pub exporter: Option<Spanned<RawExporter>>,
     pub http: Option<Spanned<RawHttp>>,
+    pub command: Option<Spanned<RawCommand>>,
+    pub presence: Option<Spanned<RawPresence>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCommand {
+    pub channel_id: Spanned<Snowflake>,
+    /// The channel's guild: for presence-aware details and the sandbox.
+    pub guild_id: Option<Spanned<Snowflake>>,
+    /// What the prober sends; `{target}` becomes a mention of the bot.
+    pub message: Text,
+    pub expect: Option<Spanned<RawMatch>>,
+    pub error_reply: Option<Spanned<RawMatch>>,
+    pub cleanup: Option<bool>,
+}
+
+/// What a reply must (or, for `error_reply`, must not) look like; every
+/// field given must match.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    pub contains: Option<Text>,
+    pub regex: Option<Text>,
+    pub embed_title: Option<Text>,
+    pub embed_description: Option<Text>,
+    #[serde(default)]
+    pub embed_fields: Vec<RawFieldMatch>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFieldMatch {
+    pub name: Text,
+    pub value: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPresence {
+    /// One guild per shard (or just one guild).
+    pub guilds: Vec<Spanned<Snowflake>>,
+    pub shard_count: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

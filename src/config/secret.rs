@@ -61,6 +61,10 @@ impl TokenSource {
 pub struct Secret(String);
 
 impl Secret {
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+
     /// The value itself, for the one place that must send it (the Discord client).
     pub fn expose(&self) -> &str {
         &self.0

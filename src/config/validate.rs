@@ -11,6 +11,7 @@ use url::Url;
 
 use super::raw::{self, RawConfig, RawProbe, Snowflake, StatusItem, Text};
 use super::*;
+use crate::probe::reply::ReplyMatch;
 
 /// Label names that twi-probe sets itself, or that Prometheus sets at scrape
 /// time; a static label with one of these names would clash.
@@ -281,12 +282,13 @@ pub(super) fn validate(raw: RawConfig, source: &Path) -> Result<Config, ConfigEr
         }
         let ctx = ProbeContext {
             target: &target,
+            has_discord: raw.discord.is_some(),
             default_every,
             default_timeout,
             global_labels: &labels,
         };
-        if let Some(spec) = check_probe(&mut c, probe, &path, &ctx) {
-            probes.push(spec);
+        if let Some(specs) = check_probe(&mut c, probe, &path, &ctx) {
+            probes.extend(specs);
         }
     }
 
@@ -393,11 +395,32 @@ fn check_discord(c: &mut Checker, d: &Spanned<raw::RawDiscord>) -> Option<Discor
         Some(u) => c.url(u, "discord.api_base")?,
         None => Url::parse(DEFAULT_DISCORD_API_BASE).expect("static URL"),
     };
-    Some(DiscordConnection { token, api_base })
+    let send_interval = match &raw.send_interval {
+        Some(t) => {
+            let d = c.duration(t, "discord.send_interval")?;
+            if d < Duration::from_secs(1) {
+                c.error(
+                    t,
+                    "discord.send_interval",
+                    "must be at least 1s: Discord allows about 5 messages per 5 s in a channel, and the prober stays well below",
+                );
+                return None;
+            }
+            d
+        }
+        None => DEFAULT_SEND_INTERVAL,
+    };
+    Some(DiscordConnection {
+        token,
+        api_base,
+        send_interval,
+        message_content_intent: raw.message_content_intent,
+    })
 }
 
 struct ProbeContext<'a> {
     target: &'a Option<Target>,
+    has_discord: bool,
     default_every: Option<Duration>,
     default_timeout: Option<Duration>,
     global_labels: &'a BTreeMap<String, String>,
@@ -408,7 +431,7 @@ fn check_probe(
     probe: &Spanned<RawProbe>,
     path: &str,
     ctx: &ProbeContext<'_>,
-) -> Option<ProbeSpec> {
+) -> Option<Vec<ProbeSpec>> {
     let p = &probe.value;
     let errors_before = c.errors.len();
 
@@ -451,27 +474,53 @@ fn check_probe(
     labels.extend(c.labels(&p.labels, &format!("{path}.labels")));
 
     let mut kinds = Vec::new();
+    let mut note = |name: &'static str, line: u64, column: u64| kinds.push((name, line, column));
     if let Some(e) = &p.exporter {
-        kinds.push(("exporter", e.referenced.line(), e.referenced.column()));
+        note("exporter", e.referenced.line(), e.referenced.column());
     }
     if let Some(h) = &p.http {
-        kinds.push(("http", h.referenced.line(), h.referenced.column()));
+        note("http", h.referenced.line(), h.referenced.column());
     }
+    if let Some(x) = &p.command {
+        note("command", x.referenced.line(), x.referenced.column());
+    }
+    if let Some(x) = &p.presence {
+        note("presence", x.referenced.line(), x.referenced.column());
+    }
+    let kind_names = "exporter, http, command, presence";
     let kind = match kinds.len() {
         0 => {
             c.error(
                 &p.name,
                 path,
-                "no probe kind: add exactly one of the sections exporter, http",
+                format!("no probe kind: add exactly one of the sections {kind_names}"),
             );
             None
         }
         1 => {
+            if kinds[0].0 != "exporter" && kinds[0].0 != "http" {
+                let needs = |c: &mut Checker, what: &str| {
+                    if !ctx.has_discord {
+                        c.error(
+                            &p.name,
+                            path,
+                            format!("{what} probes talk to Discord: add a discord section with the prober's token"),
+                        );
+                    }
+                };
+                needs(c, kinds[0].0);
+            }
             if let Some(e) = &p.exporter {
                 check_exporter(c, e, &format!("{path}.exporter"), ctx.target)
-                    .map(ProbeKind::Exporter)
+                    .map(|k| vec![ProbeKind::Exporter(k)])
             } else if let Some(h) = &p.http {
-                check_http(c, h, &format!("{path}.http")).map(ProbeKind::Http)
+                check_http(c, h, &format!("{path}.http")).map(|k| vec![ProbeKind::Http(k)])
+            } else if let Some(x) = &p.command {
+                check_command(c, x, &format!("{path}.command"), ctx.target)
+                    .map(|k| vec![ProbeKind::Command(k)])
+            } else if let Some(x) = &p.presence {
+                check_presence(c, x, &format!("{path}.presence"))
+                    .map(|ks| ks.into_iter().map(ProbeKind::Presence).collect())
             } else {
                 None
             }
@@ -493,17 +542,196 @@ fn check_probe(
             None
         }
     };
+    if p.presence.is_some() && labels.contains_key("shard") {
+        c.error(
+            &p.name,
+            &format!("{path}.labels"),
+            "presence probes set the shard label themselves",
+        );
+    }
 
     if c.errors.len() > errors_before {
         return None;
     }
-    Some(ProbeSpec {
-        name: p.name.value.clone(),
-        schedule: schedule?,
-        timeout: timeout?,
-        labels,
-        kind: kind?,
+    let (schedule, timeout) = (schedule?, timeout?);
+    Some(
+        kind?
+            .into_iter()
+            .map(|kind| {
+                let mut labels = labels.clone();
+                if let ProbeKind::Presence(ps) = &kind {
+                    labels.insert("shard".into(), ps.shard.to_string());
+                }
+                ProbeSpec {
+                    name: p.name.value.clone(),
+                    schedule: schedule.clone(),
+                    timeout,
+                    labels,
+                    kind,
+                }
+            })
+            .collect(),
+    )
+}
+
+fn snowflake(c: &mut Checker, v: &Spanned<Snowflake>, path: &str) -> Option<u64> {
+    let parsed = match &v.value {
+        Snowflake::Number(n) => Some(*n),
+        Snowflake::Text(s) => s.trim().parse::<u64>().ok(),
+    }
+    .filter(|n| *n > 0);
+    if parsed.is_none() {
+        c.error(v, path, "expected a Discord snowflake (a positive integer)");
+    }
+    parsed
+}
+
+fn check_command(
+    c: &mut Checker,
+    x: &Spanned<raw::RawCommand>,
+    path: &str,
+    target: &Option<Target>,
+) -> Option<CommandSpec> {
+    let raw = &x.value;
+    let errors_before = c.errors.len();
+    let channel_id = snowflake(c, &raw.channel_id, &format!("{path}.channel_id"));
+    let guild_id = raw
+        .guild_id
+        .as_ref()
+        .and_then(|g| snowflake(c, g, &format!("{path}.guild_id")));
+    let user_id = target.as_ref().and_then(|t| t.user_id);
+    if user_id.is_none() {
+        c.error(
+            x,
+            path,
+            "command probes need target.user_id: only messages from that id count as the bot's replies",
+        );
+    }
+    let message = raw
+        .message
+        .value
+        .replace("{target}", &format!("<@{}>", user_id.unwrap_or(0)));
+    if message.trim().is_empty() {
+        c.error(
+            &raw.message,
+            &format!("{path}.message"),
+            "the message is empty",
+        );
+    } else if message.chars().count() > 2000 {
+        c.error(
+            &raw.message,
+            &format!("{path}.message"),
+            "Discord messages are at most 2000 characters",
+        );
+    }
+    let expect = match &raw.expect {
+        Some(m) => check_match(c, m, &format!("{path}.expect")),
+        None => Some(ReplyMatch::default()),
+    };
+    let error_reply = raw
+        .error_reply
+        .as_ref()
+        .map(|m| check_match(c, m, &format!("{path}.error_reply")));
+    if c.errors.len() > errors_before {
+        return None;
+    }
+    Some(CommandSpec {
+        channel_id: channel_id?,
+        guild_id,
+        message,
+        expect: expect?,
+        error_reply: error_reply.flatten(),
+        cleanup: raw.cleanup.unwrap_or(false),
     })
+}
+
+fn check_match(c: &mut Checker, m: &Spanned<raw::RawMatch>, path: &str) -> Option<ReplyMatch> {
+    let raw = &m.value;
+    let errors_before = c.errors.len();
+    let regex = |c: &mut Checker, t: &Option<Text>, field: &str| {
+        t.as_ref()
+            .and_then(|t| c.regex(t, &format!("{path}.{field}")))
+    };
+    let out = ReplyMatch {
+        contains: raw.contains.as_ref().map(|t| t.value.clone()),
+        regex: regex(c, &raw.regex, "regex"),
+        embed_title: regex(c, &raw.embed_title, "embed_title"),
+        embed_description: regex(c, &raw.embed_description, "embed_description"),
+        embed_fields: raw
+            .embed_fields
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| {
+                let name = c.regex(&f.name, &format!("{path}.embed_fields[{i}].name"))?;
+                let value = match &f.value {
+                    Some(v) => Some(c.regex(v, &format!("{path}.embed_fields[{i}].value"))?),
+                    None => None,
+                };
+                Some((name, value))
+            })
+            .collect(),
+    };
+    if out.is_empty() {
+        c.error(
+            m,
+            path,
+            "give at least one of contains, regex, embed_title, embed_description, embed_fields",
+        );
+    }
+    (c.errors.len() == errors_before).then_some(out)
+}
+
+fn check_presence(
+    c: &mut Checker,
+    x: &Spanned<raw::RawPresence>,
+    path: &str,
+) -> Option<Vec<PresenceSpec>> {
+    let raw = &x.value;
+    let errors_before = c.errors.len();
+    let shard_count = match &raw.shard_count {
+        Some(n) if n.value == 0 => {
+            c.error(
+                n,
+                &format!("{path}.shard_count"),
+                "shard_count must be at least 1",
+            );
+            1
+        }
+        Some(n) => n.value,
+        None => 1,
+    };
+    if raw.guilds.is_empty() {
+        c.error(
+            x,
+            &format!("{path}.guilds"),
+            "list at least one guild the prober shares with the bot",
+        );
+    }
+    let mut specs: Vec<PresenceSpec> = Vec::new();
+    for (i, g) in raw.guilds.iter().enumerate() {
+        let here = format!("{path}.guilds[{i}]");
+        let Some(guild_id) = snowflake(c, g, &here) else {
+            continue;
+        };
+        let shard = (guild_id >> 22) % shard_count;
+        if let Some(other) = specs.iter().find(|s| s.shard == shard) {
+            c.error(
+                g,
+                &here,
+                format!(
+                    "guild {guild_id} is on shard {shard}, like guild {}: list one guild per shard",
+                    other.guild_id
+                ),
+            );
+            continue;
+        }
+        specs.push(PresenceSpec {
+            guild_id,
+            shard,
+            shard_count,
+        });
+    }
+    (c.errors.len() == errors_before).then_some(specs)
 }
 
 fn check_exporter(

@@ -2,8 +2,11 @@
 //! probe run into exactly one [`ProbeResult`] whatever happens inside it.
 
 pub mod assertion;
+mod command;
 mod exporter;
 mod http;
+mod presence;
+pub mod reply;
 
 use std::fmt;
 use std::sync::Arc;
@@ -13,9 +16,12 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use crate::config::{ProbeKind, ProbeSpec};
+use crate::discord::DiscordSession;
 
+pub use command::CommandProbe;
 pub use exporter::ExporterProbe;
 pub use http::HttpProbe;
+pub use presence::PresenceProbe;
 
 /// The result of one probe run: a closed set (DESIGN.md §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -97,6 +103,15 @@ pub struct Observations {
     pub target_uptime_seconds: Option<f64>,
     /// Restarts noticed by this run (the start time moved forward).
     pub target_restarts: u64,
+    /// End-to-end latency when it is not the whole run (command probes:
+    /// from just before the send to the reply, without the prober's waits).
+    pub latency: Option<Duration>,
+    /// The reply's latency by Discord's clock (snowflake times).
+    pub discord_reply: Option<Duration>,
+    /// Time to the first sign of life (typing or a placeholder).
+    pub first_response: Option<Duration>,
+    /// The target's presence as Discord reports it.
+    pub target_online: Option<bool>,
 }
 
 /// One probe run, as recorded in metrics and printed by `probe run`.
@@ -118,7 +133,8 @@ pub struct ProbeResult {
 impl ProbeResult {
     /// The latency of a successful run; other outcomes have none.
     pub fn latency(&self) -> Option<Duration> {
-        (self.outcome == Outcome::Success).then_some(self.duration)
+        (self.outcome == Outcome::Success)
+            .then(|| self.observations.latency.unwrap_or(self.duration))
     }
 }
 
@@ -134,14 +150,42 @@ pub struct Probe {
 enum KindProbe {
     Exporter(ExporterProbe),
     Http(HttpProbe),
+    Command(Box<CommandProbe>),
+    Presence(PresenceProbe),
+    /// A Discord probe that cannot run: the prober has no session.
+    Unavailable(String),
 }
 
 impl Probe {
-    /// Builds the probe. Fails only on a local problem (e.g. the TLS backend).
-    pub fn new(spec: ProbeSpec) -> Result<Self, String> {
+    /// A probe whose every run is `inconclusive` for `reason` (e.g. the
+    /// prober could not connect to Discord): the target is not blamed.
+    pub fn unavailable(spec: ProbeSpec, reason: String) -> Self {
+        Probe {
+            spec,
+            kind: KindProbe::Unavailable(reason),
+        }
+    }
+
+    /// Builds the probe. Discord kinds need the prober's session. Fails
+    /// only on a local problem (e.g. the TLS backend).
+    pub fn new(spec: ProbeSpec, discord: Option<&Arc<DiscordSession>>) -> Result<Self, String> {
+        let session = || {
+            discord
+                .cloned()
+                .ok_or_else(|| "this probe needs the prober's Discord session".to_string())
+        };
         let kind = match &spec.kind {
             ProbeKind::Exporter(e) => KindProbe::Exporter(ExporterProbe::new(e.clone())?),
             ProbeKind::Http(h) => KindProbe::Http(HttpProbe::new(h.clone())?),
+            ProbeKind::Command(c) => KindProbe::Command(Box::new(CommandProbe::new(
+                spec.name.clone(),
+                c.clone(),
+                spec.timeout,
+                session()?,
+            ))),
+            ProbeKind::Presence(p) => {
+                KindProbe::Presence(PresenceProbe::new(p.clone(), session()?))
+            }
         };
         Ok(Probe { spec, kind })
     }
@@ -150,16 +194,36 @@ impl Probe {
         match &self.kind {
             KindProbe::Exporter(p) => p.check().await,
             KindProbe::Http(p) => p.check().await,
+            KindProbe::Command(p) => p.check().await,
+            KindProbe::Presence(p) => p.check().await,
+            KindProbe::Unavailable(reason) => Check::new(Outcome::Inconclusive, reason.clone()),
+        }
+    }
+
+    /// How long the runner lets a run go. Command probes time their own
+    /// wait for the reply (and their queueing is the prober's, not the
+    /// bot's), so for them this is only a safety net.
+    fn run_limit(&self) -> (Duration, Outcome) {
+        match &self.kind {
+            KindProbe::Command(c) => (c.max_duration(), Outcome::Inconclusive),
+            _ => (self.spec.timeout, Outcome::Timeout),
         }
     }
 }
 
 /// Runs a probe once under its timeout. Always returns a result.
 pub async fn run_once(probe: Arc<Probe>) -> ProbeResult {
-    let name = probe.spec.name.clone();
+    let name = probe.spec.display_name();
     let kind = probe.spec.kind.name();
-    let timeout = probe.spec.timeout;
-    run_guarded(name, kind, timeout, async move { probe.check().await }).await
+    let (limit, on_limit) = probe.run_limit();
+    run_guarded(
+        name,
+        kind,
+        limit,
+        on_limit,
+        async move { probe.check().await },
+    )
+    .await
 }
 
 /// Runs one check under a timeout in its own task, so that a timeout
@@ -169,6 +233,7 @@ pub async fn run_guarded<F>(
     name: String,
     kind: &'static str,
     timeout: Duration,
+    on_timeout: Outcome,
     check: F,
 ) -> ProbeResult
 where
@@ -182,9 +247,16 @@ where
     let task = tokio::spawn(tokio::time::timeout(timeout, check).instrument(span.clone()));
     let check = match task.await {
         Ok(Ok(check)) => check,
-        Ok(Err(_elapsed)) => Check::new(
+        Ok(Err(_elapsed)) if on_timeout == Outcome::Timeout => Check::new(
             Outcome::Timeout,
             format!("no answer within {}", humantime::format_duration(timeout)),
+        ),
+        Ok(Err(_elapsed)) => Check::new(
+            on_timeout,
+            format!(
+                "internal error: the probe overran its {} limit",
+                humantime::format_duration(timeout)
+            ),
         ),
         Err(join_error) => Check::new(
             Outcome::Inconclusive,
@@ -273,9 +345,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_check_is_inconclusive() {
-        let r = run_guarded("p".into(), "http", Duration::from_secs(5), async {
-            panic!("boom");
-        })
+        let r = run_guarded(
+            "p".into(),
+            "http",
+            Duration::from_secs(5),
+            Outcome::Timeout,
+            async {
+                panic!("boom");
+            },
+        )
         .await;
         assert_eq!(r.outcome, Outcome::Inconclusive);
         assert_eq!(r.detail, "internal error: probe panicked: boom");
@@ -284,9 +362,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_check_times_out() {
-        let r = run_guarded("p".into(), "http", Duration::from_millis(20), async {
-            std::future::pending::<Check>().await
-        })
+        let r = run_guarded(
+            "p".into(),
+            "http",
+            Duration::from_millis(20),
+            Outcome::Timeout,
+            async { std::future::pending::<Check>().await },
+        )
         .await;
         assert_eq!(r.outcome, Outcome::Timeout);
         assert_eq!(r.detail, "no answer within 20ms");

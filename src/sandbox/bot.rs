@@ -139,9 +139,9 @@ struct Histogram {
 }
 
 impl BotMetrics {
-    fn new() -> Self {
+    fn new(started_ago: Duration) -> Self {
         BotMetrics {
-            start_time: unix_now(),
+            start_time: unix_now() - started_ago.as_secs_f64(),
             commands: BTreeMap::new(),
             latency: BTreeMap::new(),
             users: HashSet::new(),
@@ -188,6 +188,7 @@ impl SimBot {
         rest_base: String,
         allowed_bots: Vec<u64>,
         behaviour: BotBehaviour,
+        started_ago: Duration,
     ) -> Arc<SimBot> {
         Arc::new(SimBot {
             account_id,
@@ -195,7 +196,7 @@ impl SimBot {
             rest_base,
             allowed_bots,
             behaviour: Mutex::new(behaviour),
-            metrics: Mutex::new(BotMetrics::new()),
+            metrics: Mutex::new(BotMetrics::new(started_ago)),
             running: tokio::sync::Mutex::new(None),
         })
     }
@@ -255,7 +256,7 @@ impl SimBot {
     /// A process restart: offline, fresh metrics and start time, online.
     pub async fn restart(self: &Arc<Self>) -> Result<(), String> {
         self.go_offline().await;
-        *self.metrics.lock().unwrap_or_else(|p| p.into_inner()) = BotMetrics::new();
+        *self.metrics.lock().unwrap_or_else(|p| p.into_inner()) = BotMetrics::new(Duration::ZERO);
         self.go_online().await
     }
 

@@ -141,6 +141,10 @@ pub struct BotConfig {
     /// default, so the real bot must allow the prober explicitly too.
     pub allowed_bots: Vec<String>,
     pub behaviour: BotBehaviour,
+    /// How long ago the simulated bot's process "started" (its exporter's
+    /// process_start_time_seconds); a restart sets it to now.
+    #[serde(with = "humantime_serde_compat")]
+    pub started_ago: Duration,
 }
 
 impl Default for BotConfig {
@@ -150,6 +154,7 @@ impl Default for BotConfig {
             account: "twi-bot-shard".into(),
             allowed_bots: vec!["prober".into()],
             behaviour: BotBehaviour::default(),
+            started_ago: Duration::ZERO,
         }
     }
 }

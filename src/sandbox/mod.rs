@@ -9,6 +9,7 @@ pub mod bot;
 pub mod config;
 mod control;
 mod faults;
+mod from_probes;
 mod gateway;
 mod hub;
 mod intents;
@@ -32,6 +33,7 @@ pub use bot::{BotBehaviour, Latency};
 pub use config::SandboxConfig;
 pub use control::Controls;
 pub use faults::HttpFault;
+pub use from_probes::{point_at_sandbox, sandbox_for};
 pub use truth::{DispatchTruth, MessageTruth, MessageTruthJson};
 
 use hub::Core;
@@ -135,6 +137,7 @@ impl Sandbox {
                 rest_base.clone(),
                 allowed,
                 core.cfg.bot.behaviour.clone(),
+                core.cfg.bot.started_ago,
             ))
         } else {
             None

@@ -19,7 +19,7 @@ probes:
 {extra}
 "#
     ));
-    Arc::new(Probe::new(cfg.probes[0].clone()).unwrap())
+    Arc::new(Probe::new(cfg.probes[0].clone(), None).unwrap())
 }
 
 async fn run(probe: &Arc<Probe>) -> ProbeResult {

@@ -21,7 +21,7 @@ probes:
 {extra}
 "#
     ));
-    run_once(Arc::new(Probe::new(cfg.probes[0].clone()).unwrap())).await
+    run_once(Arc::new(Probe::new(cfg.probes[0].clone(), None).unwrap())).await
 }
 
 #[tokio::test]

@@ -66,8 +66,8 @@ probes:
         server.url("/page")
     ));
     let metrics = Metrics::new(&cfg);
-    let exporter = Arc::new(Probe::new(cfg.probes[0].clone()).unwrap());
-    let site = Arc::new(Probe::new(cfg.probes[1].clone()).unwrap());
+    let exporter = Arc::new(Probe::new(cfg.probes[0].clone(), None).unwrap());
+    let site = Arc::new(Probe::new(cfg.probes[1].clone(), None).unwrap());
 
     let before = exposition::parse(&metrics.render()).unwrap();
     assert_eq!(

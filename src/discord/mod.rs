@@ -1,0 +1,545 @@
+//! The prober's own Discord session: one serenity client per process
+//! (gateway and REST), shared by every Discord probe.
+//!
+//! It keeps what the probes need, all fed by gateway events: whether the
+//! prober's gateway is connected (and how often it dropped), its heartbeat
+//! latency, the target bot's presence per guild, and the channel watchers
+//! that match replies to probes ([`correlate`]).
+
+pub mod correlate;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use serenity::all::{
+    Client, ClientBuilder, ConnectionStage, Context, Event, EventHandler, GatewayIntents, Http,
+    HttpBuilder, Message, OnlineStatus, RawEventHandler, ShardManager, ShardStageUpdateEvent,
+};
+use serenity::async_trait;
+use tokio::sync::{broadcast, watch};
+
+use crate::config::{Config, ProbeKind, Secret};
+use crate::probe::reply::{EmbedView, ReplyView};
+use correlate::{Correlator, Incoming, LateReply};
+
+/// How long `connect` waits for READY before giving up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often serenity's view of the shard (stage, heartbeat latency) is read,
+/// to correct for events that its concurrent dispatch delivered out of order.
+const SHARD_POLL: Duration = Duration::from_secs(1);
+
+/// Something metrics should know at once, not at the next probe run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionEvent {
+    /// The target's presence in a guild changed (or became known).
+    Presence { guild_id: u64, online: bool },
+    /// A late reply to a probe that had timed out.
+    LateReply { probe: String },
+    /// The prober's gateway connection went up or down.
+    Gateway { connected: bool },
+    /// The prober got a 429.
+    RateLimited,
+}
+
+/// Why the session could not start; each says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("Discord rejected the prober's token (gateway close 4004): check the token in {0}")]
+    InvalidToken(String),
+    #[error(
+        "Discord refused the privileged intents {0} for the prober (gateway close 4014): enable {1} for the prober's application in the Discord developer portal (Bot → Privileged Gateway Intents)"
+    )]
+    DisallowedIntents(String, String),
+    #[error("could not connect the prober to Discord's gateway: {0}")]
+    Gateway(String),
+    #[error("no READY from Discord's gateway within {0:?}")]
+    Timeout(Duration),
+}
+
+/// What the configured probes need from the gateway.
+pub fn intents_for(config: &Config) -> GatewayIntents {
+    let mut intents = GatewayIntents::GUILDS | GatewayIntents::GUILD_MESSAGES;
+    let mut content_needed = false;
+    for p in &config.probes {
+        match &p.kind {
+            ProbeKind::Command(c) => {
+                intents |= GatewayIntents::GUILD_MESSAGE_TYPING;
+                content_needed |= !c.expect.is_empty() || c.error_reply.is_some();
+            }
+            ProbeKind::Presence(_) => intents |= GatewayIntents::GUILD_PRESENCES,
+            _ => {}
+        }
+    }
+    // Command probes also read the bot's presence for their timeout detail.
+    if config
+        .probes
+        .iter()
+        .any(|p| matches!(p.kind, ProbeKind::Command(_)))
+    {
+        intents |= GatewayIntents::GUILD_PRESENCES;
+    }
+    let wanted = config
+        .discord
+        .as_ref()
+        .and_then(|d| d.message_content_intent)
+        .unwrap_or(content_needed);
+    if wanted {
+        intents |= GatewayIntents::MESSAGE_CONTENT;
+    }
+    intents
+}
+
+/// State shared with the event handler.
+struct Shared {
+    target_id: u64,
+    prober_id: AtomicU64,
+    connected: watch::Sender<bool>,
+    /// Times the connection was lost since the first READY.
+    disconnects: AtomicU64,
+    ever_connected: AtomicBool,
+    latency: Mutex<Option<Duration>>,
+    /// guild → target online; absent until the guild's GUILD_CREATE.
+    presence: Mutex<HashMap<u64, bool>>,
+    /// channel → guild, from GUILD_CREATE.
+    channel_guilds: Mutex<HashMap<u64, u64>>,
+    correlator: Mutex<Correlator>,
+    events: broadcast::Sender<SessionEvent>,
+    ratelimited: AtomicU64,
+}
+
+impl Shared {
+    fn emit(&self, e: SessionEvent) {
+        let _ = self.events.send(e);
+    }
+
+    fn set_connected(&self, up: bool) {
+        let was = *self.connected.borrow();
+        if was == up {
+            return;
+        }
+        if !up {
+            self.disconnects.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.ever_connected.store(true, Ordering::SeqCst);
+        }
+        let _ = self.connected.send(up);
+        self.emit(SessionEvent::Gateway { connected: up });
+        if up {
+            tracing::info!("prober gateway connected");
+        } else {
+            tracing::warn!("prober gateway disconnected");
+        }
+    }
+}
+
+/// A running session.
+pub struct DiscordSession {
+    shared: Arc<Shared>,
+    pub http: Arc<Http>,
+    shard_manager: Arc<ShardManager>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Per-channel locks and the time of the last send there.
+    channels: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<Option<Instant>>>>>,
+    pub send_interval: Duration,
+}
+
+impl std::fmt::Debug for DiscordSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiscordSession")
+            .field("connected", &self.is_connected())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Handler {
+    shared: Arc<Shared>,
+}
+
+fn view_of(m: &Message) -> ReplyView {
+    ReplyView {
+        content: m.content.clone(),
+        embeds: m
+            .embeds
+            .iter()
+            .map(|e| EmbedView {
+                title: e.title.clone().unwrap_or_default(),
+                description: e.description.clone().unwrap_or_default(),
+                fields: e
+                    .fields
+                    .iter()
+                    .map(|f| (f.name.clone(), f.value.clone()))
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+fn incoming(m: &Message) -> Incoming {
+    Incoming {
+        id: m.id.get(),
+        author_id: m.author.id.get(),
+        from_webhook: m.webhook_id.is_some(),
+        nonce: m.nonce.as_ref().map(|n| match n {
+            serenity::all::Nonce::String(s) => s.clone(),
+            serenity::all::Nonce::Number(n) => n.to_string(),
+        }),
+        reference: m
+            .message_reference
+            .as_ref()
+            .and_then(|r| r.message_id.map(|id| id.get())),
+        view: view_of(m),
+        edited_at: m.edited_timestamp.map(|t| SystemTime::from(*t)),
+    }
+}
+
+fn is_online(status: OnlineStatus) -> bool {
+    !matches!(status, OnlineStatus::Offline | OnlineStatus::Invisible)
+}
+
+#[async_trait]
+impl RawEventHandler for Handler {
+    async fn raw_event(&self, _ctx: Context, ev: Event) {
+        // Taken first: the moment the event reached the prober.
+        let at = Instant::now();
+        let s = &self.shared;
+        match ev {
+            Event::Ready(r) => {
+                s.prober_id.store(r.ready.user.id.get(), Ordering::SeqCst);
+                s.correlator
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .set_prober_id(r.ready.user.id.get());
+                // A new session: presences are re-learnt from GUILD_CREATE.
+                s.presence.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                s.set_connected(true);
+            }
+            Event::Resumed(_) => s.set_connected(true),
+            Event::GuildCreate(g) => {
+                let guild = g.guild;
+                let online = guild
+                    .presences
+                    .get(&serenity::all::UserId::new(s.target_id))
+                    .is_some_and(|p| is_online(p.status));
+                {
+                    let mut cg = s.channel_guilds.lock().unwrap_or_else(|p| p.into_inner());
+                    for id in guild.channels.keys() {
+                        cg.insert(id.get(), guild.id.get());
+                    }
+                }
+                s.presence
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(guild.id.get(), online);
+                s.emit(SessionEvent::Presence {
+                    guild_id: guild.id.get(),
+                    online,
+                });
+            }
+            Event::PresenceUpdate(p) => {
+                let p = p.presence;
+                if p.user.id.get() != s.target_id {
+                    return;
+                }
+                let Some(guild) = p.guild_id else {
+                    return;
+                };
+                let online = is_online(p.status);
+                s.presence
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(guild.get(), online);
+                s.emit(SessionEvent::Presence {
+                    guild_id: guild.get(),
+                    online,
+                });
+            }
+            Event::MessageCreate(m) => {
+                let late = s
+                    .correlator
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .on_message(m.message.channel_id.get(), incoming(&m.message), at, false);
+                report_late(s, late);
+            }
+            Event::MessageUpdate(u) => {
+                // MESSAGE_UPDATE carries the whole message on v10.
+                let (Some(author), Some(content)) = (u.author.clone(), u.content.clone()) else {
+                    return;
+                };
+                let message = Incoming {
+                    id: u.id.get(),
+                    author_id: author.id.get(),
+                    from_webhook: u.webhook_id.flatten().is_some(),
+                    nonce: None,
+                    reference: u
+                        .message_reference
+                        .clone()
+                        .flatten()
+                        .and_then(|r| r.message_id.map(|id| id.get())),
+                    view: ReplyView {
+                        content,
+                        embeds: u
+                            .embeds
+                            .clone()
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|e| EmbedView {
+                                title: e.title.clone().unwrap_or_default(),
+                                description: e.description.clone().unwrap_or_default(),
+                                fields: e
+                                    .fields
+                                    .iter()
+                                    .map(|f| (f.name.clone(), f.value.clone()))
+                                    .collect(),
+                            })
+                            .collect(),
+                    },
+                    edited_at: u.edited_timestamp.map(|t| SystemTime::from(*t)),
+                };
+                let late = s
+                    .correlator
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .on_message(u.channel_id.get(), message, at, true);
+                report_late(s, late);
+            }
+            Event::TypingStart(t) => {
+                s.correlator
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .on_typing(t.channel_id.get(), t.user_id.get(), at);
+            }
+            _ => {}
+        }
+    }
+}
+
+#[async_trait]
+impl EventHandler for Handler {
+    // Stage changes reach only plain event handlers, not raw ones.
+    async fn shard_stage_update(&self, _ctx: Context, u: ShardStageUpdateEvent) {
+        let s = &self.shared;
+        if s.ever_connected.load(Ordering::SeqCst) {
+            s.set_connected(matches!(u.new, ConnectionStage::Connected));
+        }
+    }
+}
+
+fn report_late(s: &Shared, late: Option<LateReply>) {
+    if let Some(l) = late {
+        tracing::warn!(probe = %l.probe, "late reply from the target to a probe that had timed out");
+        s.emit(SessionEvent::LateReply { probe: l.probe });
+    }
+}
+
+impl DiscordSession {
+    /// Connects the prober and waits for READY. `api_base` is Discord's
+    /// (`https://discord.com`) or the sandbox's base URL.
+    pub async fn connect(config: &Config, token: &Secret) -> Result<DiscordSession, ConnectError> {
+        let discord = config
+            .discord
+            .as_ref()
+            .ok_or_else(|| ConnectError::Gateway("no discord section in the config".into()))?;
+        let target_id = config.target.user_id.unwrap_or(0);
+        let intents = intents_for(config);
+        let base = discord.api_base.as_str().trim_end_matches('/').to_string();
+        // The ratelimiter stays off on purpose: it would wait (and retry)
+        // inside the send and so hide delays inside the measured latency.
+        // The prober sends far below Discord's limits, and a 429 is reported.
+        let mut http = HttpBuilder::new(token.expose()).ratelimiter_disabled(true);
+        if base != crate::config::DEFAULT_DISCORD_API_BASE {
+            http = http.proxy(base);
+        }
+        let (connected, _) = watch::channel(false);
+        let (events, _) = broadcast::channel(1024);
+        let shared = Arc::new(Shared {
+            target_id,
+            prober_id: AtomicU64::new(0),
+            connected,
+            disconnects: AtomicU64::new(0),
+            ever_connected: AtomicBool::new(false),
+            latency: Mutex::new(None),
+            presence: Mutex::new(HashMap::new()),
+            channel_guilds: Mutex::new(HashMap::new()),
+            correlator: Mutex::new(Correlator::new(target_id, 0)),
+            events,
+            ratelimited: AtomicU64::new(0),
+        });
+        let mut client: Client = ClientBuilder::new_with_http(http.build(), intents)
+            .raw_event_handler(Handler {
+                shared: shared.clone(),
+            })
+            .event_handler(Handler {
+                shared: shared.clone(),
+            })
+            .await
+            .map_err(|e| ConnectError::Gateway(e.to_string()))?;
+        let http = client.http.clone();
+        let shard_manager = client.shard_manager.clone();
+        let mut ready = shared.connected.subscribe();
+        let mut client_task = tokio::spawn(async move { client.start().await });
+
+        let token_source = discord.token.to_string();
+        let outcome = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            tokio::select! {
+                r = ready.wait_for(|up| *up) => r.map(|_| ()).map_err(|_| ConnectError::Gateway("session ended".into())),
+                ended = &mut client_task => Err(match ended {
+                    Ok(Err(serenity::Error::Gateway(serenity::gateway::GatewayError::InvalidAuthentication))) => {
+                        ConnectError::InvalidToken(token_source.clone())
+                    }
+                    Ok(Err(serenity::Error::Gateway(serenity::gateway::GatewayError::DisallowedGatewayIntents))) => {
+                        let privileged = intents & (GatewayIntents::GUILD_PRESENCES | GatewayIntents::MESSAGE_CONTENT | GatewayIntents::GUILD_MEMBERS);
+                        let names: Vec<&str> = privileged.iter_names().map(|(n, _)| n).collect();
+                        let fixes: Vec<&str> = privileged
+                            .iter_names()
+                            .map(|(n, _)| match n {
+                                "GUILD_PRESENCES" => "the Presence Intent",
+                                "MESSAGE_CONTENT" => "the Message Content Intent",
+                                _ => "the Server Members Intent",
+                            })
+                            .collect();
+                        ConnectError::DisallowedIntents(names.join(", "), fixes.join(" and "))
+                    }
+                    Ok(Err(e)) => ConnectError::Gateway(e.to_string()),
+                    Ok(Ok(())) => ConnectError::Gateway("the client stopped".into()),
+                    Err(e) => ConnectError::Gateway(e.to_string()),
+                }),
+            }
+        })
+        .await;
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                shard_manager.shutdown_all().await;
+                return Err(e);
+            }
+            Err(_) => {
+                shard_manager.shutdown_all().await;
+                client_task.abort();
+                return Err(ConnectError::Timeout(CONNECT_TIMEOUT));
+            }
+        }
+        let client_task = tokio::spawn(async move {
+            let _ = client_task.await;
+        });
+        let latency_task =
+            {
+                let shared = shared.clone();
+                let manager = shard_manager.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let info =
+                            manager.runners.lock().await.values().next().map(|r| {
+                                (r.latency, matches!(r.stage, ConnectionStage::Connected))
+                            });
+                        if let Some((latency, connected)) = info {
+                            *shared.latency.lock().unwrap_or_else(|p| p.into_inner()) = latency;
+                            shared.set_connected(connected);
+                        }
+                        tokio::time::sleep(SHARD_POLL).await;
+                    }
+                })
+            };
+        Ok(DiscordSession {
+            shared,
+            http,
+            shard_manager,
+            tasks: Mutex::new(vec![client_task, latency_task]),
+            channels: Mutex::new(HashMap::new()),
+            send_interval: discord.send_interval,
+        })
+    }
+
+    pub fn is_connected(&self) -> bool {
+        *self.shared.connected.borrow()
+    }
+
+    /// Times the gateway connection was lost so far.
+    pub fn disconnects(&self) -> u64 {
+        self.shared.disconnects.load(Ordering::SeqCst)
+    }
+
+    pub fn heartbeat_latency(&self) -> Option<Duration> {
+        *self
+            .shared
+            .latency
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn prober_id(&self) -> u64 {
+        self.shared.prober_id.load(Ordering::SeqCst)
+    }
+
+    /// The target's presence in a guild: `None` until the guild is known.
+    pub fn target_online(&self, guild_id: u64) -> Option<bool> {
+        self.shared
+            .presence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&guild_id)
+            .copied()
+    }
+
+    pub fn guild_of_channel(&self, channel_id: u64) -> Option<u64> {
+        self.shared
+            .channel_guilds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&channel_id)
+            .copied()
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<SessionEvent> {
+        self.shared.events.subscribe()
+    }
+
+    pub fn ratelimited_total(&self) -> u64 {
+        self.shared.ratelimited.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn note_ratelimited(&self) {
+        self.shared.ratelimited.fetch_add(1, Ordering::SeqCst);
+        self.shared.emit(SessionEvent::RateLimited);
+    }
+
+    pub(crate) fn correlator(&self) -> std::sync::MutexGuard<'_, Correlator> {
+        self.shared
+            .correlator
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn report_late(&self, late: Vec<LateReply>) {
+        for l in late {
+            report_late(&self.shared, Some(l));
+        }
+    }
+
+    /// The lock that serializes probes in one channel; it holds the time of
+    /// the last send there, for the send budget.
+    pub(crate) fn channel_lock(&self, channel_id: u64) -> Arc<tokio::sync::Mutex<Option<Instant>>> {
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(channel_id)
+            .or_default()
+            .clone()
+    }
+
+    /// Closes the gateway connection cleanly (a 1000 close, so Discord ends
+    /// the session at once).
+    pub async fn shutdown(&self) {
+        self.shard_manager.shutdown_all().await;
+        for t in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            t.abort();
+        }
+    }
+}
