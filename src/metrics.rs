@@ -7,11 +7,12 @@
 use std::time::UNIX_EPOCH;
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::config::{Config, ProbeSpec};
+use crate::config::{Config, ProbeKind, ProbeSpec};
+use crate::discord::{DiscordSession, SessionEvent};
 use crate::probe::{Outcome, ProbeResult};
 
 /// Latency buckets from 50 ms to 10 s, with edges at the monitoring guide's
@@ -31,6 +32,13 @@ pub struct Metrics {
     last_success: GaugeVec,
     target_uptime: GaugeVec,
     target_restarts: IntCounterVec,
+    target_presence: GaugeVec,
+    discord_latency: HistogramVec,
+    late_replies: IntCounterVec,
+    gateway_connected: IntGauge,
+    gateway_latency: Gauge,
+    gateway_disconnects: IntCounter,
+    ratelimited: IntCounter,
     config_reload_ok: IntGauge,
 }
 
@@ -44,6 +52,8 @@ impl Metrics {
         names.extend(static_labels.iter().map(String::as_str));
         let mut with_outcome = names.clone();
         with_outcome.push("outcome");
+        let mut with_phase = names.clone();
+        with_phase.push("phase");
 
         let registry = Registry::new();
         let success = GaugeVec::new(
@@ -100,6 +110,51 @@ impl Metrics {
             &names,
         )
         .expect("valid metric");
+        let target_presence = GaugeVec::new(
+            Opts::new(
+                "probe_target_presence_online",
+                "1 if Discord reports the target bot online in the probe's guild, else 0.",
+            ),
+            &names,
+        )
+        .expect("valid metric");
+        let discord_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "probe_discord_latency_seconds",
+                "Command reply latency by Discord's clock (phase=reply: reply minus probe snowflake time) and time to the bot's first sign of life (phase=first_response).",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &with_phase,
+        )
+        .expect("valid metric");
+        let late_replies = IntCounterVec::new(
+            Opts::new(
+                "probe_late_replies_total",
+                "Replies from the target that arrived after their probe had timed out.",
+            ),
+            &names,
+        )
+        .expect("valid metric");
+        let gateway_connected = IntGauge::new(
+            "prober_gateway_connected",
+            "1 while the prober's own Discord gateway connection is up.",
+        )
+        .expect("valid metric");
+        let gateway_latency = Gauge::new(
+            "prober_gateway_latency_seconds",
+            "Heartbeat round trip of the prober's own gateway connection.",
+        )
+        .expect("valid metric");
+        let gateway_disconnects = IntCounter::new(
+            "prober_gateway_disconnects_total",
+            "Times the prober's own gateway connection was lost.",
+        )
+        .expect("valid metric");
+        let ratelimited = IntCounter::new(
+            "prober_ratelimited_total",
+            "429 answers the prober received from Discord.",
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "prober_build_info",
@@ -114,17 +169,29 @@ impl Metrics {
         )
         .expect("valid metric");
 
-        for collector in [
-            Box::new(success.clone()) as Box<dyn prometheus::core::Collector>,
+        let mut collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(success.clone()),
             Box::new(duration.clone()),
             Box::new(runs.clone()),
             Box::new(latency.clone()),
             Box::new(last_success.clone()),
             Box::new(target_uptime.clone()),
             Box::new(target_restarts.clone()),
+            Box::new(target_presence.clone()),
+            Box::new(discord_latency.clone()),
+            Box::new(late_replies.clone()),
             Box::new(build_info.clone()),
             Box::new(config_reload_ok.clone()),
-        ] {
+        ];
+        // The prober's own gateway exists only with Discord probes; a
+        // gauge stuck at 0 without them would read as a blind prober.
+        if config.needs_discord() {
+            collectors.push(Box::new(gateway_connected.clone()));
+            collectors.push(Box::new(gateway_latency.clone()));
+            collectors.push(Box::new(gateway_disconnects.clone()));
+            collectors.push(Box::new(ratelimited.clone()));
+        }
+        for collector in collectors {
             registry.register(collector).expect("unique metric names");
         }
         build_info
@@ -142,6 +209,13 @@ impl Metrics {
             last_success,
             target_uptime,
             target_restarts,
+            target_presence,
+            discord_latency,
+            late_replies,
+            gateway_connected,
+            gateway_latency,
+            gateway_disconnects,
+            ratelimited,
             config_reload_ok,
         };
         for spec in &config.probes {
@@ -167,8 +241,10 @@ impl Metrics {
                 .with_label_values(&with(&values, outcome.as_str()))
                 .reset();
         }
-        if matches!(spec.kind, crate::config::ProbeKind::Exporter(_)) {
-            self.target_restarts.with_label_values(&values).reset();
+        match spec.kind {
+            ProbeKind::Exporter(_) => self.target_restarts.with_label_values(&values).reset(),
+            ProbeKind::Command(_) => self.late_replies.with_label_values(&values).reset(),
+            _ => {}
         }
     }
 
@@ -206,6 +282,90 @@ impl Metrics {
             self.target_restarts
                 .with_label_values(v)
                 .inc_by(result.observations.target_restarts);
+        }
+        if let Some(online) = result.observations.target_online {
+            self.target_presence
+                .with_label_values(v)
+                .set(f64::from(u8::from(online)));
+        }
+        let o = &result.observations;
+        for (phase, value) in [
+            ("reply", o.discord_reply),
+            ("first_response", o.first_response),
+        ] {
+            if let (Some(d), true) = (value, result.outcome == Outcome::Success) {
+                self.discord_latency
+                    .with_label_values(&with(v, phase))
+                    .observe(d.as_secs_f64());
+            }
+        }
+    }
+
+    /// Keeps the Discord metrics current from the session's events: the
+    /// target's presence changes here within moments of Discord reporting
+    /// it, not at the next probe run.
+    pub fn follow_discord(
+        self: &std::sync::Arc<Self>,
+        config: &Config,
+        session: &std::sync::Arc<DiscordSession>,
+    ) -> tokio::task::JoinHandle<()> {
+        let metrics = self.clone();
+        let session = session.clone();
+        let presence: Vec<(u64, ProbeSpec)> = config
+            .probes
+            .iter()
+            .filter_map(|p| match &p.kind {
+                ProbeKind::Presence(ps) => Some((ps.guild_id, p.clone())),
+                _ => None,
+            })
+            .collect();
+        let commands: Vec<ProbeSpec> = config
+            .probes
+            .iter()
+            .filter(|p| matches!(p.kind, ProbeKind::Command(_)))
+            .cloned()
+            .collect();
+        let mut events = session.subscribe();
+        tokio::spawn(async move {
+            metrics.sample_gateway(&session);
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => metrics.sample_gateway(&session),
+                    event = events.recv() => match event {
+                        Ok(SessionEvent::Presence { guild_id, online }) => {
+                            for (_, spec) in presence.iter().filter(|(g, _)| *g == guild_id) {
+                                metrics
+                                    .target_presence
+                                    .with_label_values(&metrics.label_values(spec))
+                                    .set(f64::from(u8::from(online)));
+                            }
+                        }
+                        Ok(SessionEvent::LateReply { probe }) => {
+                            if let Some(spec) = commands.iter().find(|s| s.name == probe) {
+                                metrics.late_replies.with_label_values(&metrics.label_values(spec)).inc();
+                            }
+                        }
+                        Ok(SessionEvent::Gateway { connected }) => {
+                            metrics.gateway_connected.set(i64::from(connected));
+                            if !connected {
+                                metrics.gateway_disconnects.inc();
+                            }
+                        }
+                        Ok(SessionEvent::RateLimited) => metrics.ratelimited.inc(),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    },
+                }
+            }
+        })
+    }
+
+    fn sample_gateway(&self, session: &DiscordSession) {
+        self.gateway_connected
+            .set(i64::from(session.is_connected()));
+        if let Some(l) = session.heartbeat_latency() {
+            self.gateway_latency.set(l.as_secs_f64());
         }
     }
 

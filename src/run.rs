@@ -87,7 +87,8 @@ pub async fn run_with_token(
         })
         .collect::<Result<_, _>>()?;
 
-    let metrics = Metrics::new(config);
+    let metrics = Arc::new(Metrics::new(config));
+    let follower = session.as_ref().map(|s| metrics.follow_discord(config, s));
     let (tx, mut rx) = mpsc::unbounded_channel::<ProbeResult>();
     let mut tasks = tokio::task::JoinSet::new();
     for probe in &probes {
@@ -128,6 +129,9 @@ pub async fn run_with_token(
         }
     }
     drop(probes);
+    if let Some(f) = follower {
+        f.abort();
+    }
     if let Some(s) = &session {
         s.shutdown().await;
     }

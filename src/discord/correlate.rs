@@ -56,6 +56,8 @@ pub enum ProbeEvent {
     Foreign { author_id: u64, from_webhook: bool },
     /// An unreferenced reply was taken as an earlier probe's late reply.
     Ambiguous,
+    /// The gateway delivered the probe message itself: events were flowing.
+    OwnEcho,
 }
 
 /// A late reply to a probe that had timed out.
@@ -196,12 +198,16 @@ impl Correlator {
             .retain(|o| o.referenced_until > at || o.unreferenced_until > at);
 
         if m.author_id == prober && !m.from_webhook {
-            // The echo of our own message tells its id early.
-            let ours = state.inflight.as_ref().is_some_and(|i| {
-                i.message_id.is_none() && m.nonce.as_deref() == Some(i.nonce.as_str())
-            });
-            if ours {
-                let _ = self.sent(channel, m.id);
+            let Some(i) = &state.inflight else {
+                return None;
+            };
+            let by_nonce = m.nonce.as_deref() == Some(i.nonce.as_str());
+            if by_nonce || i.message_id == Some(m.id) {
+                let _ = i.tx.send(ProbeEvent::OwnEcho);
+            }
+            // The echo of our own message can tell its id early.
+            if by_nonce && i.message_id.is_none() {
+                return self.sent(channel, m.id).into_iter().next();
             }
             return None;
         }
@@ -368,6 +374,7 @@ mod tests {
         let mut echo = msg(10, PROBER, None);
         echo.nonce = Some("n".into());
         c.on_message(CH, echo, now, false);
+        assert_eq!(next(&mut rx), Some(ProbeEvent::OwnEcho));
         assert!(
             matches!(next(&mut rx), Some(ProbeEvent::Reply { message, at, .. }) if message.id == 11 && at == now)
         );

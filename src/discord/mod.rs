@@ -13,12 +13,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use serenity::all::{ChunkGuildFilter, GuildId, ShardMessenger, UserId};
 use serenity::all::{
     Client, ClientBuilder, ConnectionStage, Context, Event, EventHandler, GatewayIntents, Http,
     HttpBuilder, Message, OnlineStatus, RawEventHandler, ShardManager, ShardStageUpdateEvent,
 };
 use serenity::async_trait;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, oneshot, watch};
 
 use crate::config::{Config, ProbeKind, Secret};
 use crate::probe::reply::{EmbedView, ReplyView};
@@ -26,8 +27,7 @@ use correlate::{Correlator, Incoming, LateReply};
 
 /// How long `connect` waits for READY before giving up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often serenity's view of the shard (stage, heartbeat latency) is read,
-/// to correct for events that its concurrent dispatch delivered out of order.
+/// How often serenity's heartbeat latency is read.
 const SHARD_POLL: Duration = Duration::from_secs(1);
 
 /// Something metrics should know at once, not at the next probe run.
@@ -107,6 +107,10 @@ struct Shared {
     correlator: Mutex<Correlator>,
     events: broadcast::Sender<SessionEvent>,
     ratelimited: AtomicU64,
+    /// Sends gateway requests (op 8) on the prober's shard.
+    messenger: Mutex<Option<ShardMessenger>>,
+    /// Gateway pings awaiting their GUILD_MEMBERS_CHUNK, by nonce.
+    pings: Mutex<HashMap<String, oneshot::Sender<Option<bool>>>>,
 }
 
 impl Shared {
@@ -124,7 +128,8 @@ impl Shared {
         } else {
             self.ever_connected.store(true, Ordering::SeqCst);
         }
-        let _ = self.connected.send(up);
+        // send_replace: the value must change even with no receiver left.
+        self.connected.send_replace(up);
         self.emit(SessionEvent::Gateway { connected: up });
         if up {
             tracing::info!("prober gateway connected");
@@ -200,12 +205,31 @@ fn is_online(status: OnlineStatus) -> bool {
 
 #[async_trait]
 impl RawEventHandler for Handler {
-    async fn raw_event(&self, _ctx: Context, ev: Event) {
+    async fn raw_event(&self, ctx: Context, ev: Event) {
         // Taken first: the moment the event reached the prober.
         let at = Instant::now();
         let s = &self.shared;
         match ev {
+            Event::GuildMembersChunk(c) => {
+                let Some(nonce) = c.nonce.clone() else {
+                    return;
+                };
+                let Some(reply) = s
+                    .pings
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&nonce)
+                else {
+                    return;
+                };
+                let online = c.presences.as_ref().map(|ps| {
+                    ps.iter()
+                        .any(|p| p.user.id.get() == s.target_id && is_online(p.status))
+                });
+                let _ = reply.send(online);
+            }
             Event::Ready(r) => {
+                *s.messenger.lock().unwrap_or_else(|p| p.into_inner()) = Some(ctx.shard.clone());
                 s.prober_id.store(r.ready.user.id.get(), Ordering::SeqCst);
                 s.correlator
                     .lock()
@@ -321,8 +345,10 @@ impl EventHandler for Handler {
     // Stage changes reach only plain event handlers, not raw ones.
     async fn shard_stage_update(&self, _ctx: Context, u: ShardStageUpdateEvent) {
         let s = &self.shared;
-        if s.ever_connected.load(Ordering::SeqCst) {
-            s.set_connected(matches!(u.new, ConnectionStage::Connected));
+        // Only the way down: "up" is known for sure from READY, RESUMED or
+        // an answered gateway round trip (serenity reports stages loosely).
+        if s.ever_connected.load(Ordering::SeqCst) && !matches!(u.new, ConnectionStage::Connected) {
+            s.set_connected(false);
         }
     }
 }
@@ -366,6 +392,8 @@ impl DiscordSession {
             correlator: Mutex::new(Correlator::new(target_id, 0)),
             events,
             ratelimited: AtomicU64::new(0),
+            messenger: Mutex::new(None),
+            pings: Mutex::new(HashMap::new()),
         });
         let mut client: Client = ClientBuilder::new_with_http(http.build(), intents)
             .raw_event_handler(Handler {
@@ -424,32 +452,125 @@ impl DiscordSession {
         let client_task = tokio::spawn(async move {
             let _ = client_task.await;
         });
-        let latency_task =
-            {
-                let shared = shared.clone();
-                let manager = shard_manager.clone();
-                tokio::spawn(async move {
-                    loop {
-                        let info =
-                            manager.runners.lock().await.values().next().map(|r| {
-                                (r.latency, matches!(r.stage, ConnectionStage::Connected))
-                            });
-                        if let Some((latency, connected)) = info {
-                            *shared.latency.lock().unwrap_or_else(|p| p.into_inner()) = latency;
-                            shared.set_connected(connected);
-                        }
-                        tokio::time::sleep(SHARD_POLL).await;
+        let latency_task = {
+            let shared = shared.clone();
+            let manager = shard_manager.clone();
+            tokio::spawn(async move {
+                loop {
+                    // Only the latency: the runner's stage is updated too
+                    // rarely to tell whether the connection is up.
+                    let latency = manager
+                        .runners
+                        .lock()
+                        .await
+                        .values()
+                        .next()
+                        .and_then(|r| r.latency);
+                    if latency.is_some() {
+                        *shared.latency.lock().unwrap_or_else(|p| p.into_inner()) = latency;
                     }
-                })
-            };
-        Ok(DiscordSession {
+                    tokio::time::sleep(SHARD_POLL).await;
+                }
+            })
+        };
+        let session = DiscordSession {
             shared,
             http,
             shard_manager,
             tasks: Mutex::new(vec![client_task, latency_task]),
             channels: Mutex::new(HashMap::new()),
             send_interval: discord.send_interval,
-        })
+        };
+        Ok(session)
+    }
+
+    /// A round trip through the prober's gateway: asks Discord (op 8) for
+    /// the target's member entry and presence in `guild_id` and waits for
+    /// the answer. `Ok` proves the gateway delivers events right now, and
+    /// carries the target's presence (`None` without presence data); `Err`
+    /// means no answer within `wait`, and marks the gateway as down.
+    pub async fn gateway_ping(&self, guild_id: u64, wait: Duration) -> Result<Option<bool>, ()> {
+        let s = &self.shared;
+        let Some(messenger) = s
+            .messenger
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            return Err(());
+        };
+        let nonce = format!("ping-{}", rand::random::<u64>() >> 1);
+        let (tx, rx) = oneshot::channel();
+        s.pings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(nonce.clone(), tx);
+        messenger.chunk_guild(
+            GuildId::new(guild_id),
+            None,
+            true,
+            ChunkGuildFilter::UserIds(vec![UserId::new(s.target_id.max(1))]),
+            Some(nonce.clone()),
+        );
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(online)) => {
+                s.set_connected(true);
+                if let Some(online) = online {
+                    let changed = s
+                        .presence
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(guild_id, online)
+                        != Some(online);
+                    if changed {
+                        s.emit(SessionEvent::Presence { guild_id, online });
+                    }
+                }
+                Ok(online)
+            }
+            _ => {
+                s.pings
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&nonce);
+                s.set_connected(false);
+                Err(())
+            }
+        }
+    }
+
+    /// A guild the prober is in, for gateway pings.
+    pub fn any_guild(&self) -> Option<u64> {
+        self.shared
+            .presence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .next()
+            .copied()
+    }
+
+    /// Pings the gateway every `every`, so an outage shows in
+    /// `prober_gateway_connected` even when no probe runs.
+    pub fn watch_liveness(self: &Arc<Self>, every: Duration) {
+        let session = Arc::downgrade(self);
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(s) = session.upgrade() else {
+                    return;
+                };
+                if let Some(guild) = s.any_guild() {
+                    let _ = s
+                        .gateway_ping(guild, every.min(Duration::from_secs(10)))
+                        .await;
+                }
+            }
+        });
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(task);
     }
 
     pub fn is_connected(&self) -> bool {

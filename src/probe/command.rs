@@ -38,6 +38,10 @@ impl Drop for Finish {
     }
 }
 
+/// How long a gateway round trip may take before the prober's gateway is
+/// considered down.
+const PING_WAIT: Duration = Duration::from_secs(5);
+
 fn inconclusive(detail: impl Into<String>) -> Check {
     Check::new(Outcome::Inconclusive, detail)
 }
@@ -64,7 +68,7 @@ impl CommandProbe {
     /// The longest a run can take: waiting for the channel (at most one
     /// timeout), the send budget, and the reply (one timeout).
     pub fn max_duration(&self) -> Duration {
-        self.timeout * 2 + self.session.send_interval + Duration::from_secs(5)
+        self.timeout * 2 + self.session.send_interval + PING_WAIT + Duration::from_secs(5)
     }
 
     pub async fn check(&self) -> Check {
@@ -116,6 +120,7 @@ impl CommandProbe {
         let mut wrong: Option<ReplyView> = None;
         let mut foreign = 0usize;
         let mut ambiguous = false;
+        let mut echoed = false;
         let check = loop {
             let event = match tokio::time::timeout_at(deadline.into(), events.recv()).await {
                 Ok(Some(e)) => e,
@@ -127,6 +132,7 @@ impl CommandProbe {
                 }
                 ProbeEvent::Foreign { .. } => foreign += 1,
                 ProbeEvent::Ambiguous => ambiguous = true,
+                ProbeEvent::OwnEcho => echoed = true,
                 ProbeEvent::Reply { message, at, edit } => {
                     finish.answered = true;
                     let view = &message.view;
@@ -162,24 +168,13 @@ impl CommandProbe {
                 }
             }
         };
-        let mut check = check.unwrap_or_else(|| {
-            if let Some(view) = &wrong {
-                Check::new(
-                    Outcome::Failure,
-                    format!("the bot's reply did not match what was expected: {}", view.quote()),
-                )
-            } else if s.disconnects() != disconnects_before || !s.is_connected() {
-                inconclusive(
-                    "no reply seen, but the prober's own gateway connection dropped while waiting, so a reply may have been missed",
-                )
-            } else if ambiguous {
-                inconclusive(
-                    "a reply without a message reference could not be attributed: an earlier probe in this channel had timed out and its reply may have come late",
-                )
-            } else {
-                Check::new(Outcome::Timeout, self.timeout_detail(foreign))
+        let mut check = match check {
+            Some(c) => c,
+            None => {
+                self.no_answer(wrong, echoed, ambiguous, foreign, disconnects_before)
+                    .await
             }
-        });
+        };
         drop(finish);
         if self.spec.cleanup {
             // Best effort; the prober may delete its own message only.
@@ -244,17 +239,62 @@ impl CommandProbe {
         check
     }
 
-    fn timeout_detail(&self, foreign: usize) -> String {
+    /// The deadline passed without an acceptable reply. Before blaming the
+    /// bot with a timeout, prove the prober's gateway was delivering events:
+    /// it must have delivered the probe message itself, and must answer a
+    /// gateway round trip now. Otherwise the run is inconclusive.
+    async fn no_answer(
+        &self,
+        wrong: Option<ReplyView>,
+        echoed: bool,
+        ambiguous: bool,
+        foreign: usize,
+        disconnects_before: u64,
+    ) -> Check {
         let s = &self.session;
-        let mut detail = format!(
-            "no reply within {}",
-            humantime::format_duration(self.timeout)
-        );
+        if let Some(view) = wrong {
+            return Check::new(
+                Outcome::Failure,
+                format!(
+                    "the bot's reply did not match what was expected: {}",
+                    view.quote()
+                ),
+            );
+        }
+        if !echoed || s.disconnects() != disconnects_before {
+            return inconclusive(
+                "no reply seen, but the prober's own gateway was not delivering events (it did not deliver the probe message itself), so a reply may have been missed",
+            );
+        }
         let guild = self
             .spec
             .guild_id
             .or_else(|| s.guild_of_channel(self.spec.channel_id));
-        match guild.and_then(|g| s.target_online(g)) {
+        let online = match guild {
+            Some(g) => match s.gateway_ping(g, PING_WAIT.min(self.timeout)).await {
+                Ok(online) => online,
+                Err(()) => {
+                    return inconclusive(
+                        "no reply seen, but the prober's own gateway stopped answering, so a reply may have been missed",
+                    );
+                }
+            },
+            None => None,
+        };
+        if ambiguous {
+            return inconclusive(
+                "a reply without a message reference could not be attributed: an earlier probe in this channel had timed out and its reply may have come late",
+            );
+        }
+        Check::new(Outcome::Timeout, self.timeout_detail(foreign, online))
+    }
+
+    fn timeout_detail(&self, foreign: usize, online: Option<bool>) -> String {
+        let mut detail = format!(
+            "no reply within {}",
+            humantime::format_duration(self.timeout)
+        );
+        match online {
             Some(true) => detail.push_str("; the bot is online but not answering"),
             Some(false) => detail.push_str("; the bot is offline"),
             None => {}

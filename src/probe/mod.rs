@@ -184,7 +184,7 @@ impl Probe {
                 session()?,
             ))),
             ProbeKind::Presence(p) => {
-                KindProbe::Presence(PresenceProbe::new(p.clone(), session()?))
+                KindProbe::Presence(PresenceProbe::new(p.clone(), spec.timeout, session()?))
             }
         };
         Ok(Probe { spec, kind })
@@ -206,6 +206,7 @@ impl Probe {
     fn run_limit(&self) -> (Duration, Outcome) {
         match &self.kind {
             KindProbe::Command(c) => (c.max_duration(), Outcome::Inconclusive),
+            KindProbe::Presence(p) => (p.max_duration(), Outcome::Inconclusive),
             _ => (self.spec.timeout, Outcome::Timeout),
         }
     }

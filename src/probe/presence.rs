@@ -2,6 +2,7 @@
 //! reports it to the prober (kept current by gateway events).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::{Check, Outcome};
 use crate::config::PresenceSpec;
@@ -10,12 +11,23 @@ use crate::discord::DiscordSession;
 #[derive(Debug)]
 pub struct PresenceProbe {
     spec: PresenceSpec,
+    /// How long the gateway round trip may take: the probe's timeout.
+    wait: Duration,
     session: Arc<DiscordSession>,
 }
 
 impl PresenceProbe {
-    pub fn new(spec: PresenceSpec, session: Arc<DiscordSession>) -> Self {
-        PresenceProbe { spec, session }
+    pub fn new(spec: PresenceSpec, wait: Duration, session: Arc<DiscordSession>) -> Self {
+        PresenceProbe {
+            spec,
+            wait,
+            session,
+        }
+    }
+
+    /// The runner's limit: the wait plus a margin; a prober-side overrun.
+    pub fn max_duration(&self) -> Duration {
+        self.wait + Duration::from_secs(2)
     }
 
     pub async fn check(&self) -> Check {
@@ -35,17 +47,32 @@ impl PresenceProbe {
                 "the prober's own gateway connection to Discord is down; presence unknown",
             );
         }
-        let mut check = match self.session.target_online(guild_id) {
-            Some(true) => Check::new(Outcome::Success, format!("the bot is online in {place}")),
-            Some(false) => Check::new(Outcome::Failure, format!("the bot is offline in {place}")),
-            None => {
+        // Ask Discord now rather than trust the last event: the answer also
+        // proves the prober's gateway is delivering.
+        let online = match self.session.gateway_ping(guild_id, self.wait).await {
+            Ok(Some(online)) => online,
+            Ok(None) => {
                 return Check::new(
                     Outcome::Inconclusive,
                     format!(
-                        "the prober has not seen {place}: is the prober a member of that guild?"
+                        "Discord sent no presence data for {place}: the prober needs the Presence intent and membership there"
                     ),
                 );
             }
+            Err(()) => {
+                return Check::new(
+                    Outcome::Inconclusive,
+                    format!(
+                        "the prober's own gateway did not answer within {}; presence unknown",
+                        humantime::format_duration(self.wait)
+                    ),
+                );
+            }
+        };
+        let mut check = if online {
+            Check::new(Outcome::Success, format!("the bot is online in {place}"))
+        } else {
+            Check::new(Outcome::Failure, format!("the bot is offline in {place}"))
         };
         check.observations.target_online = Some(check.outcome == Outcome::Success);
         check

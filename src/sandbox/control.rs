@@ -65,6 +65,19 @@ impl Controls {
         Ok(())
     }
 
+    /// A gateway outage for the account: its connections are closed (4000,
+    /// resumable) and its IDENTIFY and RESUME refused until lifted.
+    pub fn set_gateway_outage(&self, account: &str, down: bool) -> Result<(), String> {
+        let id = self.account_id(account)?;
+        self.core
+            .log_event(&format!("control: gateway outage for {account}: {down}"));
+        self.core.faults.set_gateway_refused(id, down);
+        if down {
+            gateway::close_account(&self.core, id, 4000);
+        }
+        Ok(())
+    }
+
     pub fn is_connected(&self, account: &str) -> Result<bool, String> {
         let id = self.account_id(account)?;
         Ok(gateway::is_connected(&self.core, id))
@@ -188,6 +201,12 @@ pub fn router(controls: Arc<Controls>, description: Description) -> Router {
             "/gateway/{account}/heartbeat-acks",
             post(|State((c, _)): Ctl, Path(account): Path<String>, Json(b): Json<AcksBody>| async move {
                 done(c.set_heartbeat_acks(&account, b.enabled))
+            }),
+        )
+        .route(
+            "/gateway/{account}/outage",
+            post(|State((c, _)): Ctl, Path(account): Path<String>, Json(b): Json<AcksBody>| async move {
+                done(c.set_gateway_outage(&account, b.enabled))
             }),
         )
         .route(

@@ -36,6 +36,8 @@ struct ActiveFault {
 pub struct Faults {
     http: Mutex<Vec<ActiveFault>>,
     withheld_acks: Mutex<HashSet<u64>>,
+    /// Accounts whose IDENTIFY and RESUME are refused (a gateway outage for them).
+    refused: Mutex<HashSet<u64>>,
 }
 
 impl Faults {
@@ -89,6 +91,22 @@ impl Faults {
         } else {
             set.insert(account);
         }
+    }
+
+    pub fn set_gateway_refused(&self, account: u64, refused: bool) {
+        let mut set = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        if refused {
+            set.insert(account);
+        } else {
+            set.remove(&account);
+        }
+    }
+
+    pub fn gateway_refused(&self, account: u64) -> bool {
+        self.refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&account)
     }
 
     pub fn acks_heartbeats(&self, account: u64) -> bool {

@@ -321,6 +321,12 @@ fn identify(core: &Arc<Core>, ctx: &mut Ctx, d: &Value) -> Result<(), Close> {
         .account_by_token(token)
         .cloned()
         .ok_or(Close(4004, "Authentication failed"))?;
+    if core.faults.gateway_refused(account.id) {
+        return Err(Close(
+            4000,
+            "Unknown error (sandbox: gateway outage for this account)",
+        ));
+    }
     if wanted & intents::PRIVILEGED & !account.privileged != 0 {
         core.log_event(&format!(
             "gateway: {} asked for privileged intents it may not use: {:?}",
@@ -408,6 +414,12 @@ fn resume(core: &Arc<Core>, ctx: &mut Ctx, d: &Value) -> Result<Reply, Close> {
     let Some(account) = state.world.account_by_token(token).map(|a| a.id) else {
         return Err(Close(4004, "Authentication failed"));
     };
+    if core.faults.gateway_refused(account) {
+        return Err(Close(
+            4000,
+            "Unknown error (sandbox: gateway outage for this account)",
+        ));
+    }
     let Some(session) = state.sessions.get_mut(session_id) else {
         return Ok(invalid);
     };
@@ -461,32 +473,63 @@ fn set_status(core: &Arc<Core>, session_id: &str, status: Status) {
     state.broadcast_presence(account, before);
 }
 
-/// op 8: GUILD_MEMBERS_CHUNK with every member (the guilds are small).
+/// op 8: one GUILD_MEMBERS_CHUNK (the guilds are small): the members asked
+/// for by `user_ids` (all of them otherwise), with their presences when
+/// asked and the session holds GUILD_PRESENCES, as on Discord.
 fn request_members(core: &Arc<Core>, ctx: &Ctx, d: &Value) {
     let Some(session_id) = &ctx.session else {
         return;
     };
-    let guild_id = match &d["guild_id"] {
-        Value::String(s) => s.parse().ok(),
+    let id_of = |v: &Value| match v {
+        Value::String(s) => s.parse::<u64>().ok(),
         v => v.as_u64(),
+    };
+    let guild_id = id_of(&d["guild_id"]);
+    let wanted: Option<Vec<u64>> = match &d["user_ids"] {
+        Value::Array(ids) => Some(ids.iter().filter_map(id_of).collect()),
+        Value::Null => None,
+        one => id_of(one).map(|id| vec![id]),
     };
     let mut state = core.state();
     let Some(g) = guild_id.and_then(|id| state.world.guild(id)).cloned() else {
         return;
     };
-    let members: Vec<Value> = g
-        .members
+    let intents = state.sessions.get(session_id).map_or(0, |s| s.intents);
+    let ids: Vec<u64> = match &wanted {
+        Some(ids) => ids.clone(),
+        None => g.members.clone(),
+    };
+    let members: Vec<Value> = ids
         .iter()
+        .filter(|id| g.members.contains(id))
         .filter_map(|id| state.world.account(*id))
         .map(|a| model::member(&g, a))
         .collect();
-    let chunk = json!({
+    let not_found: Vec<String> = ids
+        .iter()
+        .filter(|id| !g.members.contains(id))
+        .map(|id| id.to_string())
+        .collect();
+    let mut chunk = json!({
         "guild_id": g.id.to_string(),
         "members": members,
         "chunk_index": 0,
         "chunk_count": 1,
-        "nonce": d.get("nonce").cloned().unwrap_or(Value::Null),
+        "not_found": not_found,
     });
+    if d["presences"].as_bool() == Some(true) && intents & intents::GUILD_PRESENCES != 0 {
+        let presences: Vec<Value> = ids
+            .iter()
+            .filter(|id| g.members.contains(id))
+            .map(|id| (*id, state.shown_status(*id, g.id)))
+            .filter(|(_, s)| *s != "offline")
+            .map(|(id, s)| model::presence(id, s))
+            .collect();
+        chunk["presences"] = Value::Array(presences);
+    }
+    if let Some(nonce) = d.get("nonce").filter(|n| !n.is_null()) {
+        chunk["nonce"] = nonce.clone();
+    }
     state.enqueue(session_id, "GUILD_MEMBERS_CHUNK", chunk);
 }
 

@@ -3,6 +3,7 @@
 mod cli;
 mod config_files;
 mod discord;
+mod discord_probes;
 mod exporter_probe;
 mod http_probe;
 mod metrics;

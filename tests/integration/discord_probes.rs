@@ -1,0 +1,681 @@
+//! Command and presence probes against the sandbox, through the prober's
+//! real serenity session.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serenity::all::{ChannelId, CreateEmbed, CreateMessage, Event, GatewayIntents};
+use twi_probe::config::{Config, Secret};
+use twi_probe::discord::{ConnectError, DiscordSession, SessionEvent};
+use twi_probe::exposition;
+use twi_probe::metrics::Metrics;
+use twi_probe::probe::{Outcome, Probe, ProbeResult, run_once};
+use twi_probe::sandbox::{BotBehaviour, HttpFault, Latency, Sandbox, SandboxConfig};
+
+use crate::discord::{EVENT_WAIT, TestClient, start_sandbox};
+
+fn bot(latency_ms: u64) -> BotBehaviour {
+    BotBehaviour {
+        latency: Latency::fixed(Duration::from_millis(latency_ms)),
+        ..BotBehaviour::default()
+    }
+}
+
+fn sandbox_config(behaviour: BotBehaviour) -> SandboxConfig {
+    let mut cfg = SandboxConfig::default();
+    cfg.bot.behaviour = behaviour;
+    cfg.bot.started_ago = Duration::from_secs(3600);
+    cfg.accounts
+        .push(twi_probe::sandbox::config::AccountConfig {
+            name: "impostor".into(),
+            bot: true,
+            id: None,
+            token: None,
+            privileged_intents: vec!["MESSAGE_CONTENT".into()],
+        });
+    cfg
+}
+
+/// A sandbox, the prober's session on it, and a config whose `{channel}`,
+/// `{guild}`, `{base}` and `{exporter}` are filled in.
+struct Rig {
+    sb: Sandbox,
+    config: Config,
+    session: Arc<DiscordSession>,
+    /// Probes keep state between runs (the exporter's start time).
+    probes: std::sync::Mutex<std::collections::HashMap<String, Arc<Probe>>>,
+}
+
+fn yaml_for(sb: &Sandbox, probes: &str, discord_extra: &str) -> String {
+    let d = sb.description();
+    let bot = &sb.account("twi-bot-shard").unwrap().id;
+    let text = format!(
+        r#"
+target: {{name: twi-bot-shard, user_id: "{bot}", exporter_url: "{exporter}"}}
+discord:
+  token_env: UNUSED_IN_TESTS
+  api_base: "{base}"
+  send_interval: 1s
+{discord_extra}
+probes:
+{probes}
+"#,
+        exporter = d
+            .exporter_url
+            .clone()
+            .unwrap_or_else(|| "http://127.0.0.1:9/metrics".into()),
+        base = d.rest_base,
+    );
+    text.replace("{channel}", &sb.channel_id("probes").unwrap().to_string())
+        .replace("{guild}", &d.guilds[0].id)
+}
+
+async fn rig(cfg: SandboxConfig, probes: &str) -> Rig {
+    rig_with(cfg, probes, "").await
+}
+
+async fn rig_with(cfg: SandboxConfig, probes: &str, discord_extra: &str) -> Rig {
+    let sb = start_sandbox(cfg).await;
+    let yaml = yaml_for(&sb, probes, discord_extra);
+    let config =
+        Config::from_yaml(&yaml, Path::new("test.yaml")).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    let token = Secret::new(sb.account("prober").unwrap().token.clone());
+    let session = Arc::new(
+        DiscordSession::connect(&config, &token)
+            .await
+            .expect("the prober connects"),
+    );
+    Rig::new(sb, config, session)
+}
+
+const HELP: &str = r#"
+  - name: help
+    every: 1m
+    timeout: 3s
+    command:
+      channel_id: "{channel}"
+      guild_id: "{guild}"
+      message: "!help"
+      expect: {embed_title: "^Interactive Help System"}
+      error_reply: {embed_title: "Error"}
+"#;
+
+impl Rig {
+    fn new(sb: Sandbox, config: Config, session: Arc<DiscordSession>) -> Rig {
+        Rig {
+            sb,
+            config,
+            session,
+            probes: Default::default(),
+        }
+    }
+
+    fn probe(&self, name: &str) -> Arc<Probe> {
+        let mut probes = self.probes.lock().unwrap();
+        probes
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                let spec = self
+                    .config
+                    .probes
+                    .iter()
+                    .find(|p| p.name == name)
+                    .unwrap()
+                    .clone();
+                Arc::new(Probe::new(spec, Some(&self.session)).unwrap())
+            })
+            .clone()
+    }
+
+    async fn run(&self, name: &str) -> ProbeResult {
+        run_once(self.probe(name)).await
+    }
+
+    fn bot(&self) -> &Arc<twi_probe::sandbox::bot::SimBot> {
+        self.sb.control().bot().unwrap()
+    }
+
+    async fn stop(self) {
+        self.session.shutdown().await;
+        self.sb.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_command_round_trip_succeeds_with_both_clocks() {
+    let r = rig(sandbox_config(bot(150)), HELP).await;
+    let res = r.run("help").await;
+    assert_eq!(res.outcome, Outcome::Success, "{}", res.detail);
+    let latency = res.latency().unwrap();
+    assert!(latency >= Duration::from_millis(150), "{latency:?}");
+    let o = &res.observations;
+    let discord = o.discord_reply.unwrap();
+    assert!(
+        discord >= Duration::from_millis(150) && discord <= latency + Duration::from_millis(2),
+        "{discord:?} vs {latency:?}"
+    );
+    assert!(
+        o.first_response.unwrap() < Duration::from_millis(150),
+        "typing came first"
+    );
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_reply_within_the_timeout_succeeds() {
+    let r = rig(sandbox_config(bot(1500)), HELP).await;
+    let res = r.run("help").await;
+    assert_eq!(res.outcome, Outcome::Success, "{}", res.detail);
+    assert!(res.latency().unwrap() >= Duration::from_millis(1500));
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn no_reply_is_a_timeout_that_says_the_bot_is_online() {
+    let r = rig(
+        sandbox_config(BotBehaviour {
+            drop_rate: 1.0,
+            ..bot(50)
+        }),
+        HELP,
+    )
+    .await;
+    let res = r.run("help").await;
+    assert_eq!(res.outcome, Outcome::Timeout);
+    assert_eq!(
+        res.detail,
+        "no reply within 3s; the bot is online but not answering"
+    );
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_and_error_replies_are_failures() {
+    let probes = format!(
+        "{HELP}{}",
+        r#"
+  - name: wants-ping
+    every: 1m
+    timeout: 3s
+    command:
+      channel_id: "{channel}"
+      message: "!help"
+      expect: {embed_title: "Bot Latency"}
+"#
+    );
+    let r = rig(sandbox_config(bot(20)), &probes).await;
+    let res = r.run("wants-ping").await;
+    assert_eq!(res.outcome, Outcome::Failure);
+    assert_eq!(
+        res.detail,
+        "the bot's reply did not match what was expected: \"[embed] Interactive Help System Twi Bot Shard is mostly slash commands. Use `/he…\""
+    );
+    r.bot().set_behaviour(BotBehaviour {
+        error_rate: 1.0,
+        ..bot(20)
+    });
+    let res = r.run("help").await;
+    assert_eq!(res.outcome, Outcome::Failure);
+    assert!(
+        res.detail
+            .starts_with("the bot answered with its error reply: \"[embed] ❌ Error"),
+        "{}",
+        res.detail
+    );
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn replies_with_and_without_a_reference_both_match() {
+    let r = rig(sandbox_config(bot(20)), HELP).await;
+    assert_eq!(r.run("help").await.outcome, Outcome::Success);
+    r.bot().set_behaviour(BotBehaviour {
+        reply_with_reference: false,
+        ..bot(20)
+    });
+    let res = r.run("help").await;
+    assert_eq!(res.outcome, Outcome::Success, "{}", res.detail);
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn a_placeholder_edited_into_the_answer_gives_both_phases() {
+    let r = rig(
+        sandbox_config(BotBehaviour {
+            placeholder: true,
+            typing: false,
+            ..bot(300)
+        }),
+        HELP,
+    )
+    .await;
+    let res = r.run("help").await;
+    assert_eq!(res.outcome, Outcome::Success, "{}", res.detail);
+    let o = &res.observations;
+    assert!(o.first_response.unwrap() < Duration::from_millis(300));
+    assert!(
+        o.discord_reply.unwrap() >= Duration::from_millis(300),
+        "the final edit counts"
+    );
+    assert!(res.latency().unwrap() >= Duration::from_millis(300));
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn spoofed_replies_from_another_account_or_a_webhook_never_count() {
+    let r = rig(
+        sandbox_config(BotBehaviour {
+            drop_rate: 1.0,
+            ..bot(20)
+        }),
+        HELP,
+    )
+    .await;
+    let prober_id: u64 = sb_id(&r.sb, "prober");
+    let mut impostor = TestClient::connect(
+        &r.sb,
+        "impostor",
+        GatewayIntents::GUILDS | GatewayIntents::GUILD_MESSAGES | GatewayIntents::MESSAGE_CONTENT,
+    )
+    .await;
+    impostor.ready().await;
+    let run = tokio::spawn(run_once(r.probe("help")));
+    let probe_msg = impostor
+        .wait_for("the probe message", |e| match e {
+            Event::MessageCreate(m) if m.message.author.id.get() == prober_id => {
+                Some(m.message.clone())
+            }
+            _ => None,
+        })
+        .await;
+    // The expected answer, from the wrong author, as a reply and via a webhook.
+    let fake = CreateEmbed::new().title("Interactive Help System");
+    ChannelId::new(r.sb.channel_id("probes").unwrap())
+        .send_message(
+            &impostor.http,
+            CreateMessage::new()
+                .embed(fake)
+                .reference_message(&probe_msg),
+        )
+        .await
+        .unwrap();
+    reqwest::Client::new()
+        .post(format!(
+            "{}?wait=true",
+            r.sb.description().webhook_url.clone().unwrap()
+        ))
+        .json(&serde_json::json!({"embeds": [{"title": "Interactive Help System"}]}))
+        .send()
+        .await
+        .unwrap();
+    let res = run.await.unwrap();
+    assert_eq!(res.outcome, Outcome::Timeout, "{}", res.detail);
+    assert!(
+        res.detail
+            .contains("2 messages from other accounts were ignored"),
+        "{}",
+        res.detail
+    );
+    impostor.stop().await;
+    r.stop().await;
+}
+
+fn sb_id(sb: &Sandbox, account: &str) -> u64 {
+    sb.account(account).unwrap().id.parse().unwrap()
+}
+
+const TWO_IN_ONE_CHANNEL: &str = r#"
+  - name: short
+    every: 1m
+    timeout: 1s
+    command:
+      channel_id: "{channel}"
+      message: "!help"
+      expect: {embed_title: "^Interactive Help System"}
+  - name: long
+    every: 1m
+    timeout: 4s
+    command:
+      channel_id: "{channel}"
+      message: "!help"
+      expect: {embed_title: "^Interactive Help System"}
+"#;
+
+/// `short` times out; its late reply arrives while `long` waits, and must
+/// not be taken as `long`'s reply.
+async fn late_reply_case(reference: bool) {
+    let behaviour = BotBehaviour {
+        reply_with_reference: reference,
+        typing: false,
+        ..bot(1500)
+    };
+    let r = rig(sandbox_config(behaviour), TWO_IN_ONE_CHANNEL).await;
+    let mut events = r.session.subscribe();
+    let first = r.run("short").await;
+    assert_eq!(first.outcome, Outcome::Timeout, "{}", first.detail);
+    let second = r.run("long").await;
+    assert_eq!(second.outcome, Outcome::Success, "{}", second.detail);
+    assert!(
+        second.latency().unwrap() >= Duration::from_millis(1500),
+        "long matched its own reply, not the late one: {:?}",
+        second.latency()
+    );
+    let late = tokio::time::timeout(EVENT_WAIT, async {
+        loop {
+            if let Ok(SessionEvent::LateReply { probe }) = events.recv().await {
+                return probe;
+            }
+        }
+    })
+    .await
+    .expect("the late reply is recognised");
+    assert_eq!(late, "short");
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn a_late_referenced_reply_is_not_matched_to_the_next_probe() {
+    late_reply_case(true).await;
+}
+
+#[tokio::test]
+async fn a_late_unreferenced_reply_is_not_matched_to_the_next_probe() {
+    late_reply_case(false).await;
+}
+
+const PRESENCE: &str = r#"
+  - name: presence
+    every: 30s
+    timeout: 5s
+    presence:
+      guilds: ["{guild}"]
+"#;
+
+fn gauge(metrics: &Metrics, name: &str, probe: &str) -> Option<f64> {
+    exposition::parse(&metrics.render())
+        .unwrap()
+        .into_iter()
+        .find(|s| s.name == name && s.label("probe") == Some(probe))
+        .map(|s| s.value)
+}
+
+#[tokio::test]
+async fn bot_offline_shows_at_once_and_commands_say_so() {
+    let probes = format!("{HELP}{PRESENCE}");
+    let r = rig(sandbox_config(bot(20)), &probes).await;
+    let metrics = Arc::new(Metrics::new(&r.config));
+    let follower = metrics.follow_discord(&r.config, &r.session);
+    assert_eq!(r.run("presence").await.outcome, Outcome::Success);
+    let mut events = r.session.subscribe();
+
+    r.sb.control().bot_offline().await.unwrap();
+    // Event-driven: the gauge moves on the PRESENCE_UPDATE, with no probe run.
+    tokio::time::timeout(EVENT_WAIT, async {
+        while !matches!(
+            events.recv().await,
+            Ok(SessionEvent::Presence { online: false, .. })
+        ) {}
+    })
+    .await
+    .expect("offline presence arrives");
+    tokio::time::timeout(EVENT_WAIT, async {
+        while gauge(&metrics, "probe_target_presence_online", "presence") != Some(0.0) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the gauge follows the event");
+
+    let p = r.run("presence").await;
+    assert_eq!(p.outcome, Outcome::Failure);
+    assert!(p.detail.contains("offline"), "{}", p.detail);
+    let c = r.run("help").await;
+    assert_eq!(c.outcome, Outcome::Timeout);
+    assert_eq!(c.detail, "no reply within 3s; the bot is offline");
+
+    r.sb.control().bot_online().await.unwrap();
+    tokio::time::timeout(EVENT_WAIT, async {
+        while !matches!(
+            events.recv().await,
+            Ok(SessionEvent::Presence { online: true, .. })
+        ) {}
+    })
+    .await
+    .expect("online again");
+    assert_eq!(r.run("help").await.outcome, Outcome::Success);
+    follower.abort();
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn a_bot_restart_is_seen_by_the_exporter_and_presence_probes() {
+    let probes = format!(
+        "{PRESENCE}{}",
+        r#"
+  - name: exporter
+    every: 30s
+    timeout: 5s
+    exporter: {min_uptime: 10m}
+"#
+    );
+    let r = rig(sandbox_config(bot(20)), &probes).await;
+    let first = r.run("exporter").await;
+    assert_eq!(first.outcome, Outcome::Success, "{}", first.detail);
+    let mut events = r.session.subscribe();
+    r.sb.control().bot_restart().await.unwrap();
+    tokio::time::timeout(EVENT_WAIT, async {
+        while !matches!(
+            events.recv().await,
+            Ok(SessionEvent::Presence { online: true, .. })
+        ) {}
+    })
+    .await
+    .expect("back online after the restart");
+    let second = r.run("exporter").await;
+    assert_eq!(
+        second.outcome,
+        Outcome::Failure,
+        "uptime below 10m after a restart"
+    );
+    assert_eq!(second.observations.target_restarts, 1);
+    assert_eq!(r.run("presence").await.outcome, Outcome::Success);
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn the_probers_own_gateway_down_is_inconclusive_then_recovers() {
+    let probes = format!("{HELP}{PRESENCE}");
+    let r = rig(sandbox_config(bot(20)), &probes).await;
+    let mut events = r.session.subscribe();
+    // The prober's gateway is cut (its REST still works): the bot answers,
+    // but the prober cannot see it, so nothing may be blamed on the bot.
+    r.sb.control().set_gateway_outage("prober", true).unwrap();
+    let help = r.run("help").await;
+    assert_eq!(help.outcome, Outcome::Inconclusive, "{}", help.detail);
+    assert!(
+        help.detail.contains("the prober's own gateway"),
+        "{}",
+        help.detail
+    );
+    let presence = r.run("presence").await;
+    assert_eq!(
+        presence.outcome,
+        Outcome::Inconclusive,
+        "{}",
+        presence.detail
+    );
+    assert!(
+        presence.detail.contains("the prober's own gateway"),
+        "{}",
+        presence.detail
+    );
+    assert!(
+        !r.session.is_connected(),
+        "the failed round trip marks the gateway down"
+    );
+
+    r.sb.control().set_gateway_outage("prober", false).unwrap();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while !matches!(
+            events.recv().await,
+            Ok(SessionEvent::Gateway { connected: true })
+        ) {}
+    })
+    .await
+    .expect("the session recovers");
+    let res = r.run("help").await;
+    assert_eq!(res.outcome, Outcome::Success, "{}", res.detail);
+    assert_eq!(r.run("presence").await.outcome, Outcome::Success);
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn a_429_on_the_send_is_inconclusive_and_counted() {
+    let r = rig(sandbox_config(bot(20)), HELP).await;
+    let metrics = Arc::new(Metrics::new(&r.config));
+    let follower = metrics.follow_discord(&r.config, &r.session);
+    r.sb.control()
+        .force_http(HttpFault {
+            method: Some("POST".into()),
+            path: "/channels/*/messages".into(),
+            status: 429,
+            duration: None,
+            count: Some(1),
+        })
+        .unwrap();
+    let res = r.run("help").await;
+    assert_eq!(res.outcome, Outcome::Inconclusive);
+    assert!(res.detail.contains("rate-limited"), "{}", res.detail);
+    assert_eq!(r.session.ratelimited_total(), 1);
+    tokio::time::timeout(EVENT_WAIT, async {
+        loop {
+            let n = exposition::parse(&metrics.render())
+                .unwrap()
+                .into_iter()
+                .find(|s| s.name == "prober_ratelimited_total")
+                .map(|s| s.value);
+            if n == Some(1.0) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("prober_ratelimited_total counts it");
+    assert_eq!(
+        r.run("help").await.outcome,
+        Outcome::Success,
+        "the next send goes through"
+    );
+    follower.abort();
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn missing_access_and_permissions_are_unreachable_naming_the_fix() {
+    let mut cfg = sandbox_config(bot(20));
+    for (name, hidden, read_only) in [("staff", true, false), ("announcements", false, true)] {
+        cfg.guilds[0]
+            .channels
+            .push(twi_probe::sandbox::config::ChannelConfig {
+                name: name.into(),
+                id: None,
+                hidden_from: if hidden {
+                    vec!["prober".into()]
+                } else {
+                    vec![]
+                },
+                read_only_for: if read_only {
+                    vec!["prober".into()]
+                } else {
+                    vec![]
+                },
+            });
+    }
+    let sb = start_sandbox(cfg).await;
+    let probes = format!(
+        r#"
+  - name: hidden
+    timeout: 2s
+    command: {{channel_id: "{}", message: "!help"}}
+  - name: readonly
+    timeout: 2s
+    command: {{channel_id: "{}", message: "!help"}}
+"#,
+        sb.channel_id("staff").unwrap(),
+        sb.channel_id("announcements").unwrap()
+    );
+    let yaml = yaml_for(&sb, &probes, "");
+    let config = Config::from_yaml(&yaml, Path::new("t.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    let token = Secret::new(sb.account("prober").unwrap().token.clone());
+    let session = Arc::new(DiscordSession::connect(&config, &token).await.unwrap());
+    let r = Rig::new(sb, config, session);
+    let hidden = r.run("hidden").await;
+    assert_eq!(hidden.outcome, Outcome::Unreachable);
+    assert!(
+        hidden.detail.contains("403 Missing Access") && hidden.detail.contains("View Channel"),
+        "{}",
+        hidden.detail
+    );
+    let ro = r.run("readonly").await;
+    assert_eq!(ro.outcome, Outcome::Unreachable);
+    assert!(
+        ro.detail.contains("403 Missing Permissions") && ro.detail.contains("Send Messages"),
+        "{}",
+        ro.detail
+    );
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn an_invalid_token_is_a_clear_startup_error() {
+    let sb = start_sandbox(sandbox_config(bot(20))).await;
+    let yaml = yaml_for(&sb, HELP, "");
+    let config = Config::from_yaml(&yaml, Path::new("t.yaml")).unwrap();
+    let err = DiscordSession::connect(&config, &Secret::new("not.a.token".into()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConnectError::InvalidToken(_)), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("environment variable UNUSED_IN_TESTS"),
+        "{text}"
+    );
+    assert!(!text.contains("not.a.token"), "the token never appears");
+    sb.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_disallowed_intent_names_the_portal_fix() {
+    let mut cfg = sandbox_config(bot(20));
+    cfg.accounts[0].privileged_intents = vec!["MESSAGE_CONTENT".into()];
+    let sb = start_sandbox(cfg).await;
+    let config = Config::from_yaml(&yaml_for(&sb, PRESENCE, ""), Path::new("t.yaml")).unwrap();
+    let token = Secret::new(sb.account("prober").unwrap().token.clone());
+    let err = DiscordSession::connect(&config, &token).await.unwrap_err();
+    assert!(matches!(err, ConnectError::DisallowedIntents(..)), "{err}");
+    assert!(
+        err.to_string()
+            .contains("enable the Presence Intent for the prober"),
+        "{err}"
+    );
+    sb.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_message_content_an_unreadable_reply_is_inconclusive_not_a_mismatch() {
+    let mut cfg = sandbox_config(BotBehaviour {
+        reply_with_reference: false,
+        ..bot(20)
+    });
+    cfg.accounts[0].privileged_intents = vec!["GUILD_PRESENCES".into()];
+    let r = rig_with(cfg, HELP, "  message_content_intent: false").await;
+    let res = r.run("help").await;
+    assert_eq!(res.outcome, Outcome::Inconclusive, "{}", res.detail);
+    assert!(res.detail.contains("MESSAGE_CONTENT"), "{}", res.detail);
+    // A reply that references the prober's message is readable without it.
+    r.bot().set_behaviour(bot(20));
+    assert_eq!(r.run("help").await.outcome, Outcome::Success);
+    r.stop().await;
+}
