@@ -367,3 +367,18 @@ async fn sandbox_describe_parses_its_urls_answer_and_sigterm_stops_it() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn run_sandbox_shows_a_real_round_trip_with_the_shipped_config() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = probe(&["run", "--config", "probes.yaml", "--sandbox"], root).await;
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    let help = text
+        .lines()
+        .find(|l| l.starts_with("help-command"))
+        .unwrap_or_else(|| panic!("no help-command line: {text}"));
+    assert!(help.contains(" success ") && help.contains("replied in"), "{help}");
+    assert!(text.lines().any(|l| l.starts_with("presence") && l.contains(" success ")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("bot-exporter") && l.contains(" success ")), "{text}");
+}
