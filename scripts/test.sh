@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test, after installing what the tests need on a fresh Debian
 # machine: promtool (Debian package `prometheus`), which checks that our
-# metrics output is valid Prometheus text format.
+# metrics output is valid Prometheus text format, and discord.py with
+# zstandard (PyPI) for the compatibility tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,19 @@ if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -q
   $SUDO apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+
+# discord.py, the real bot's library, for the compatibility tests
+# (tests/compat/, tests/integration/compat.rs), and zstandard, which
+# discord.py[speed] adds and which makes discord.py ask the gateway for
+# compress=zstd-stream instead of zlib-stream.
+py_need=()
+python3 -c 'import sys, discord; sys.exit(discord.version_info < (2, 7))' >/dev/null 2>&1 ||
+  py_need+=('discord.py>=2.7,<3')
+python3 -c 'import zstandard' >/dev/null 2>&1 || py_need+=('zstandard>=0.23')
+if [ ${#py_need[@]} -gt 0 ]; then
+  echo "installing with pip: ${py_need[*]}" >&2
+  python3 -m pip install --quiet --disable-pip-version-check "${py_need[@]}"
 fi
 
 cargo test --locked --all-targets

@@ -70,6 +70,23 @@ pub enum Command {
         #[arg(long)]
         sandbox: bool,
     },
+    /// Probe on schedule and serve /metrics for Prometheus, until SIGINT or
+    /// SIGTERM (which drain in-flight runs). SIGHUP or POST /-/reload re-reads
+    /// the config.
+    Serve {
+        /// The configuration file.
+        #[arg(long, short, env = "PROBE_CONFIG", default_value = "probes.yaml")]
+        config: PathBuf,
+        /// Address of /metrics, /healthz, /ready and /-/reload (default:
+        /// serve.listen from the config, else 0.0.0.0:9477).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Probe an in-process sandbox built from the config, with a
+        /// simulated bot that behaves like a real one (a latency mix with a
+        /// long tail, an occasional error reply, a short outage now and then).
+        #[arg(long)]
+        sandbox: bool,
+    },
     /// Run the local Discord stand-in (REST v10, Gateway v10, a simulated
     /// Twi Bot Shard) in the foreground until SIGINT or SIGTERM.
     Sandbox {
@@ -97,7 +114,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Sandbox { .. } => "info",
+        Command::Sandbox { .. } | Command::Serve { .. } => "info",
         _ => "error",
     };
     logging::init(
@@ -129,7 +146,116 @@ pub fn main() -> ExitCode {
             listen,
             describe,
         } => sandbox_command(config.as_deref(), listen, describe.as_deref()),
+        Command::Serve {
+            config,
+            listen,
+            sandbox,
+        } => serve_command(config, listen, sandbox),
     }
+}
+
+fn serve_command(path: PathBuf, listen: Option<std::net::SocketAddr>, sandbox: bool) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: Result<(), String> = runtime.block_on(async {
+        // Fail fast on a bad config, before anything listens.
+        let config = Config::load(&path).map_err(|e| e.to_string())?;
+        let mut options = crate::serve::ServeOptions::default();
+        let mut sandbox_handle = None;
+        if sandbox {
+            let mut sb_config = crate::sandbox::sandbox_for(&config);
+            sb_config.bot.behaviour = crate::sandbox::BotBehaviour::realistic();
+            let sb = crate::sandbox::Sandbox::start(
+                sb_config,
+                std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            )
+            .await?;
+            let description = sb.description().clone();
+            options.token = description
+                .accounts
+                .iter()
+                .find(|a| a.name == "prober")
+                .map(|a| crate::config::Secret::new(a.token.clone()));
+            let d = description.clone();
+            options.rewrite = Some(std::sync::Arc::new(move |c| {
+                crate::sandbox::point_at_sandbox(&c, &d)
+            }));
+            eprintln!(
+                "sandbox: Discord stand-in at {} (control {}), simulated {} exporting at {}",
+                description.api_base,
+                description.control_url,
+                config.target.name,
+                description.exporter_url.clone().unwrap_or_default()
+            );
+            crate::sandbox::occasional_outages(sb.control().clone());
+            sandbox_handle = Some(sb);
+        }
+        let addr = listen.unwrap_or(config.serve.listen);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        let service = crate::serve::Service::start(path.clone(), options).await?;
+        eprintln!(
+            "serving http://{local}/metrics ({} probes from {}; /healthz, /ready, POST /-/reload)",
+            config.probes.len(),
+            path.display()
+        );
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let signals = tokio::spawn(handle_signals(service.clone(), shutdown.clone()));
+        let served = crate::serve::run(service, listener, shutdown).await;
+        signals.abort();
+        if let Some(sb) = sandbox_handle {
+            sb.shutdown().await;
+        }
+        served
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGHUP reloads; SIGINT or SIGTERM starts the draining shutdown.
+async fn handle_signals(
+    service: std::sync::Arc<crate::serve::Service>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            wait_for_signal().await;
+            shutdown.cancel();
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => { let _ = service.reload().await; }
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = &service;
+        wait_for_signal().await;
+    }
+    tracing::info!("shutting down: draining in-flight probe runs");
+    shutdown.cancel();
 }
 
 fn sandbox_command(

@@ -12,3 +12,5 @@ pub mod probe;
 pub mod report;
 pub mod run;
 pub mod sandbox;
+pub mod schedule;
+pub mod serve;

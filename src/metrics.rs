@@ -40,6 +40,9 @@ pub struct Metrics {
     gateway_disconnects: IntCounter,
     ratelimited: IntCounter,
     config_reload_ok: IntGauge,
+    skipped: IntCounterVec,
+    lateness: prometheus::Histogram,
+    in_flight: IntGauge,
 }
 
 impl Metrics {
@@ -155,6 +158,26 @@ impl Metrics {
             "429 answers the prober received from Discord.",
         )
         .expect("valid metric");
+        let skipped = IntCounterVec::new(
+            Opts::new(
+                "probe_skipped_total",
+                "Scheduled runs skipped because the previous run of the probe was still going.",
+            ),
+            &names,
+        )
+        .expect("valid metric");
+        let lateness = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "prober_schedule_lateness_seconds",
+                "How late probe runs started after their scheduled time.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+        )
+        .expect("valid metric");
+        let in_flight = IntGauge::new("prober_probes_in_flight", "Probe runs in progress.")
+            .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "prober_build_info",
@@ -182,6 +205,9 @@ impl Metrics {
             Box::new(late_replies.clone()),
             Box::new(build_info.clone()),
             Box::new(config_reload_ok.clone()),
+            Box::new(skipped.clone()),
+            Box::new(lateness.clone()),
+            Box::new(in_flight.clone()),
         ];
         // The prober's own gateway exists only with Discord probes; a
         // gauge stuck at 0 without them would read as a blind prober.
@@ -217,6 +243,9 @@ impl Metrics {
             gateway_disconnects,
             ratelimited,
             config_reload_ok,
+            skipped,
+            lateness,
+            in_flight,
         };
         for spec in &config.probes {
             metrics.init_probe(spec);
@@ -234,8 +263,10 @@ impl Metrics {
         values
     }
 
-    fn init_probe(&self, spec: &ProbeSpec) {
+    /// Adds the series of a probe (all run counters at zero).
+    pub fn init_probe(&self, spec: &ProbeSpec) {
         let values = self.label_values(spec);
+        self.skipped.with_label_values(&values).reset();
         for outcome in Outcome::ALL {
             self.runs
                 .with_label_values(&with(&values, outcome.as_str()))
@@ -367,6 +398,62 @@ impl Metrics {
         if let Some(l) = session.heartbeat_latency() {
             self.gateway_latency.set(l.as_secs_f64());
         }
+    }
+
+    /// Removes every series of a probe that is no longer configured.
+    pub fn forget_probe(&self, spec: &ProbeSpec) {
+        let values = self.label_values(spec);
+        let v: Vec<&str> = values.iter().map(String::as_str).collect();
+        let _ = self.success.remove_label_values(&v);
+        let _ = self.duration.remove_label_values(&v);
+        let _ = self.latency.remove_label_values(&v);
+        let _ = self.last_success.remove_label_values(&v);
+        let _ = self.target_uptime.remove_label_values(&v);
+        let _ = self.target_restarts.remove_label_values(&v);
+        let _ = self.target_presence.remove_label_values(&v);
+        let _ = self.late_replies.remove_label_values(&v);
+        let _ = self.skipped.remove_label_values(&v);
+        for outcome in Outcome::ALL {
+            let mut w = v.clone();
+            w.push(outcome.as_str());
+            let _ = self.runs.remove_label_values(&w);
+        }
+        for phase in ["reply", "first_response"] {
+            let mut w = v.clone();
+            w.push(phase);
+            let _ = self.discord_latency.remove_label_values(&w);
+        }
+    }
+
+    /// Whether these metrics can serve `config` (same label names).
+    pub fn fits(&self, config: &Config) -> bool {
+        self.static_labels == config.static_label_names()
+    }
+
+    pub fn record_skip(&self, spec: &ProbeSpec) {
+        self.skipped
+            .with_label_values(&self.label_values(spec))
+            .inc();
+    }
+
+    pub fn observe_lateness(&self, late: std::time::Duration) {
+        self.lateness.observe(late.as_secs_f64());
+    }
+
+    pub fn run_started(&self) {
+        self.in_flight.inc();
+    }
+
+    pub fn run_finished(&self) {
+        self.in_flight.dec();
+    }
+
+    /// Process metrics (RSS, CPU, open fds, start time) of this process.
+    pub fn with_process_metrics(self) -> Self {
+        let pc = prometheus::process_collector::ProcessCollector::for_self();
+        // Registering twice is the only failure, and this is called once.
+        let _ = self.registry.register(Box::new(pc));
+        self
     }
 
     pub fn set_config_reload_ok(&self, ok: bool) {

@@ -42,8 +42,22 @@ pub struct Config {
     pub discord: Option<DiscordConnection>,
     /// Static labels added to every probe's series (e.g. `location`).
     pub labels: BTreeMap<String, String>,
+    pub serve: ServeSettings,
     pub probes: Vec<ProbeSpec>,
 }
+
+/// Settings of `probe serve`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeSettings {
+    pub listen: std::net::SocketAddr,
+    pub max_concurrency: usize,
+}
+
+/// The default address of `probe serve`'s `/metrics`: all interfaces (to be
+/// scraped from elsewhere), on a port that does not collide with the bot's
+/// exporter (8000), Prometheus (9090) or blackbox_exporter (9115).
+pub const DEFAULT_SERVE_LISTEN: &str = "0.0.0.0:9477";
+pub const DEFAULT_MAX_CONCURRENCY: usize = 64;
 
 /// The bot being probed.
 #[derive(Debug, Clone)]

@@ -22,7 +22,17 @@ pub struct RawConfig {
     pub defaults: RawDefaults,
     #[serde(default)]
     pub labels: Labels,
+    pub serve: Option<RawServe>,
     pub probes: Spanned<Vec<Spanned<RawProbe>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServe {
+    /// Address of `/metrics`; `--listen` overrides it.
+    pub listen: Option<Text>,
+    /// Probe runs allowed at the same time.
+    pub max_concurrency: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -262,6 +262,7 @@ pub(super) fn validate(raw: RawConfig, source: &Path) -> Result<Config, ConfigEr
         None => Some(DEFAULT_TIMEOUT),
     };
     let labels = c.labels(&raw.labels, "labels");
+    let serve = check_serve(&mut c, raw.serve.as_ref());
 
     if raw.probes.value.is_empty() {
         c.error(&raw.probes, "probes", "no probes are configured");
@@ -301,8 +302,40 @@ pub(super) fn validate(raw: RawConfig, source: &Path) -> Result<Config, ConfigEr
         target: target.expect("no errors means the target is valid"),
         discord,
         labels,
+        serve,
         probes,
     })
+}
+
+fn check_serve(c: &mut Checker, raw: Option<&raw::RawServe>) -> ServeSettings {
+    let mut s = ServeSettings {
+        listen: DEFAULT_SERVE_LISTEN.parse().expect("static address"),
+        max_concurrency: DEFAULT_MAX_CONCURRENCY,
+    };
+    let Some(raw) = raw else {
+        return s;
+    };
+    if let Some(l) = &raw.listen {
+        match l.value.trim().parse() {
+            Ok(addr) => s.listen = addr,
+            Err(_) => c.error(
+                l,
+                "serve.listen",
+                format!(
+                    "invalid address {:?}: use IP:PORT, e.g. 0.0.0.0:9477",
+                    l.value
+                ),
+            ),
+        }
+    }
+    if let Some(n) = &raw.max_concurrency {
+        if n.value == 0 {
+            c.error(n, "serve.max_concurrency", "must be at least 1");
+        } else {
+            s.max_concurrency = n.value as usize;
+        }
+    }
+    s
 }
 
 fn check_target(c: &mut Checker, t: &Spanned<raw::RawTarget>) -> Option<Target> {

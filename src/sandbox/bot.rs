@@ -70,6 +70,24 @@ impl Default for Latency {
     }
 }
 
+impl BotBehaviour {
+    /// A bot as one meets it: mostly quick, with a long tail, an error reply
+    /// now and then, and the odd command never answered.
+    pub fn realistic() -> Self {
+        BotBehaviour {
+            latency: Latency {
+                median: Duration::from_millis(250),
+                p99: Some(Duration::from_millis(2500)),
+            },
+            error_rate: 0.02,
+            drop_rate: 0.01,
+            typing: true,
+            reply_with_reference: true,
+            placeholder: false,
+        }
+    }
+}
+
 impl Latency {
     pub fn fixed(d: Duration) -> Self {
         Latency {

@@ -1,5 +1,5 @@
 //! Gateway v10 over WebSocket: HELLO, IDENTIFY, READY, heartbeats, RESUME,
-//! presence, sharding, intents, and `compress=zlib-stream`.
+//! presence, sharding, intents, and `compress=zlib-stream` / `zstd-stream`.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -54,23 +54,87 @@ enum End {
     Dropped,
 }
 
-/// Writes frames, compressing them into one zlib stream when asked.
-struct Writer {
-    sink: SplitSink<WebSocketStream<TcpStream>, WsMessage>,
-    zlib: Option<ZlibEncoder<Vec<u8>>>,
+/// Transport compression, chosen by the `compress` query parameter: one
+/// stream per connection, every payload flushed into one binary message.
+enum Transport {
+    Plain,
+    Zlib(ZlibEncoder<Vec<u8>>),
+    Zstd(ZstdStream),
 }
 
-impl Writer {
-    async fn send(&mut self, text: &str) -> Result<(), ()> {
-        let msg = match &mut self.zlib {
-            Some(z) => {
+impl Transport {
+    fn for_param(compress: Option<&str>) -> Transport {
+        match compress {
+            Some("zlib-stream") => {
+                Transport::Zlib(ZlibEncoder::new(Vec::new(), Compression::default()))
+            }
+            Some("zstd-stream") => Transport::Zstd(ZstdStream::default()),
+            _ => Transport::Plain,
+        }
+    }
+
+    fn encode(&mut self, text: &str) -> Result<Message, ()> {
+        Ok(match self {
+            Transport::Plain => Message::Text(text.to_string()),
+            Transport::Zlib(z) => {
                 // A sync flush ends every message with 00 00 ff ff, as Discord does.
                 z.write_all(text.as_bytes()).map_err(|_| ())?;
                 z.flush().map_err(|_| ())?;
                 Message::Binary(std::mem::take(z.get_mut()))
             }
-            None => Message::Text(text.to_string()),
-        };
+            Transport::Zstd(z) => Message::Binary(z.message(text.as_bytes())),
+        })
+    }
+}
+
+/// `compress=zstd-stream`: one Zstandard frame (RFC 8878) per connection that
+/// never ends; each payload is flushed as whole blocks into its own message,
+/// so a streaming decompressor yields exactly one payload per message, as
+/// with Discord. The blocks are stored (Raw_Block), not entropy-coded: the
+/// format is what clients parse, the ratio does not matter on loopback, and
+/// no zstd encoder is among the dependencies.
+#[derive(Default)]
+struct ZstdStream {
+    started: bool,
+}
+
+impl ZstdStream {
+    /// Zstandard's frame magic number, little-endian.
+    const MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+    /// Window_Descriptor for a 128 KiB window (exponent 7: 2^(10+7)), the
+    /// largest block size, so every block fits the window.
+    const WINDOW_128K: u8 = 7 << 3;
+    const MAX_BLOCK: usize = 128 * 1024;
+
+    fn message(&mut self, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(payload.len() + 16);
+        if !self.started {
+            self.started = true;
+            out.extend_from_slice(&Self::MAGIC);
+            // Frame_Header_Descriptor 0: no content size (the stream is open
+            // ended), not single-segment, no checksum, no dictionary.
+            out.push(0);
+            out.push(Self::WINDOW_128K);
+        }
+        for block in payload.chunks(Self::MAX_BLOCK) {
+            // Block_Header: Last_Block 0, Block_Type 0 (Raw), Block_Size.
+            let header = (block.len() as u32) << 3;
+            out.extend_from_slice(&header.to_le_bytes()[..3]);
+            out.extend_from_slice(block);
+        }
+        out
+    }
+}
+
+/// Writes frames through the connection's transport compression.
+struct Writer {
+    sink: SplitSink<WebSocketStream<TcpStream>, WsMessage>,
+    transport: Transport,
+}
+
+impl Writer {
+    async fn send(&mut self, text: &str) -> Result<(), ()> {
+        let msg = self.transport.encode(text)?;
         self.sink.send(msg).await.map_err(|_| ())
     }
 
@@ -109,10 +173,9 @@ async fn connection(core: Arc<Core>, stream: TcpStream, shutdown: CancellationTo
         .into_owned()
         .collect();
     let (sink, mut source) = ws.split();
-    let zlib = params.get("compress").map(String::as_str) == Some("zlib-stream");
     let mut writer = Writer {
         sink,
-        zlib: zlib.then(|| ZlibEncoder::new(Vec::new(), Compression::default())),
+        transport: Transport::for_param(params.get("compress").map(String::as_str)),
     };
     if let Some(Close(code, reason)) = check_params(&params) {
         writer.close(code, reason).await;
@@ -229,10 +292,10 @@ fn check_params(params: &HashMap<String, String>) -> Option<Close> {
         }
     }
     match params.get("compress").map(String::as_str) {
-        None | Some("zlib-stream") => None,
+        None | Some("zlib-stream" | "zstd-stream") => None,
         Some(_) => Some(Close(
             4000,
-            "Unknown error: the sandbox supports compress=zlib-stream only",
+            "Unknown error: compress must be zlib-stream or zstd-stream",
         )),
     }
 }
@@ -635,4 +698,46 @@ pub fn is_connected(core: &Core, account: u64) -> bool {
         .sessions
         .values()
         .any(|s| s.account_id == account && s.conn.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ZstdStream;
+
+    /// Splits one message into its Raw blocks, checking the framing.
+    fn raw_blocks(mut b: &[u8]) -> Vec<&[u8]> {
+        let mut blocks = Vec::new();
+        while !b.is_empty() {
+            let header = u32::from_le_bytes([b[0], b[1], b[2], 0]);
+            assert_eq!(header & 1, 0, "Last_Block: the frame stays open");
+            assert_eq!((header >> 1) & 3, 0, "Raw_Block");
+            let size = (header >> 3) as usize;
+            assert!(size <= 128 * 1024, "Block_Size within the window");
+            blocks.push(&b[3..3 + size]);
+            b = &b[3 + size..];
+        }
+        blocks
+    }
+
+    #[test]
+    fn zstd_stream_opens_one_frame_and_flushes_whole_blocks_per_message() {
+        let mut z = ZstdStream::default();
+        let first = z.message(br#"{"op":10}"#);
+        assert_eq!(first[..4], [0x28, 0xb5, 0x2f, 0xfd], "magic number");
+        assert_eq!(first[4], 0, "no content size, no checksum, no dictionary");
+        assert_eq!(first[5], 7 << 3, "128 KiB window");
+        assert_eq!(raw_blocks(&first[6..]), [br#"{"op":10}"#]);
+
+        let second = z.message(b"{}");
+        assert_eq!(raw_blocks(&second), [b"{}"], "no second frame header");
+
+        let big = vec![b'x'; 300 * 1024];
+        let third = z.message(&big);
+        let blocks = raw_blocks(&third);
+        assert_eq!(
+            blocks.iter().map(|b| b.len()).collect::<Vec<_>>(),
+            [128 * 1024, 128 * 1024, 44 * 1024]
+        );
+        assert_eq!(blocks.concat(), big);
+    }
 }

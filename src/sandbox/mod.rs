@@ -39,6 +39,22 @@ pub use truth::{DispatchTruth, MessageTruth, MessageTruthJson};
 use hub::Core;
 use rest::Rest;
 
+/// Takes the simulated bot offline for 20–40 s every 5–15 minutes, as real
+/// bots have short outages (the task ends with the sandbox's runtime).
+pub fn occasional_outages(controls: Arc<Controls>) {
+    tokio::spawn(async move {
+        loop {
+            let (gap, outage) = (rand::random_range(300..900), rand::random_range(20..40));
+            tokio::time::sleep(std::time::Duration::from_secs(gap)).await;
+            if controls.bot_offline().await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(outage)).await;
+            let _ = controls.bot_online().await;
+        }
+    });
+}
+
 /// A running sandbox. Dropping it does not stop it: call [`Sandbox::shutdown`].
 pub struct Sandbox {
     core: Arc<Core>,

@@ -111,7 +111,13 @@ pub fn channel(c: &Channel, with_guild_id: bool) -> Value {
     v
 }
 
-fn everyone_role(g: &Guild) -> Value {
+/// @everyone's permissions: VIEW_CHANNEL, SEND_MESSAGES, READ_MESSAGE_HISTORY,
+/// EMBED_LINKS, ADD_REACTIONS.
+const EVERYONE_PERMISSIONS: u64 = (1 << 10) | (1 << 11) | (1 << 16) | (1 << 14) | (1 << 6);
+/// ADMINISTRATOR, which a guild's owner implicitly has.
+const ADMINISTRATOR: u64 = 1 << 3;
+
+pub fn everyone_role(g: &Guild) -> Value {
     json!({
         "id": g.id.to_string(),
         "name": "@everyone",
@@ -121,8 +127,7 @@ fn everyone_role(g: &Guild) -> Value {
         "icon": null,
         "unicode_emoji": null,
         "position": 0,
-        // VIEW_CHANNEL, SEND_MESSAGES, READ_MESSAGE_HISTORY, EMBED_LINKS, ADD_REACTIONS.
-        "permissions": ((1u64 << 10) | (1 << 11) | (1 << 16) | (1 << 14) | (1 << 6)).to_string(),
+        "permissions": EVERYONE_PERMISSIONS.to_string(),
         "managed": false,
         "mentionable": false,
         "flags": 0,
@@ -172,6 +177,31 @@ pub fn guild(g: &Guild) -> Value {
         "premium_progress_bar_enabled": false,
         "safety_alerts_channel_id": null,
     })
+}
+
+/// A guild in `GET /users/@me/guilds`, with the viewer's permissions and,
+/// when asked, the approximate member and presence counts.
+pub fn user_guild(g: &Guild, viewer: u64, online: Option<usize>) -> Value {
+    let owner = g.owner_id == viewer;
+    let permissions = if owner {
+        EVERYONE_PERMISSIONS | ADMINISTRATOR
+    } else {
+        EVERYONE_PERMISSIONS
+    };
+    let mut v = json!({
+        "id": g.id.to_string(),
+        "name": g.name,
+        "icon": null,
+        "banner": null,
+        "owner": owner,
+        "permissions": permissions.to_string(),
+        "features": [],
+    });
+    if let Some(online) = online {
+        v["approximate_member_count"] = json!(g.members.len());
+        v["approximate_presence_count"] = json!(online);
+    }
+    v
 }
 
 /// GUILD_CREATE for a session; presences only with GUILD_PRESENCES.
@@ -268,9 +298,6 @@ pub fn message(world: &World, m: &Message, show_content: bool, in_dispatch: bool
         "components": [],
     });
     let o = v.as_object_mut().expect("object");
-    if let Some(nonce) = &m.nonce {
-        o.insert("nonce".into(), nonce.clone());
-    }
     if let Author::Webhook(id) = m.author {
         o.insert("webhook_id".into(), json!(id.to_string()));
     }
@@ -323,6 +350,43 @@ pub fn application(a: &Account, owner: &Account) -> Value {
         "approximate_guild_count": 1,
         "bot": user(a),
     })
+}
+
+/// An application command as Discord stores it, from the fields a client
+/// sent (already checked); `scope` is (application, guild or `None`).
+pub fn application_command(
+    body: &Value,
+    kind: u64,
+    scope: (u64, Option<u64>),
+    id: Value,
+    version: Value,
+) -> Value {
+    let field = |name: &str, default: Value| match body.get(name) {
+        Some(v) if !v.is_null() => v.clone(),
+        _ => default,
+    };
+    let mut v = json!({
+        "id": id,
+        "application_id": scope.0.to_string(),
+        "version": version,
+        "type": kind,
+        "name": body["name"],
+        "name_localizations": field("name_localizations", Value::Null),
+        "description": body["description"].as_str().unwrap_or(""),
+        "description_localizations": field("description_localizations", Value::Null),
+        "default_member_permissions": field("default_member_permissions", Value::Null),
+        "nsfw": field("nsfw", json!(false)),
+        "integration_types": field("integration_types", json!([0])),
+        "contexts": field("contexts", Value::Null),
+    });
+    if let Some(options) = body["options"].as_array().filter(|o| !o.is_empty()) {
+        v["options"] = Value::Array(options.clone());
+    }
+    match scope.1 {
+        Some(guild) => v["guild_id"] = json!(guild.to_string()),
+        None => v["dm_permission"] = field("dm_permission", json!(true)),
+    }
+    v
 }
 
 pub fn webhook(w: &Webhook, with_token: bool) -> Value {

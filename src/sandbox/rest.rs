@@ -18,6 +18,8 @@ use super::world::{Access, Author, Message};
 /// Discord's limit on message content, in characters.
 const MAX_CONTENT: usize = 2000;
 const MAX_EMBEDS: usize = 10;
+/// Application commands per scope: slash commands, user and message menus.
+const MAX_COMMANDS: [(u64, usize); 3] = [(1, 100), (2, 15), (3, 15)];
 /// Routes without a stricter limit share this one per account.
 const DEFAULT_ROUTE_LIMIT: (u32, Duration) = (50, Duration::from_secs(1));
 
@@ -48,6 +50,18 @@ impl ApiError {
                 "code": 50035,
                 "errors": {field: {"_errors": [{"code": code, "message": message}]}},
             }),
+        }
+    }
+
+    /// A form error at a nested place in the body (`[]`: the body itself).
+    fn form_at(path: &[&str], code: &str, message: &str) -> Self {
+        let mut errors = json!({"_errors": [{"code": code, "message": message}]});
+        for key in path.iter().rev() {
+            errors = json!({ *key: errors });
+        }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            body: json!({"message": "Invalid Form Body", "code": 50035, "errors": errors}),
         }
     }
 
@@ -147,6 +161,23 @@ fn too_many_requests(h: &Headers, retry_after: f64, global: bool) -> Response {
 
 fn parse_id(s: &str) -> Option<u64> {
     s.parse().ok()
+}
+
+/// A boolean query parameter as Discord reads it: `true`/`false` or `1`/`0`
+/// (discord.py sends `wait=1`), in any case; anything else is a form error.
+fn query_bool(req: &Req<'_>, name: &str) -> Result<Option<bool>, ApiError> {
+    let Some(v) = req.query(name) else {
+        return Ok(None);
+    };
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" => Ok(Some(true)),
+        "false" | "0" => Ok(Some(false)),
+        _ => Err(ApiError::form(
+            name,
+            "BOOLEAN_TYPE_COERCE",
+            &format!("Value \"{v}\" is not a valid boolean."),
+        )),
+    }
 }
 
 /// A snowflake in a JSON body: a string, or a number (never through f64).
@@ -305,6 +336,7 @@ impl Rest {
                 let owner = state.world.accounts.iter().find(|x| !x.bot).unwrap_or(a);
                 ok(model::application(a, owner))
             }
+            (&Method::GET, ["users", "@me", "guilds"]) => ok(self.my_guilds(req, me)?),
             (&Method::GET, ["users", id]) => {
                 let state = self.core.state();
                 let a = parse_id(id)
@@ -326,6 +358,18 @@ impl Rest {
             (&Method::GET, ["channels", id, "messages"]) => {
                 let cid = parse_id(id).ok_or_else(ApiError::unknown_channel)?;
                 ok(self.list_messages(req, cid, me)?)
+            }
+            // Nothing is ever pinned in the sandbox; both the current and the
+            // older pins route answer in their own shape.
+            (&Method::GET, ["channels", id, "messages", "pins"]) => {
+                let cid = parse_id(id).ok_or_else(ApiError::unknown_channel)?;
+                check_access(self.core.state().world.access(cid, me, false))?;
+                ok(json!({"items": [], "has_more": false}))
+            }
+            (&Method::GET, ["channels", id, "pins"]) => {
+                let cid = parse_id(id).ok_or_else(ApiError::unknown_channel)?;
+                check_access(self.core.state().world.access(cid, me, false))?;
+                ok(json!([]))
             }
             (&Method::GET, ["channels", id, "messages", mid]) => {
                 let cid = parse_id(id).ok_or_else(ApiError::unknown_channel)?;
@@ -384,6 +428,37 @@ impl Rest {
                     .collect();
                 ok(Value::Array(channels))
             }
+            (&Method::GET, ["guilds", id, "roles"]) => {
+                let state = self.core.state();
+                let g = parse_id(id)
+                    .and_then(|id| state.world.guild(id))
+                    .ok_or_else(|| ApiError::new(404, 10004, "Unknown Guild"))?;
+                if !g.members.contains(&me) {
+                    return Err(ApiError::missing_access());
+                }
+                ok(json!([model::everyone_role(g)]))
+            }
+            (&Method::GET, ["applications", app, "commands"]) => {
+                let mut state = self.core.state();
+                let scope = command_scope(&state.world, app, None, me)?;
+                ok(Value::Array(
+                    state.world.commands.entry(scope).or_default().clone(),
+                ))
+            }
+            (&Method::GET, ["applications", app, "guilds", gid, "commands"]) => {
+                let mut state = self.core.state();
+                let scope = command_scope(&state.world, app, Some(gid), me)?;
+                ok(Value::Array(
+                    state.world.commands.entry(scope).or_default().clone(),
+                ))
+            }
+            (&Method::PUT, ["applications", app, "commands"]) => {
+                ok(self.overwrite_commands(req, app, None, me)?)
+            }
+            (&Method::PUT, ["applications", app, "guilds", gid, "commands"]) => {
+                ok(self.overwrite_commands(req, app, Some(gid), me)?)
+            }
+            (&Method::GET, ["guilds", id, "members"]) => ok(self.list_members(req, id, me)?),
             (&Method::GET, ["guilds", id, "members", uid]) => {
                 let state = self.core.state();
                 let g = parse_id(id)
@@ -409,12 +484,9 @@ impl Rest {
                     let w = webhook(&state.world, id, token)?;
                     (w.id, w.channel_id)
                 };
+                let wait = query_bool(req, "wait")?.unwrap_or(false);
                 let v = self.create_message(req, cid, Author::Webhook(wid))?;
-                if req.query("wait") == Some("true") {
-                    ok(v)
-                } else {
-                    Ok(no_content())
-                }
+                if wait { ok(v) } else { Ok(no_content()) }
             }
             _ => Err(ApiError::not_found()),
         }
@@ -474,6 +546,17 @@ impl Rest {
         } else if !state.world.channels.contains_key(&channel_id) {
             return Err(ApiError::unknown_channel());
         }
+        let nonce = body.get("nonce").filter(|n| !n.is_null()).cloned();
+        if body["enforce_nonce"].as_bool() == Some(true)
+            && let Some(n) = &nonce
+            && let Some(earlier) = recent_with_nonce(&state.world, channel_id, author, n)
+        {
+            // Discord answers a repeated nonce with the message it already made.
+            return Ok(with_nonce(
+                model::message(&state.world, earlier, true, false),
+                earlier,
+            ));
+        }
         let guild_id = state.world.channels[&channel_id].guild_id;
         let mut mentions = mentioned_ids(&content, &state.world, guild_id);
         if let Some(r) = reference {
@@ -503,7 +586,7 @@ impl Rest {
             mentions,
             reference,
             tts: body["tts"].as_bool().unwrap_or(false),
-            nonce: body.get("nonce").filter(|n| !n.is_null()).cloned(),
+            nonce,
             edited: None,
         };
         let author_id = match author {
@@ -512,7 +595,10 @@ impl Rest {
         self.core
             .truth
             .message_created(id, channel_id, author_id, req.arrived, created);
-        let response = model::message(&state.world, &message, true, false);
+        let response = with_nonce(
+            model::message(&state.world, &message, true, false),
+            &message,
+        );
         state
             .world
             .channels
@@ -529,10 +615,191 @@ impl Rest {
             |world, s| {
                 let show = s.intents & intents::MESSAGE_CONTENT != 0
                     || world.content_visible_without_intent(&message, s.account_id);
-                Some(model::message(world, &message, show, true))
+                Some(with_nonce(
+                    model::message(world, &message, show, true),
+                    &message,
+                ))
             },
         );
         Ok(response)
+    }
+
+    /// `GET /users/@me/guilds`: the account's guilds by id, paged with
+    /// `before`/`after` and `limit` (1-200, default 200).
+    fn my_guilds(&self, req: &Req<'_>, me: u64) -> Result<Value, ApiError> {
+        let limit = match req.query("limit") {
+            None => 200,
+            Some(l) => match l.parse::<usize>() {
+                Ok(n) if (1..=200).contains(&n) => n,
+                _ => {
+                    return Err(ApiError::form(
+                        "limit",
+                        "NUMBER_TYPE_MAX",
+                        "int value should be between 1 and 200.",
+                    ));
+                }
+            },
+        };
+        let with_counts = query_bool(req, "with_counts")?.unwrap_or(false);
+        let after = req.query("after").and_then(parse_id);
+        let before = req.query("before").and_then(parse_id);
+        let state = self.core.state();
+        let mut guilds: Vec<&super::world::Guild> = state
+            .world
+            .guilds
+            .iter()
+            .filter(|g| g.members.contains(&me))
+            .filter(|g| after.is_none_or(|a| g.id > a) && before.is_none_or(|b| g.id < b))
+            .collect();
+        guilds.sort_by_key(|g| g.id);
+        // With only `before`, the page is the one just before it.
+        let skip = if before.is_some() && after.is_none() {
+            guilds.len().saturating_sub(limit)
+        } else {
+            0
+        };
+        Ok(Value::Array(
+            guilds
+                .into_iter()
+                .skip(skip)
+                .take(limit)
+                .map(|g| {
+                    let online = with_counts.then(|| {
+                        g.members
+                            .iter()
+                            .filter(|m| state.shown_status(**m, g.id) != "offline")
+                            .count()
+                    });
+                    model::user_guild(g, me, online)
+                })
+                .collect(),
+        ))
+    }
+
+    /// `GET /guilds/{id}/members`: by user id after `after`, `limit` 1-1000
+    /// (default 1). Needs the GUILD_MEMBERS intent enabled for the account.
+    fn list_members(&self, req: &Req<'_>, guild: &str, me: u64) -> Result<Value, ApiError> {
+        let limit = match req.query("limit") {
+            None => 1,
+            Some(l) => match l.parse::<usize>() {
+                Ok(n) if (1..=1000).contains(&n) => n,
+                _ => {
+                    return Err(ApiError::form(
+                        "limit",
+                        "NUMBER_TYPE_MAX",
+                        "int value should be between 1 and 1000.",
+                    ));
+                }
+            },
+        };
+        let after = req.query("after").and_then(parse_id).unwrap_or(0);
+        let state = self.core.state();
+        let g = parse_id(guild)
+            .and_then(|id| state.world.guild(id))
+            .ok_or_else(|| ApiError::new(404, 10004, "Unknown Guild"))?;
+        let allowed = state
+            .world
+            .account(me)
+            .is_some_and(|a| a.privileged & intents::GUILD_MEMBERS != 0);
+        if !g.members.contains(&me) || !allowed {
+            return Err(ApiError::missing_access());
+        }
+        let mut ids: Vec<u64> = g.members.iter().copied().filter(|m| *m > after).collect();
+        ids.sort_unstable();
+        Ok(Value::Array(
+            ids.into_iter()
+                .filter_map(|m| state.world.account(m))
+                .take(limit)
+                .map(|a| model::member(g, a))
+                .collect(),
+        ))
+    }
+
+    /// Bulk overwrite of application commands (what discord.py's
+    /// `CommandTree.sync` sends): the list replaces the scope's commands; a
+    /// command keeps its id (and version, if unchanged) across overwrites.
+    fn overwrite_commands(
+        &self,
+        req: &Req<'_>,
+        app: &str,
+        guild: Option<&str>,
+        me: u64,
+    ) -> Result<Value, ApiError> {
+        let mut state = self.core.state();
+        let scope = command_scope(&state.world, app, guild, me)?;
+        let Some(wanted) = req.body.as_array() else {
+            return Err(ApiError::form_at(
+                &[],
+                "LIST_TYPE_CONVERT",
+                "Only iterables may be used in a ListType",
+            ));
+        };
+        let old = state
+            .world
+            .commands
+            .get(&scope)
+            .cloned()
+            .unwrap_or_default();
+        let mut seen: Vec<(u64, String)> = Vec::new();
+        let mut new = Vec::with_capacity(wanted.len());
+        for (i, body) in wanted.iter().enumerate() {
+            let (kind, name) = check_command(body, i)?;
+            if seen.contains(&(kind, name.clone())) {
+                return Err(ApiError::form_at(
+                    &[&i.to_string(), "name"],
+                    "APPLICATION_COMMANDS_DUPLICATE_NAME",
+                    &format!("Application command names must be unique: {name}"),
+                ));
+            }
+            seen.push((kind, name.clone()));
+            if let Some((_, max)) = MAX_COMMANDS.iter().find(|(k, _)| *k == kind)
+                && seen.iter().filter(|(k, _)| *k == kind).count() > *max
+            {
+                return Err(ApiError::new(
+                    400,
+                    30032,
+                    &format!("Maximum number of application commands reached ({max})"),
+                ));
+            }
+            let previous = old
+                .iter()
+                .find(|c| c["type"] == json!(kind) && c["name"] == json!(name));
+            // Unchanged commands keep their version; changed ones get a new one.
+            let command = match previous {
+                Some(p) => {
+                    let same = model::application_command(
+                        body,
+                        kind,
+                        scope,
+                        p["id"].clone(),
+                        p["version"].clone(),
+                    );
+                    if &same == p {
+                        same
+                    } else {
+                        let version = json!(self.core.ids.next().to_string());
+                        model::application_command(body, kind, scope, p["id"].clone(), version)
+                    }
+                }
+                None => {
+                    let id = json!(self.core.ids.next().to_string());
+                    model::application_command(body, kind, scope, id.clone(), id)
+                }
+            };
+            new.push(command);
+        }
+        state.world.commands.insert(scope, new.clone());
+        drop(state);
+        self.core.log_event(&format!(
+            "rest: application {} overwrote {} {} command(s)",
+            scope.0,
+            new.len(),
+            match scope.1 {
+                Some(g) => format!("guild {g}"),
+                None => "global".to_string(),
+            }
+        ));
+        Ok(Value::Array(new))
     }
 
     fn list_messages(&self, req: &Req<'_>, channel_id: u64, me: u64) -> Result<Value, ApiError> {
@@ -648,7 +915,10 @@ impl Rest {
             |world, s| {
                 let show = s.intents & intents::MESSAGE_CONTENT != 0
                     || world.content_visible_without_intent(&message, s.account_id);
-                Some(model::message(world, &message, show, true))
+                Some(with_nonce(
+                    model::message(world, &message, show, true),
+                    &message,
+                ))
             },
         );
         Ok(response)
@@ -709,6 +979,124 @@ impl Rest {
         );
         Ok(())
     }
+}
+
+/// The (application, guild) whose commands a request is about. An
+/// application manages only its own commands, and guild commands only in
+/// guilds it is in.
+fn command_scope(
+    world: &super::world::World,
+    app: &str,
+    guild: Option<&str>,
+    me: u64,
+) -> Result<(u64, Option<u64>), ApiError> {
+    let app = parse_id(app).ok_or_else(|| ApiError::new(404, 10002, "Unknown Application"))?;
+    if app != me {
+        return Err(ApiError::missing_access());
+    }
+    let guild = match guild {
+        None => None,
+        Some(g) => {
+            let g = parse_id(g)
+                .and_then(|g| world.guild(g))
+                .ok_or_else(|| ApiError::new(404, 10004, "Unknown Guild"))?;
+            if !g.members.contains(&me) {
+                return Err(ApiError::missing_access());
+            }
+            Some(g.id)
+        }
+    };
+    Ok((app, guild))
+}
+
+/// Checks one command of a bulk overwrite as Discord does; returns its type
+/// and name.
+fn check_command(body: &Value, i: usize) -> Result<(u64, String), ApiError> {
+    let at = i.to_string();
+    let kind = match &body["type"] {
+        Value::Null => 1,
+        v => v.as_u64().filter(|k| (1..=3).contains(k)).ok_or_else(|| {
+            ApiError::form_at(
+                &[&at, "type"],
+                "BASE_TYPE_CHOICES",
+                "Value must be one of {1, 2, 3}.",
+            )
+        })?,
+    };
+    let name = body["name"].as_str().unwrap_or("");
+    let length = name.chars().count();
+    if !(1..=32).contains(&length) {
+        return Err(ApiError::form_at(
+            &[&at, "name"],
+            "BASE_TYPE_BAD_LENGTH",
+            "Must be between 1 and 32 in length.",
+        ));
+    }
+    let description = body["description"].as_str().unwrap_or("");
+    if kind == 1 {
+        // Slash command names are lowercase words: letters, digits, - and _.
+        let valid = name.chars().all(|c| {
+            (c.is_alphanumeric() && !c.is_uppercase()) || c == '-' || c == '_' || c == '\''
+        });
+        if !valid {
+            return Err(ApiError::form_at(
+                &[&at, "name"],
+                "APPLICATION_COMMAND_INVALID_NAME",
+                "Command name is invalid",
+            ));
+        }
+        if !(1..=100).contains(&description.chars().count()) {
+            return Err(ApiError::form_at(
+                &[&at, "description"],
+                "BASE_TYPE_BAD_LENGTH",
+                "Must be between 1 and 100 in length.",
+            ));
+        }
+    } else if !description.is_empty() {
+        return Err(ApiError::form_at(
+            &[&at, "description"],
+            "APPLICATION_COMMAND_CONTEXT_MENU_DESCRIPTION",
+            "Context menu commands cannot have description",
+        ));
+    }
+    Ok((kind, name.to_string()))
+}
+
+/// How long `enforce_nonce` remembers a nonce. Discord says "the past few
+/// minutes" without a number.
+const NONCE_WINDOW: Duration = Duration::from_secs(5 * 60);
+
+/// The author's message in the channel with this nonce, made within
+/// [`NONCE_WINDOW`]. Nonces compare as text: `"5"` and `5` are the same.
+fn recent_with_nonce<'w>(
+    world: &'w super::world::World,
+    channel_id: u64,
+    author: Author,
+    nonce: &Value,
+) -> Option<&'w Message> {
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let wanted = text(nonce);
+    let since = SystemTime::now().checked_sub(NONCE_WINDOW)?;
+    world
+        .channels
+        .get(&channel_id)?
+        .messages
+        .values()
+        .rev()
+        .take_while(|m| m.created() >= since)
+        .find(|m| m.author == author && m.nonce.as_ref().is_some_and(|n| text(n) == wanted))
+}
+
+/// The nonce goes back only in the create answer and in MESSAGE_CREATE; a
+/// message fetched later, or quoted as `referenced_message`, has none.
+fn with_nonce(mut v: Value, m: &Message) -> Value {
+    if let (Some(nonce), Some(o)) = (&m.nonce, v.as_object_mut()) {
+        o.insert("nonce".into(), nonce.clone());
+    }
+    v
 }
 
 fn check_access(access: Access) -> Result<(), ApiError> {

@@ -126,6 +126,9 @@ pub struct World {
     pub guilds: Vec<Guild>,
     pub channels: HashMap<u64, Channel>,
     pub webhooks: HashMap<u64, Webhook>,
+    /// Application commands as the last overwrite left them, by application
+    /// and guild (`None`: global commands).
+    pub commands: HashMap<(u64, Option<u64>), Vec<Value>>,
 }
 
 impl World {

@@ -378,7 +378,18 @@ async fn run_sandbox_shows_a_real_round_trip_with_the_shipped_config() {
         .lines()
         .find(|l| l.starts_with("help-command"))
         .unwrap_or_else(|| panic!("no help-command line: {text}"));
-    assert!(help.contains(" success ") && help.contains("replied in"), "{help}");
-    assert!(text.lines().any(|l| l.starts_with("presence") && l.contains(" success ")), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("bot-exporter") && l.contains(" success ")), "{text}");
+    assert!(
+        help.contains(" success ") && help.contains("replied in"),
+        "{help}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("presence") && l.contains(" success ")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("bot-exporter") && l.contains(" success ")),
+        "{text}"
+    );
 }

@@ -1,6 +1,7 @@
 //! Integration tests: one binary; every server runs on 127.0.0.1.
 
 mod cli;
+mod compat;
 mod config_files;
 mod discord;
 mod discord_probes;

@@ -1,0 +1,180 @@
+//! Turning a probe's schedule into timed runs.
+//!
+//! Each probe has its own timer task. Intervals fire at exact multiples of
+//! the interval from a jittered first slot; cron schedules fire at the next
+//! occurrence computed by croner (the parser tokio-cron-scheduler itself
+//! uses) on the same precise timer, rather than on tokio-cron-scheduler's
+//! 500 ms polling tick, which would add up to half a second of lateness.
+//!
+//! Invariant: every slot that comes due ends as exactly one run (and so one
+//! outcome) or one skip. A slot is skipped when the probe's previous run is
+//! still going, so a probe never overlaps itself.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Schedule;
+use crate::metrics::Metrics;
+use crate::probe::{Probe, ProbeResult, run_once};
+
+/// Counts per probe, for the slot invariant: `slots == runs + skips` once
+/// the scheduler has stopped and its last run finished.
+#[derive(Debug, Default)]
+pub struct SlotStats {
+    pub slots: AtomicU64,
+    pub runs: AtomicU64,
+    pub skips: AtomicU64,
+}
+
+impl SlotStats {
+    pub fn snapshot(&self) -> (u64, u64, u64) {
+        (
+            self.slots.load(Ordering::SeqCst),
+            self.runs.load(Ordering::SeqCst),
+            self.skips.load(Ordering::SeqCst),
+        )
+    }
+}
+
+/// Where each run's result goes besides the metrics.
+pub type ResultSink = Arc<dyn Fn(&ProbeResult) + Send + Sync>;
+
+/// Runs `probe` on its schedule until `stop`, then waits for its last run.
+pub async fn run_probe(
+    probe: Arc<Probe>,
+    metrics: Arc<Metrics>,
+    limit: Arc<Semaphore>,
+    stop: CancellationToken,
+    stats: Arc<SlotStats>,
+    sink: Option<ResultSink>,
+) {
+    let schedule = probe.spec.schedule.clone();
+    let mut next = match first_slot(&schedule) {
+        Some(t) => t,
+        None => return,
+    };
+    let mut inflight: Option<tokio::task::JoinHandle<()>> = None;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        stats.slots.fetch_add(1, Ordering::SeqCst);
+        if inflight.as_ref().is_some_and(|h| !h.is_finished()) {
+            stats.skips.fetch_add(1, Ordering::SeqCst);
+            metrics.record_skip(&probe.spec);
+            tracing::warn!(probe = %probe.spec.display_name(), "slot skipped: the previous run is still going");
+        } else {
+            stats.runs.fetch_add(1, Ordering::SeqCst);
+            let (probe, metrics, limit, sink) =
+                (probe.clone(), metrics.clone(), limit.clone(), sink.clone());
+            let due = next;
+            inflight = Some(tokio::spawn(async move {
+                let Ok(_permit) = limit.acquire_owned().await else {
+                    return;
+                };
+                metrics.observe_lateness(Instant::now().saturating_duration_since(due));
+                metrics.run_started();
+                let result = run_once(probe.clone()).await;
+                metrics.run_finished();
+                metrics.record(&probe.spec, &result);
+                if let Some(sink) = sink {
+                    sink(&result);
+                }
+            }));
+        }
+        let Some(after) = next_slot(&schedule, next) else {
+            break;
+        };
+        next = after;
+        // Slots that passed while the process could not run (suspended,
+        // overloaded) are skipped, and counted as such.
+        let now = Instant::now();
+        while next + Duration::from_millis(1) < now {
+            stats.slots.fetch_add(1, Ordering::SeqCst);
+            stats.skips.fetch_add(1, Ordering::SeqCst);
+            metrics.record_skip(&probe.spec);
+            match next_slot(&schedule, next) {
+                Some(t) => next = t,
+                None => break,
+            }
+        }
+    }
+    if let Some(h) = inflight {
+        let _ = h.await;
+    }
+}
+
+/// The first slot: for intervals somewhere in the first interval (so probes
+/// do not all start at once), for cron the next occurrence.
+fn first_slot(schedule: &Schedule) -> Option<Instant> {
+    match schedule {
+        Schedule::Every(every) => {
+            let spread = every.min(&Duration::from_secs(300)).as_secs_f64();
+            let offset = rand::random::<f64>() * spread;
+            Some(Instant::now() + Duration::from_secs_f64(offset))
+        }
+        Schedule::Cron { .. } => next_slot(schedule, Instant::now()),
+    }
+}
+
+fn next_slot(schedule: &Schedule, after: Instant) -> Option<Instant> {
+    match schedule {
+        Schedule::Every(every) => Some(after + *every),
+        Schedule::Cron { expression, .. } => {
+            let cron: croner::Cron = expression.parse().ok()?;
+            // Map `after` to wall-clock time, find the next occurrence there.
+            let now = Instant::now();
+            let wall_after = Utc::now()
+                - chrono::Duration::from_std(now.saturating_duration_since(after)).ok()?
+                + chrono::Duration::from_std(after.saturating_duration_since(now)).ok()?;
+            let next = cron.find_next_occurrence(&wall_after, false).ok()?;
+            let wait = (next - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            Some(Instant::now() + wait)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn cron_slots_are_whole_seconds_apart() {
+        let s = Schedule::Cron {
+            expression: "* * * * * *".into(),
+            min_interval: Duration::from_secs(1),
+        };
+        let a = next_slot(&s, Instant::now()).unwrap();
+        let b = next_slot(&s, a).unwrap();
+        let gap = b - a;
+        assert!(
+            gap > Duration::from_millis(900) && gap < Duration::from_millis(1100),
+            "{gap:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn first_interval_slots_are_spread_within_the_interval() {
+        let every = Duration::from_secs(10);
+        let now = Instant::now();
+        let firsts: Vec<Duration> = (0..50)
+            .map(|_| first_slot(&Schedule::Every(every)).unwrap() - now)
+            .collect();
+        assert!(
+            firsts
+                .iter()
+                .all(|d| *d <= every + Duration::from_millis(50))
+        );
+        assert!(
+            firsts.iter().any(|d| *d > Duration::from_secs(1)),
+            "spread, not all at start"
+        );
+    }
+}

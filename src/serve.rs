@@ -1,0 +1,421 @@
+//! `probe serve`: probes on schedule, `/metrics` for Prometheus, reloads,
+//! and a draining shutdown.
+//!
+//! The caller binds the listener and owns shutdown (`run(listener, ...,
+//! shutdown)`), so tests bind port 0. Scraping renders the registry on the
+//! HTTP task while probes run on their own tasks: neither waits for the other.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ProbeSpec, Secret};
+use crate::discord::{ConnectError, DiscordSession, intents_for};
+use crate::metrics::Metrics;
+use crate::probe::Probe;
+use crate::schedule::{self, SlotStats};
+
+/// How often the prober checks its own gateway when no probe does.
+const LIVENESS_EVERY: Duration = Duration::from_secs(15);
+
+/// Options that do not come from the config file.
+#[derive(Clone, Default)]
+pub struct ServeOptions {
+    /// The prober's token given directly (the sandbox's), instead of read
+    /// from the environment or a file.
+    pub token: Option<Secret>,
+    /// Rewrites every loaded config (pointing it at the sandbox).
+    pub rewrite: Option<Arc<dyn Fn(Config) -> Config + Send + Sync>>,
+}
+
+struct Scheduled {
+    fingerprint: String,
+    stop: CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+    stats: Arc<SlotStats>,
+}
+
+/// The running service; shared with the HTTP handlers.
+pub struct Service {
+    path: PathBuf,
+    options: ServeOptions,
+    config: RwLock<Config>,
+    metrics: RwLock<Arc<Metrics>>,
+    session: Mutex<Option<(String, Arc<DiscordSession>)>>,
+    follower: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    scheduled: tokio::sync::Mutex<HashMap<String, Scheduled>>,
+    limit: Arc<Semaphore>,
+    /// Serializes reloads (SIGHUP and POST /-/reload may race).
+    reloading: tokio::sync::Mutex<()>,
+    /// Set when the Discord session was replaced or dropped.
+    session_replaced: std::sync::atomic::AtomicBool,
+}
+
+impl Service {
+    /// Loads the config, connects Discord if needed and starts every probe.
+    /// A bad config or a rejected token fails here, before serving.
+    pub async fn start(path: PathBuf, options: ServeOptions) -> Result<Arc<Service>, String> {
+        let config = load(&path, &options)?;
+        let metrics = Arc::new(Metrics::new(&config).with_process_metrics());
+        let service = Arc::new(Service {
+            path,
+            limit: Arc::new(Semaphore::new(config.serve.max_concurrency)),
+            options,
+            config: RwLock::new(config.clone()),
+            metrics: RwLock::new(metrics),
+            session: Mutex::new(None),
+            follower: Mutex::new(None),
+            scheduled: tokio::sync::Mutex::new(HashMap::new()),
+            reloading: tokio::sync::Mutex::new(()),
+            session_replaced: std::sync::atomic::AtomicBool::new(false),
+        });
+        service.connect_discord(&config).await?;
+        service.reconcile(&config, true).await;
+        Ok(service)
+    }
+
+    pub fn config(&self) -> Config {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn session(&self) -> Option<Arc<DiscordSession>> {
+        self.session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(_, s)| s.clone())
+    }
+
+    /// Ready: the config is loaded and, with Discord probes, the prober's
+    /// gateway is connected.
+    pub fn ready(&self) -> Result<(), String> {
+        if !self.config().needs_discord() {
+            return Ok(());
+        }
+        match self.session() {
+            Some(s) if s.is_connected() => Ok(()),
+            Some(_) => Err("the prober's Discord gateway is not connected".into()),
+            None => Err("the prober has no Discord session".into()),
+        }
+    }
+
+    /// Slot counts per probe (display name), for the slot invariant.
+    pub async fn slot_stats(&self) -> HashMap<String, Arc<SlotStats>> {
+        self.scheduled
+            .lock()
+            .await
+            .iter()
+            .map(|(k, v)| (k.clone(), v.stats.clone()))
+            .collect()
+    }
+
+    /// Re-reads the config file. On any error the running config stays and
+    /// `prober_config_last_reload_successful` goes to 0.
+    pub async fn reload(&self) -> Result<(), String> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let result = self.try_reload().await;
+        let metrics = self.metrics();
+        match &result {
+            Ok(()) => {
+                metrics.set_config_reload_ok(true);
+                tracing::info!(config = %self.path.display(), "configuration reloaded");
+            }
+            Err(e) => {
+                metrics.set_config_reload_ok(false);
+                tracing::error!(config = %self.path.display(), "reload failed, the previous configuration keeps running: {e}");
+            }
+        }
+        result
+    }
+
+    async fn try_reload(&self) -> Result<(), String> {
+        let config = load(&self.path, &self.options)?;
+        self.connect_discord(&config).await?;
+        let relabel = !self.metrics().fits(&config);
+        if relabel {
+            // Label names changed: fresh families, and every probe restarts.
+            let metrics = Arc::new(Metrics::new(&config).with_process_metrics());
+            *self.metrics.write().unwrap_or_else(|p| p.into_inner()) = metrics;
+        }
+        self.reconcile(&config, relabel).await;
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
+        Ok(())
+    }
+
+    /// Connects (or reconnects, when its settings changed) the prober's
+    /// Discord session; drops it when no probe needs Discord.
+    async fn connect_discord(&self, config: &Config) -> Result<(), String> {
+        if !config.needs_discord() {
+            let old = self
+                .session
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some((_, s)) = old {
+                self.session_replaced
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                s.shutdown().await;
+            }
+            return Ok(());
+        }
+        let fingerprint = format!(
+            "{:?}|{:?}|{:?}",
+            config.discord,
+            intents_for(config),
+            config.target.user_id
+        );
+        let same = self
+            .session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|(f, _)| *f == fingerprint);
+        if same {
+            return Ok(());
+        }
+        let token = match &self.options.token {
+            Some(t) => t.clone(),
+            None => config
+                .discord
+                .as_ref()
+                .ok_or("Discord probes need a discord section")?
+                .token
+                .read()
+                .map_err(|e| format!("{}: {e}", config.source.display()))?,
+        };
+        let session = match DiscordSession::connect(config, &token).await {
+            Ok(s) => Arc::new(s),
+            Err(e @ (ConnectError::InvalidToken(_) | ConnectError::DisallowedIntents(..))) => {
+                return Err(e.to_string());
+            }
+            Err(e) => return Err(format!("{e} (probe serve needs Discord at start-up)")),
+        };
+        session.watch_liveness(LIVENESS_EVERY);
+        let old = self
+            .session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace((fingerprint, session));
+        if let Some((_, s)) = old {
+            s.shutdown().await;
+        }
+        self.session_replaced
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Starts, stops and restarts probe schedules to match `config`.
+    async fn reconcile(&self, config: &Config, restart_all: bool) {
+        let metrics = self.metrics();
+        let session = self.session();
+        let wanted: HashMap<String, &ProbeSpec> = config
+            .probes
+            .iter()
+            .map(|p| (p.display_name(), p))
+            .collect();
+        let mut scheduled = self.scheduled.lock().await;
+        // Probes built on a replaced session must be rebuilt.
+        let session_changed = self
+            .session_replaced
+            .swap(false, std::sync::atomic::Ordering::SeqCst);
+        // Stop what is gone or changed.
+        let old_config = self.config();
+        let stale: Vec<String> = scheduled
+            .iter()
+            .filter(|(name, s)| {
+                restart_all
+                    || session_changed
+                    || wanted
+                        .get(*name)
+                        .is_none_or(|spec| fingerprint(spec) != s.fingerprint)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            if let Some(s) = scheduled.remove(&name) {
+                s.stop.cancel();
+                // Its in-flight run finishes (within its limit) on its own.
+                tokio::spawn(async move {
+                    let _ = s.handle.await;
+                });
+            }
+            if !wanted.contains_key(&name)
+                && let Some(spec) = old_config.probes.iter().find(|p| p.display_name() == name)
+            {
+                metrics.forget_probe(spec);
+            }
+        }
+        // Start what is new or changed.
+        for (name, spec) in wanted {
+            if scheduled.contains_key(&name) {
+                continue;
+            }
+            metrics.init_probe(spec);
+            let probe = match Probe::new(spec.clone(), session.as_ref()) {
+                Ok(p) => Arc::new(p),
+                Err(e) => {
+                    tracing::error!(probe = %name, "cannot start the probe: {e}");
+                    continue;
+                }
+            };
+            let stop = CancellationToken::new();
+            let stats = Arc::new(SlotStats::default());
+            let handle = tokio::spawn(schedule::run_probe(
+                probe,
+                metrics.clone(),
+                self.limit.clone(),
+                stop.clone(),
+                stats.clone(),
+                None,
+            ));
+            scheduled.insert(
+                name,
+                Scheduled {
+                    fingerprint: fingerprint(spec),
+                    stop,
+                    handle,
+                    stats,
+                },
+            );
+        }
+        drop(scheduled);
+        // The Discord metrics follow the current session and config.
+        let mut follower = self.follower.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = follower.take() {
+            f.abort();
+        }
+        if let Some(s) = &session {
+            *follower = Some(metrics.follow_discord(config, s));
+        }
+    }
+
+    /// Stops scheduling, lets in-flight runs finish (each within its own
+    /// limit), and closes the Discord session.
+    pub async fn shutdown(&self) {
+        let scheduled: Vec<Scheduled> = self
+            .scheduled
+            .lock()
+            .await
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
+        for s in &scheduled {
+            s.stop.cancel();
+        }
+        for s in scheduled {
+            let _ = s.handle.await;
+        }
+        if let Some(f) = self
+            .follower
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            f.abort();
+        }
+        let session = self
+            .session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some((_, s)) = session {
+            s.shutdown().await;
+        }
+    }
+}
+
+fn fingerprint(spec: &ProbeSpec) -> String {
+    format!("{spec:?}")
+}
+
+fn load(path: &std::path::Path, options: &ServeOptions) -> Result<Config, String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    let config = match &options.rewrite {
+        Some(f) => f(config),
+        None => config,
+    };
+    if options.token.is_none()
+        && config.needs_discord()
+        && let Some(problem) = config.secret_problems().into_iter().next()
+    {
+        return Err(format!("{}: {problem}", config.source.display()));
+    }
+    Ok(config)
+}
+
+/// The HTTP side: `/metrics`, `/healthz`, `/ready`, `POST /-/reload`.
+pub fn router(service: Arc<Service>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
+        .route("/-/reload", post(reload))
+        .with_state(service)
+}
+
+async fn metrics(State(s): State<Arc<Service>>) -> Response {
+    let body = s.metrics().render();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn ready(State(s): State<Arc<Service>>) -> Response {
+    match s.ready() {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response(),
+    }
+}
+
+async fn reload(State(s): State<Arc<Service>>) -> Response {
+    match s.reload().await {
+        Ok(()) => (StatusCode::OK, "reloaded\n").into_response(),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            format!("reload failed, the previous configuration keeps running:\n{e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// Serves until `shutdown`, then drains. SIGHUP handling is the caller's
+/// (it calls [`Service::reload`]).
+pub async fn run(
+    service: Arc<Service>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    let app = router(service.clone());
+    let stop = shutdown.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+        .map_err(|e| format!("HTTP server failed: {e}"))?;
+    service.shutdown().await;
+    Ok(())
+}
