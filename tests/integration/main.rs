@@ -11,4 +11,5 @@ mod metrics;
 mod sandbox_bot;
 mod sandbox_gateway;
 mod sandbox_rest;
+mod serve;
 mod support;

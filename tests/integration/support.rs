@@ -35,6 +35,8 @@ impl Reply {
 struct ServerState {
     reply: Arc<Mutex<Reply>>,
     methods: Arc<Mutex<Vec<Method>>>,
+    /// (requests being answered now, the most at once so far)
+    concurrent: Arc<Mutex<(usize, usize)>>,
 }
 
 /// A real HTTP server on 127.0.0.1, port 0. Routes:
@@ -50,6 +52,7 @@ impl TestServer {
         let state = ServerState {
             reply: Arc::new(Mutex::new(reply)),
             methods: Arc::new(Mutex::new(Vec::new())),
+            concurrent: Arc::new(Mutex::new((0, 0))),
         };
         let app = Router::new()
             .route("/metrics", any(answer))
@@ -80,14 +83,25 @@ impl TestServer {
     pub fn methods_seen(&self) -> Vec<Method> {
         self.state.methods.lock().unwrap().clone()
     }
+
+    /// The most requests this server was answering at the same time.
+    pub fn max_concurrent(&self) -> usize {
+        self.state.concurrent.lock().unwrap().1
+    }
 }
 
 async fn answer(State(state): State<ServerState>, method: Method, _h: HeaderMap) -> Response {
     state.methods.lock().unwrap().push(method);
+    {
+        let mut c = state.concurrent.lock().unwrap();
+        c.0 += 1;
+        c.1 = c.1.max(c.0);
+    }
     let reply = state.reply.lock().unwrap().clone();
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
+    state.concurrent.lock().unwrap().0 -= 1;
     (
         StatusCode::from_u16(reply.status).unwrap(),
         [(

@@ -1,0 +1,295 @@
+//! `probe serve`: the scheduler's rules, and the service as a process.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use twi_probe::exposition;
+use twi_probe::metrics::Metrics;
+use twi_probe::probe::Probe;
+use twi_probe::schedule::{SlotStats, run_probe};
+
+use crate::metrics::promtool_check_metrics;
+use crate::support::{Reply, TestServer, config, python_exporter_body, unix_now};
+
+fn total(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    exposition::parse(text)
+        .unwrap()
+        .iter()
+        .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == Some(*v)))
+        .map(|s| s.value)
+        .sum()
+}
+
+#[tokio::test]
+async fn a_probe_never_overlaps_itself_and_every_slot_is_a_run_or_a_skip() {
+    // Each run takes 250 ms; slots come every 100 ms.
+    let server = TestServer::start(Reply {
+        status: 200,
+        body: "ok".into(),
+        delay: Duration::from_millis(250),
+    })
+    .await;
+    let cfg = config(&format!(
+        "target: {{name: bot}}\nprobes:\n  - name: slow\n    every: 100ms\n    timeout: 90ms\n    http: {{url: \"{}\"}}\n",
+        server.url("/page")
+    ));
+    let mut spec = cfg.probes[0].clone();
+    spec.timeout = Duration::from_millis(400); // longer than the interval, on purpose
+    let metrics = Arc::new(Metrics::new(&cfg));
+    let stats = Arc::new(SlotStats::default());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(run_probe(
+        Arc::new(Probe::new(spec, None).unwrap()),
+        metrics.clone(),
+        Arc::new(Semaphore::new(8)),
+        stop.clone(),
+        stats.clone(),
+        None,
+    ));
+    // Let a dozen slots come due; the scenario needs the time to pass.
+    tokio::time::sleep(Duration::from_millis(1400)).await;
+    stop.cancel();
+    task.await.unwrap();
+
+    let (slots, runs, skips) = stats.snapshot();
+    assert_eq!(slots, runs + skips, "every slot is one run or one skip");
+    assert!(runs >= 2 && skips >= 2, "runs {runs}, skips {skips}");
+    assert_eq!(
+        server.max_concurrent(),
+        1,
+        "never two runs of the probe at once"
+    );
+    let text = metrics.render();
+    assert_eq!(
+        total(&text, "probe_runs_total", &[("probe", "slow")]),
+        runs as f64
+    );
+    assert_eq!(
+        total(&text, "probe_skipped_total", &[("probe", "slow")]),
+        skips as f64
+    );
+}
+
+struct Serve {
+    child: tokio::process::Child,
+    base: String,
+    dir: std::path::PathBuf,
+}
+
+impl Serve {
+    async fn start(yaml: &str) -> Serve {
+        let dir = std::env::temp_dir().join(format!(
+            "twi-probe-serve-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("probes.yaml"), yaml).unwrap();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_probe"))
+            .args([
+                "serve",
+                "--config",
+                "probes.yaml",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .current_dir(&dir)
+            .env_remove("PROBE_CONFIG")
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let base = loop {
+            let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+                .await
+                .expect("serve starts in time")
+                .unwrap()
+                .expect("serve printed where it listens");
+            if let Some(rest) = line.strip_prefix("serving http://") {
+                break format!("http://{}", rest.split('/').next().unwrap());
+            }
+        };
+        // Keep draining stderr so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Serve { child, base, dir }
+    }
+
+    async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Polls /metrics until `ok` holds (bounded): there is no event to await
+    /// across the process boundary.
+    async fn until(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = self.metrics().await;
+            if ok(&text) {
+                return text;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what} never happened:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn write_config(&self, yaml: &str) {
+        std::fs::write(self.dir.join("probes.yaml"), yaml).unwrap();
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn yaml(exporter: &str, sites: &[(&str, &str)]) -> String {
+    let mut y = format!(
+        "target: {{name: bot, exporter_url: \"{exporter}\"}}\nprobes:\n  - name: bot-exporter\n    every: 300ms\n    timeout: 250ms\n    exporter: {{min_uptime: 10m}}\n"
+    );
+    for (name, url) in sites {
+        y.push_str(&format!(
+            "  - name: {name}\n    every: 300ms\n    timeout: 250ms\n    http: {{url: \"{url}\"}}\n"
+        ));
+    }
+    y
+}
+
+#[tokio::test]
+async fn serve_as_a_process_scrapes_reloads_and_drains() {
+    let exporter = TestServer::start(Reply::ok(python_exporter_body(unix_now() - 7200.0, 1))).await;
+    let site = TestServer::start(Reply::ok("hello")).await;
+    let serve = Serve::start(&yaml(
+        &exporter.url("/metrics"),
+        &[("site", &site.url("/page"))],
+    ))
+    .await;
+
+    // Values move as probes run.
+    let text = serve
+        .until("two successful exporter runs", |t| {
+            total(
+                t,
+                "probe_runs_total",
+                &[("probe", "bot-exporter"), ("outcome", "success")],
+            ) >= 2.0
+        })
+        .await;
+    assert_eq!(
+        total(&text, "prober_config_last_reload_successful", &[]),
+        1.0
+    );
+    assert!(total(&text, "process_resident_memory_bytes", &[]) > 0.0);
+    assert!(total(&text, "prober_schedule_lateness_seconds_count", &[]) >= 2.0);
+    promtool_check_metrics(&text).unwrap_or_else(|e| panic!("promtool: {e}\n{text}"));
+    for path in ["/healthz", "/ready"] {
+        let r = reqwest::get(format!("{}{path}", serve.base)).await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+
+    // A good reload (SIGHUP): `site` goes, `site-2` comes.
+    serve.write_config(&yaml(
+        &exporter.url("/metrics"),
+        &[("site-2", &site.url("/page"))],
+    ));
+    serve.signal("-HUP");
+    let text = serve
+        .until(
+            "the new probe runs and the removed one's series are gone",
+            |t| {
+                total(t, "probe_runs_total", &[("probe", "site-2")]) >= 1.0
+                    && !t.contains("probe=\"site\"")
+            },
+        )
+        .await;
+    assert_eq!(
+        total(&text, "prober_config_last_reload_successful", &[]),
+        1.0
+    );
+
+    // A bad reload (POST /-/reload): refused, the old config keeps running.
+    serve.write_config("target: {name: bot}\nprobes:\n  - name: x\n    every: soon\n");
+    let r = reqwest::Client::new()
+        .post(format!("{}/-/reload", serve.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("probes.yaml:4:12: probes[0].every: invalid duration \"soon\""),
+        "{body}"
+    );
+    let before = total(
+        &serve.metrics().await,
+        "probe_runs_total",
+        &[("probe", "site-2")],
+    );
+    let text = serve
+        .until("the old probes keep running", |t| {
+            total(t, "probe_runs_total", &[("probe", "site-2")]) > before
+        })
+        .await;
+    assert_eq!(
+        total(&text, "prober_config_last_reload_successful", &[]),
+        0.0
+    );
+
+    // SIGTERM drains and exits 0.
+    let mut serve = serve;
+    serve.signal("-TERM");
+    let status = tokio::time::timeout(Duration::from_secs(30), serve.child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn serve_fails_fast_on_a_bad_config() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bad");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_probe"))
+        .args([
+            "serve",
+            "--config",
+            "bad_cron.yaml",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .current_dir(&dir)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad_cron.yaml:5:11"));
+}
