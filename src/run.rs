@@ -52,13 +52,7 @@ pub async fn run_with_token(
     if selected.iter().any(|p| p.kind.needs_discord()) {
         let token = match token {
             Some(t) => t,
-            None => config
-                .discord
-                .as_ref()
-                .ok_or("Discord probes need a discord section")?
-                .token
-                .read()
-                .map_err(|e| format!("{}: {e}", config.source.display()))?,
+            None => config.discord_token()?,
         };
         match DiscordSession::connect(config, &token).await {
             Ok(s) => session = Some(Arc::new(s)),

@@ -195,13 +195,7 @@ impl Service {
         }
         let token = match &self.options.token {
             Some(t) => t.clone(),
-            None => config
-                .discord
-                .as_ref()
-                .ok_or("Discord probes need a discord section")?
-                .token
-                .read()
-                .map_err(|e| format!("{}: {e}", config.source.display()))?,
+            None => config.discord_token()?,
         };
         let session = match DiscordSession::connect(config, &token).await {
             Ok(s) => Arc::new(s),

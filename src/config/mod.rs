@@ -289,6 +289,21 @@ impl Config {
         self.probes.iter().find(|p| p.name == name)
     }
 
+    /// Reads the prober's token; the error names the file, variable or file.
+    pub fn discord_token(&self) -> Result<Secret, String> {
+        self.discord
+            .as_ref()
+            .ok_or_else(|| {
+                format!(
+                    "{}: Discord probes need a discord section",
+                    self.source.display()
+                )
+            })?
+            .token
+            .read()
+            .map_err(|e| format!("{}: {e}", self.source.display()))
+    }
+
     /// Whether any probe talks to Discord.
     pub fn needs_discord(&self) -> bool {
         self.probes.iter().any(|p| p.kind.needs_discord())

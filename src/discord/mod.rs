@@ -165,18 +165,18 @@ struct Handler {
 fn view_of(m: &Message) -> ReplyView {
     ReplyView {
         content: m.content.clone(),
-        embeds: m
-            .embeds
+        embeds: m.embeds.iter().map(embed_view).collect(),
+    }
+}
+
+fn embed_view(e: &serenity::all::Embed) -> EmbedView {
+    EmbedView {
+        title: e.title.clone().unwrap_or_default(),
+        description: e.description.clone().unwrap_or_default(),
+        fields: e
+            .fields
             .iter()
-            .map(|e| EmbedView {
-                title: e.title.clone().unwrap_or_default(),
-                description: e.description.clone().unwrap_or_default(),
-                fields: e
-                    .fields
-                    .iter()
-                    .map(|f| (f.name.clone(), f.value.clone()))
-                    .collect(),
-            })
+            .map(|f| (f.name.clone(), f.value.clone()))
             .collect(),
     }
 }
@@ -304,21 +304,7 @@ impl RawEventHandler for Handler {
                         .and_then(|r| r.message_id.map(|id| id.get())),
                     view: ReplyView {
                         content,
-                        embeds: u
-                            .embeds
-                            .clone()
-                            .unwrap_or_default()
-                            .iter()
-                            .map(|e| EmbedView {
-                                title: e.title.clone().unwrap_or_default(),
-                                description: e.description.clone().unwrap_or_default(),
-                                fields: e
-                                    .fields
-                                    .iter()
-                                    .map(|f| (f.name.clone(), f.value.clone()))
-                                    .collect(),
-                            })
-                            .collect(),
+                        embeds: u.embeds.iter().flatten().map(embed_view).collect(),
                     },
                     edited_at: u.edited_timestamp.map(|t| SystemTime::from(*t)),
                 };

@@ -55,7 +55,7 @@ pub struct Latency {
     pub median: Duration,
     #[serde(
         default,
-        with = "opt_humantime",
+        with = "super::config::opt_humantime",
         skip_serializing_if = "Option::is_none"
     )]
     pub p99: Option<Duration>,
@@ -109,28 +109,6 @@ impl Latency {
         let u2: f64 = rng.random_range(0.0..1.0);
         let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
         Duration::from_secs_f64(self.median.as_secs_f64() * (sigma * z).exp())
-    }
-}
-
-mod opt_humantime {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let text: Option<String> = Option::deserialize(d)?;
-        text.map(|t| {
-            humantime::parse_duration(&t)
-                .map_err(|e| serde::de::Error::custom(format!("invalid duration {t:?}: {e}")))
-        })
-        .transpose()
     }
 }
 

@@ -18,7 +18,7 @@ pub struct HttpFault {
     /// 429 (a real rate limit answer) or a 5xx.
     pub status: u16,
     /// For how long; until cleared when absent (unless `count` is set).
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "super::config::opt_humantime")]
     pub duration: Option<Duration>,
     /// How many requests; unlimited when absent.
     #[serde(default)]
@@ -122,28 +122,6 @@ fn path_matches(pattern: &str, path: &str) -> bool {
     let p: Vec<&str> = pattern.trim_matches('/').split('/').collect();
     let q: Vec<&str> = path.trim_matches('/').split('/').collect();
     p.len() == q.len() && p.iter().zip(&q).all(|(a, b)| *a == "*" || a == b)
-}
-
-mod opt_duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let text: Option<String> = Option::deserialize(d)?;
-        text.map(|t| {
-            humantime::parse_duration(&t)
-                .map_err(|e| serde::de::Error::custom(format!("invalid duration {t:?}: {e}")))
-        })
-        .transpose()
-    }
 }
 
 #[cfg(test)]

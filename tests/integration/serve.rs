@@ -82,6 +82,11 @@ struct Serve {
 
 impl Serve {
     async fn start(yaml: &str) -> Serve {
+        Serve::start_with(yaml, &[]).await
+    }
+
+    /// `probe serve` with `extra` arguments, on a free port; waits for its banner.
+    async fn start_with(yaml: &str, extra: &[&str]) -> Serve {
         let dir = std::env::temp_dir().join(format!(
             "twi-probe-serve-{}-{}",
             std::process::id(),
@@ -97,8 +102,10 @@ impl Serve {
                 "--listen",
                 "127.0.0.1:0",
             ])
+            .args(extra)
             .current_dir(&dir)
             .env_remove("PROBE_CONFIG")
+            .env_remove("PROBER_DISCORD_TOKEN")
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -297,54 +304,49 @@ async fn serve_fails_fast_on_a_bad_config() {
 #[tokio::test]
 async fn serve_sandbox_probes_the_simulated_bot_and_its_series_move() {
     // The shipped probe set, on short intervals so the test is quick.
-    let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("probes.yaml")).unwrap();
+    let shipped =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("probes.yaml")).unwrap();
     let quick = shipped
         .replace("every: 1m", "every: 2s")
         .replace("every: 30s", "every: 1s")
         .replace("timeout: 10s", "timeout: 1900ms")
         .replace("timeout: 5s", "timeout: 900ms");
-    let dir = std::env::temp_dir().join(format!("twi-probe-serve-sb-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("probes.yaml"), &quick).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_probe"))
-        .args(["serve", "--sandbox", "--listen", "127.0.0.1:0"])
-        .current_dir(&dir)
-        .env_remove("PROBE_CONFIG")
-        .env_remove("PROBER_DISCORD_TOKEN")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let base = loop {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("serve starts in time")
-            .unwrap()
-            .expect("serve printed where it listens");
-        if let Some(rest) = line.strip_prefix("serving http://") {
-            break format!("http://{}", rest.split('/').next().unwrap());
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let text = loop {
-        let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
-        let ok = |probe| total(&text, "probe_runs_total", &[("probe", probe), ("outcome", "success")]) >= 1.0;
-        if ok("help-command") && ok("presence") && ok("bot-exporter") {
-            break text;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no successes yet:\n{text}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let serve = Serve::start_with(&quick, &["--sandbox"]).await;
+    let text = serve
+        .until("successes of every probe", |t| {
+            let ok = |probe| {
+                total(
+                    t,
+                    "probe_runs_total",
+                    &[("probe", probe), ("outcome", "success")],
+                ) >= 1.0
+            };
+            ok("help-command") && ok("presence") && ok("bot-exporter")
+        })
+        .await;
     assert_eq!(total(&text, "prober_gateway_connected", &[]), 1.0);
-    assert_eq!(total(&text, "probe_target_presence_online", &[("probe", "presence")]), 1.0);
-    assert!(total(&text, "probe_discord_latency_seconds_count", &[("phase", "reply")]) >= 1.0);
-    let ready = reqwest::get(format!("{base}/ready")).await.unwrap();
+    assert_eq!(
+        total(
+            &text,
+            "probe_target_presence_online",
+            &[("probe", "presence")]
+        ),
+        1.0
+    );
+    assert!(
+        total(
+            &text,
+            "probe_discord_latency_seconds_count",
+            &[("phase", "reply")]
+        ) >= 1.0
+    );
+    let ready = reqwest::get(format!("{}/ready", serve.base)).await.unwrap();
     assert_eq!(ready.status(), 200);
-    let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.unwrap().unwrap();
+    let mut serve = serve;
+    serve.signal("-TERM");
+    let status = tokio::time::timeout(Duration::from_secs(30), serve.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "{status:?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
