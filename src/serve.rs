@@ -27,6 +27,24 @@ use crate::schedule::{self, SlotStats};
 
 /// How often the prober checks its own gateway when no probe does.
 const LIVENESS_EVERY: Duration = Duration::from_secs(15);
+/// How often a failed start-up connection to Discord is retried.
+const DISCORD_RETRY: Duration = Duration::from_secs(30);
+
+/// Why the Discord session could not be (re)connected.
+struct ConnectFailure {
+    message: String,
+    /// Discord unreachable, as opposed to a token or intent it refused.
+    transient: bool,
+}
+
+impl From<String> for ConnectFailure {
+    fn from(message: String) -> Self {
+        ConnectFailure {
+            message,
+            transient: false,
+        }
+    }
+}
 
 /// Options that do not come from the config file.
 #[derive(Clone, Default)]
@@ -59,6 +77,8 @@ pub struct Service {
     reloading: tokio::sync::Mutex<()>,
     /// Set when the Discord session was replaced or dropped.
     session_replaced: std::sync::atomic::AtomicBool,
+    /// Why Discord is not connected, while the start-up connection is retried.
+    discord_down: Mutex<Option<String>>,
 }
 
 impl Service {
@@ -78,10 +98,48 @@ impl Service {
             scheduled: tokio::sync::Mutex::new(HashMap::new()),
             reloading: tokio::sync::Mutex::new(()),
             session_replaced: std::sync::atomic::AtomicBool::new(false),
+            discord_down: Mutex::new(None),
         });
-        service.connect_discord(&config).await?;
+        // Discord unreachable at start-up is not fatal: the Discord probes
+        // run as `inconclusive` (the prober is blind, and says so) while the
+        // connection is retried. A rejected token or intent is fatal.
+        if let Err(e) = service.connect_discord(&config).await {
+            if !e.transient {
+                return Err(e.message);
+            }
+            tracing::error!("{}; retrying every {:?}", e.message, DISCORD_RETRY);
+            *service
+                .discord_down
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(e.message);
+            service.clone().retry_discord();
+        }
         service.reconcile(&config, true).await;
         Ok(service)
+    }
+
+    /// Retries the Discord connection until it succeeds, then rebuilds the
+    /// probes on the new session.
+    fn retry_discord(self: Arc<Self>) {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(DISCORD_RETRY).await;
+                let config = self.config();
+                if !config.needs_discord() || self.session().is_some() {
+                    return;
+                }
+                let _one_at_a_time = self.reloading.lock().await;
+                match self.connect_discord(&config).await {
+                    Ok(()) => {
+                        *self.discord_down.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                        tracing::info!("the prober connected to Discord");
+                        self.reconcile(&config, false).await;
+                        return;
+                    }
+                    Err(e) => tracing::warn!("{}; retrying", e.message),
+                }
+            }
+        });
     }
 
     pub fn config(&self) -> Config {
@@ -150,7 +208,7 @@ impl Service {
 
     async fn try_reload(&self) -> Result<(), String> {
         let config = load(&self.path, &self.options)?;
-        self.connect_discord(&config).await?;
+        self.connect_discord(&config).await.map_err(|e| e.message)?;
         let relabel = !self.metrics().fits(&config);
         if relabel {
             // Label names changed: fresh families, and every probe restarts.
@@ -164,7 +222,7 @@ impl Service {
 
     /// Connects (or reconnects, when its settings changed) the prober's
     /// Discord session; drops it when no probe needs Discord.
-    async fn connect_discord(&self, config: &Config) -> Result<(), String> {
+    async fn connect_discord(&self, config: &Config) -> Result<(), ConnectFailure> {
         if !config.needs_discord() {
             let old = self
                 .session
@@ -200,9 +258,14 @@ impl Service {
         let session = match DiscordSession::connect(config, &token).await {
             Ok(s) => Arc::new(s),
             Err(e @ (ConnectError::InvalidToken(_) | ConnectError::DisallowedIntents(..))) => {
-                return Err(e.to_string());
+                return Err(e.to_string().into());
             }
-            Err(e) => return Err(format!("{e} (probe serve needs Discord at start-up)")),
+            Err(e) => {
+                return Err(ConnectFailure {
+                    message: e.to_string(),
+                    transient: true,
+                });
+            }
         };
         session.watch_liveness(LIVENESS_EVERY);
         let old = self
@@ -265,7 +328,21 @@ impl Service {
                 continue;
             }
             metrics.init_probe(spec);
-            let probe = match Probe::new(spec.clone(), session.as_ref()) {
+            let down = self
+                .discord_down
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let built = match (&session, down) {
+                (None, Some(why)) if spec.kind.needs_discord() => Ok(Probe::unavailable(
+                    spec.clone(),
+                    format!(
+                        "the prober is not connected to Discord ({why}); the bot was not probed"
+                    ),
+                )),
+                _ => Probe::new(spec.clone(), session.as_ref()),
+            };
+            let probe = match built {
                 Ok(p) => Arc::new(p),
                 Err(e) => {
                     tracing::error!(probe = %name, "cannot start the probe: {e}");

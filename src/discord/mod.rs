@@ -362,6 +362,22 @@ impl DiscordSession {
         // The prober sends far below Discord's limits, and a 429 is reported.
         let mut http = HttpBuilder::new(token.expose()).ratelimiter_disabled(true);
         if base != crate::config::DEFAULT_DISCORD_API_BASE {
+            // serenity falls back to Discord's real gateway when it cannot
+            // fetch the gateway URL; with another base (the sandbox) that
+            // would silently probe the wrong Discord, so check it first.
+            let url = format!("{base}/api/v10/gateway");
+            let answer = reqwest::Client::new()
+                .get(&url)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await
+                .and_then(|r| r.error_for_status());
+            if let Err(e) = answer {
+                return Err(ConnectError::Gateway(format!(
+                    "cannot reach the Discord API at {base}: {}",
+                    crate::probe::describe_http_error(&e)
+                )));
+            }
             http = http.proxy(base);
         }
         let (connected, _) = watch::channel(false);

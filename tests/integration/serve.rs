@@ -350,3 +350,46 @@ async fn serve_sandbox_probes_the_simulated_bot_and_its_series_move() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn serve_starts_blind_when_discord_is_unreachable_and_says_so() {
+    let nothing = crate::support::refused_addr().await;
+    let token = std::env::temp_dir().join(format!("twi-probe-token-{}", std::process::id()));
+    std::fs::write(&token, "not-used").unwrap();
+    let serve = Serve::start(&format!(
+        r#"
+target: {{name: bot, user_id: "1234567890123456789"}}
+discord: {{token_file: "{}", api_base: "http://{nothing}"}}
+probes:
+  - name: help
+    every: 300ms
+    timeout: 250ms
+    command: {{channel_id: "1234567890123456790", message: "!help"}}
+"#,
+        token.display()
+    ))
+    .await;
+    let text = serve
+        .until("inconclusive Discord runs", |t| {
+            total(
+                t,
+                "probe_runs_total",
+                &[("probe", "help"), ("outcome", "inconclusive")],
+            ) >= 2.0
+        })
+        .await;
+    for outcome in ["failure", "timeout", "unreachable", "success"] {
+        assert_eq!(
+            total(
+                &text,
+                "probe_runs_total",
+                &[("probe", "help"), ("outcome", outcome)]
+            ),
+            0.0,
+            "a blind prober never blames the bot ({outcome})"
+        );
+    }
+    let ready = reqwest::get(format!("{}/ready", serve.base)).await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let _ = std::fs::remove_file(&token);
+}
