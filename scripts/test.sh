@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Runs every test, after installing what the tests need on a fresh Debian
-# machine: promtool (Debian package `prometheus`), which checks that our
-# metrics output is valid Prometheus text format, and discord.py with
-# zstandard (PyPI) for the compatibility tests.
+# machine: promtool and prometheus (Debian package `prometheus`), which check
+# our metrics output and monitoring/ (rules, their unit tests, dashboards'
+# PromQL, and the end-to-end alert test); amtool and alertmanager (Debian
+# package `prometheus-alertmanager`) for monitoring/alertmanager.yml and the
+# end-to-end test; and discord.py with zstandard (PyPI) for the
+# compatibility tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || need+=(prometheus)
+{ command -v amtool && command -v prometheus-alertmanager; } >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
   SUDO=""

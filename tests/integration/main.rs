@@ -8,6 +8,7 @@ mod discord_probes;
 mod exporter_probe;
 mod http_probe;
 mod metrics;
+mod monitoring;
 mod sandbox_bot;
 mod sandbox_gateway;
 mod sandbox_rest;
