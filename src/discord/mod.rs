@@ -30,6 +30,23 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often serenity's heartbeat latency is read.
 const SHARD_POLL: Duration = Duration::from_secs(1);
 
+/// What a gateway round trip (op 8) came back with.
+enum PingAnswer {
+    /// The member chunk: the target's presence, if presence data came.
+    Chunk(Option<bool>),
+    /// Discord's RATE_LIMITED event for the request.
+    RateLimited,
+}
+
+/// Why a gateway round trip did not give an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PingError {
+    /// No answer in time: the gateway is not delivering.
+    NoAnswer,
+    /// Discord refused the request for now: the gateway works.
+    RateLimited,
+}
+
 /// Something metrics should know at once, not at the next probe run.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SessionEvent {
@@ -110,7 +127,7 @@ struct Shared {
     /// Sends gateway requests (op 8) on the prober's shard.
     messenger: Mutex<Option<ShardMessenger>>,
     /// Gateway pings awaiting their GUILD_MEMBERS_CHUNK, by nonce.
-    pings: Mutex<HashMap<String, oneshot::Sender<Option<bool>>>>,
+    pings: Mutex<HashMap<String, oneshot::Sender<PingAnswer>>>,
 }
 
 impl Shared {
@@ -226,7 +243,21 @@ impl RawEventHandler for Handler {
                     ps.iter()
                         .any(|p| p.user.id.get() == s.target_id && is_online(p.status))
                 });
-                let _ = reply.send(online);
+                let _ = reply.send(PingAnswer::Chunk(online));
+            }
+            // Discord's RATE_LIMITED (newer than serenity 0.12) for an op 8.
+            Event::Unknown(u) if u.kind == "RATE_LIMITED" => {
+                let Some(nonce) = u.value["meta"]["nonce"].as_str() else {
+                    return;
+                };
+                if let Some(reply) = s
+                    .pings
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(nonce)
+                {
+                    let _ = reply.send(PingAnswer::RateLimited);
+                }
             }
             Event::Ready(r) => {
                 *s.messenger.lock().unwrap_or_else(|p| p.into_inner()) = Some(ctx.shard.clone());
@@ -491,7 +522,11 @@ impl DiscordSession {
     /// the answer. `Ok` proves the gateway delivers events right now, and
     /// carries the target's presence (`None` without presence data); `Err`
     /// means no answer within `wait`, and marks the gateway as down.
-    pub async fn gateway_ping(&self, guild_id: u64, wait: Duration) -> Result<Option<bool>, ()> {
+    pub async fn gateway_ping(
+        &self,
+        guild_id: u64,
+        wait: Duration,
+    ) -> Result<Option<bool>, PingError> {
         let s = &self.shared;
         let Some(messenger) = s
             .messenger
@@ -499,7 +534,7 @@ impl DiscordSession {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
         else {
-            return Err(());
+            return Err(PingError::NoAnswer);
         };
         let nonce = format!("ping-{}", rand::random::<u64>() >> 1);
         let (tx, rx) = oneshot::channel();
@@ -515,7 +550,13 @@ impl DiscordSession {
             Some(nonce.clone()),
         );
         match tokio::time::timeout(wait, rx).await {
-            Ok(Ok(online)) => {
+            Ok(Ok(PingAnswer::RateLimited)) => {
+                // An answer all the same: the gateway delivers.
+                s.set_connected(true);
+                self.note_ratelimited();
+                Err(PingError::RateLimited)
+            }
+            Ok(Ok(PingAnswer::Chunk(online))) => {
                 s.set_connected(true);
                 if let Some(online) = online {
                     let changed = s
@@ -536,7 +577,7 @@ impl DiscordSession {
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&nonce);
                 s.set_connected(false);
-                Err(())
+                Err(PingError::NoAnswer)
             }
         }
     }

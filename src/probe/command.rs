@@ -8,8 +8,8 @@ use serenity::all::{ChannelId, CreateMessage, MessageId, Nonce};
 
 use super::{Check, Outcome};
 use crate::config::CommandSpec;
-use crate::discord::DiscordSession;
 use crate::discord::correlate::ProbeEvent;
+use crate::discord::{DiscordSession, PingError};
 use crate::probe::reply::ReplyView;
 use crate::sandbox::snowflake;
 
@@ -273,7 +273,9 @@ impl CommandProbe {
         let online = match guild {
             Some(g) => match s.gateway_ping(g, PING_WAIT.min(self.timeout)).await {
                 Ok(online) => online,
-                Err(()) => {
+                // Rate-limited is an answer: the gateway is delivering.
+                Err(PingError::RateLimited) => None,
+                Err(PingError::NoAnswer) => {
                     return inconclusive(
                         "no reply seen, but the prober's own gateway stopped answering, so a reply may have been missed",
                     );

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::{Check, Outcome};
 use crate::config::PresenceSpec;
-use crate::discord::DiscordSession;
+use crate::discord::{DiscordSession, PingError};
 
 #[derive(Debug)]
 pub struct PresenceProbe {
@@ -59,7 +59,13 @@ impl PresenceProbe {
                     ),
                 );
             }
-            Err(()) => {
+            Err(PingError::RateLimited) => {
+                return Check::new(
+                    Outcome::Inconclusive,
+                    "Discord rate-limited the prober's presence request; presence unknown",
+                );
+            }
+            Err(PingError::NoAnswer) => {
                 return Check::new(
                     Outcome::Inconclusive,
                     format!(

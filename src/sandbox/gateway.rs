@@ -412,6 +412,7 @@ fn identify(core: &Arc<Core>, ctx: &mut Ctx, d: &Value) -> Result<(), Close> {
             replay: Default::default(),
             conn: Some(ctx.conn.clone()),
             detach_generation: 0,
+            all_members_requested: Default::default(),
         },
     );
     let guilds = state.world.shard_guilds(account.id, shard);
@@ -558,6 +559,26 @@ fn request_members(core: &Arc<Core>, ctx: &Ctx, d: &Value) {
         return;
     };
     let intents = state.sessions.get(session_id).map_or(0, |s| s.intents);
+    // Discord (since 2025-08): asking for ALL members (query "", limit 0)
+    // is limited to once per guild per session every 30 s; the answer to
+    // an excess request is a RATE_LIMITED dispatch.
+    let all = wanted.is_none() && d["query"].as_str() == Some("") && d["limit"].as_u64() == Some(0);
+    if all && let Some(s) = state.sessions.get_mut(session_id) {
+        let now = std::time::Instant::now();
+        if let Some(last) = s.all_members_requested.get(&g.id)
+            && now.duration_since(*last) < ALL_MEMBERS_EVERY
+        {
+            let retry_after = (ALL_MEMBERS_EVERY - now.duration_since(*last)).as_secs_f64();
+            let d = json!({
+                "opcode": 8,
+                "retry_after": (retry_after * 1000.0).ceil() / 1000.0,
+                "meta": {"guild_id": g.id.to_string(), "nonce": d.get("nonce").cloned().unwrap_or(Value::Null)},
+            });
+            state.enqueue(session_id, "RATE_LIMITED", d);
+            return;
+        }
+        s.all_members_requested.insert(g.id, now);
+    }
     let ids: Vec<u64> = match &wanted {
         Some(ids) => ids.clone(),
         None => g.members.clone(),
@@ -595,6 +616,9 @@ fn request_members(core: &Arc<Core>, ctx: &Ctx, d: &Value) {
     }
     state.enqueue(session_id, "GUILD_MEMBERS_CHUNK", chunk);
 }
+
+/// How often one session may request all members of one guild.
+const ALL_MEMBERS_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Close codes after which Discord does not let a session resume.
 fn ends_session(code: u16) -> bool {

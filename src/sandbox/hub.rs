@@ -52,6 +52,8 @@ pub struct Session {
     pub conn: Option<Conn>,
     /// Bumped on every detach, so a stale expiry timer does nothing.
     pub detach_generation: u64,
+    /// When this session last asked for all members of a guild (op 8).
+    pub all_members_requested: std::collections::HashMap<u64, std::time::Instant>,
 }
 
 impl Session {

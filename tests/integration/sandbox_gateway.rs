@@ -332,3 +332,32 @@ async fn intents_filter_dispatches_and_message_content_is_privileged() {
     writer.stop().await;
     sb.shutdown().await;
 }
+
+#[tokio::test]
+async fn asking_for_all_members_twice_in_30s_is_rate_limited_like_discord() {
+    let sb = start_sandbox(quiet_config()).await;
+    // This account may use GUILD_MEMBERS.
+    let token = sb.account("twi-bot-shard").unwrap().token.clone();
+    let guild = sb.description().guilds[0].id.clone();
+    let mut gw = RawGateway::connect(&sb, "v=10&encoding=json").await;
+    gw.recv().await.unwrap();
+    gw.identify(&token, 1 | (1 << 1), None).await;
+    gw.until_dispatch("READY").await;
+    let all = |nonce: &str| json!({"op": 8, "d": {"guild_id": guild, "query": "", "limit": 0, "nonce": nonce}});
+    gw.send(all("first")).await;
+    let chunk = gw.until_dispatch("GUILD_MEMBERS_CHUNK").await;
+    assert_eq!(chunk["d"]["nonce"], "first");
+    assert_eq!(chunk["d"]["members"].as_array().unwrap().len(), 3);
+    gw.send(all("second")).await;
+    let limited = gw.until_dispatch("RATE_LIMITED").await;
+    assert_eq!(limited["d"]["opcode"], 8);
+    assert_eq!(limited["d"]["meta"]["nonce"], "second");
+    assert!(limited["d"]["retry_after"].as_f64().unwrap() > 0.0);
+    // Asking for given users is not limited.
+    let bot = sb.account("twi-bot-shard").unwrap().id.clone();
+    gw.send(json!({"op": 8, "d": {"guild_id": guild, "user_ids": [bot], "presences": false, "nonce": "third"}}))
+        .await;
+    let chunk = gw.until_dispatch("GUILD_MEMBERS_CHUNK").await;
+    assert_eq!(chunk["d"]["nonce"], "third");
+    sb.shutdown().await;
+}
