@@ -43,6 +43,9 @@ pub async fn serve(core: Arc<Core>, listener: TcpListener, shutdown: Cancellatio
     tasks.shutdown().await;
 }
 
+/// Frames written with one flush at most.
+const MAX_BATCH: usize = 256;
+
 /// A close the server decides: code and reason.
 struct Close(u16, &'static str);
 
@@ -138,6 +141,16 @@ impl Writer {
         self.sink.send(msg).await.map_err(|_| ())
     }
 
+    /// Queues a frame without flushing; [`Writer::flush`] sends the batch.
+    async fn feed(&mut self, text: &str) -> Result<(), ()> {
+        let msg = self.transport.encode(text)?;
+        self.sink.feed(msg).await.map_err(|_| ())
+    }
+
+    async fn flush(&mut self) -> Result<(), ()> {
+        self.sink.flush().await.map_err(|_| ())
+    }
+
     async fn close(&mut self, code: u16, reason: &str) {
         let frame = CloseFrame {
             code: CloseCode::from(code),
@@ -205,11 +218,46 @@ async fn connection(core: Arc<Core>, stream: TcpStream, shutdown: CancellationTo
             biased;
             out = rx.recv() => match out {
                 Some(Out::Frame { text, truth }) => {
-                    if writer.send(&text).await.is_err() {
+                    // Everything already queued goes out with one flush: a
+                    // frame-by-frame writer falls behind under load.
+                    let mut written = vec![truth];
+                    let mut fed = writer.feed(&text).await;
+                    let mut next = None;
+                    while fed.is_ok() && written.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(Out::Frame { text, truth }) => {
+                                written.push(truth);
+                                fed = writer.feed(&text).await;
+                            }
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    if fed.is_err() || writer.flush().await.is_err() {
                         break End::Dropped;
                     }
-                    if let (Some((message_id, event)), Some(account)) = (truth, ctx.account) {
-                        core.truth.dispatch_written(message_id, event, account, ctx.conn.id, Instant::now());
+                    let at = Instant::now();
+                    if let Some(account) = ctx.account {
+                        for (message_id, event) in written.into_iter().flatten() {
+                            core.truth.dispatch_written(message_id, event, account, ctx.conn.id, at);
+                        }
+                    }
+                    match next {
+                        Some(Out::Invalidate) => {
+                            ctx.session = None;
+                            let op9 = json!({"op": 9, "d": false, "s": null, "t": null});
+                            if writer.send(&op9.to_string()).await.is_err() {
+                                break End::Dropped;
+                            }
+                        }
+                        Some(Out::Close(code, reason)) => {
+                            writer.close(code, &reason).await;
+                            break End::ServerClosed(code);
+                        }
+                        Some(Out::Frame { .. }) | None => {}
                     }
                 }
                 Some(Out::Invalidate) => {
