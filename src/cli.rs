@@ -258,6 +258,9 @@ async fn handle_signals(
     shutdown.cancel();
 }
 
+/// The stand-in runs on one thread: on this kind of machine a single
+/// scheduler writes dispatches sooner than two that hand work across (see
+/// README, Benchmarks), and the sandbox must not distort what it serves.
 fn sandbox_command(
     config: Option<&std::path::Path>,
     listen: std::net::SocketAddr,
@@ -273,7 +276,10 @@ fn sandbox_command(
         },
         None => crate::sandbox::SandboxConfig::default(),
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
