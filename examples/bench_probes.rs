@@ -8,7 +8,8 @@
 //!    out of the way, and a simulated bot that replies after a fixed delay
 //!    without typing. The prober's real serenity session
 //!    (`DiscordSession::connect`, on a runtime built like `probe run`'s) runs
-//!    one `command` probe per channel, all sent at once, for several rounds
+//!    one `command` probe per channel, all started at once (the prober
+//!    itself spaces their sends 5 ms apart: `discord::send_gate`), for several rounds
 //!    (runs in one channel are spaced by `send_interval`, 1 s, which is not
 //!    timed). For every run, the prober's latency (`ProbeResult::latency()`)
 //!    is compared with the sandbox's ground truth for the same run: the moment
@@ -28,7 +29,8 @@
 //! Exits non-zero on errors and when a run was not a success (every run must
 //! succeed), never because a goal was missed. Options: `--channels`,
 //! `--rounds`, `--bot-latency-ms`, `--stagger-ms` (start the probes of a
-//! round that many ms apart instead of all at once), `--count` (runs per
+//! round that many ms apart instead of all at once, on top of the prober's
+//! own send spacing), `--count` (runs per
 //! probe of the footprint child), `--prober-threads`, `--sandbox-threads`,
 //! `--probe-bin`, `--no-truth`, `--no-footprint`. `BENCH_DUMP=1` writes one
 //! line per run to stderr.
@@ -319,7 +321,10 @@ async fn truthfulness(sandbox: &Sandbox, args: &Args) -> anyhow::Result<bool> {
             ""
         },
         if args.stagger_ms == 0 {
-            "all sent at once".to_string()
+            format!(
+                "all started at once (the prober spaces sends {} ms apart)",
+                twi_probe::discord::send_gate::SEND_SPACING.as_millis()
+            )
         } else {
             format!("started {} ms apart", args.stagger_ms)
         }

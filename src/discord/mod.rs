@@ -7,6 +7,7 @@
 //! that match replies to probes ([`correlate`]).
 
 pub mod correlate;
+pub mod send_gate;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -165,6 +166,8 @@ pub struct DiscordSession {
     /// Per-channel locks and the time of the last send there.
     channels: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<Option<Instant>>>>>,
     pub send_interval: Duration,
+    /// Spaces probe messages across channels (see [`send_gate`]).
+    pub(crate) send_gate: send_gate::SendGate,
 }
 
 impl std::fmt::Debug for DiscordSession {
@@ -513,6 +516,7 @@ impl DiscordSession {
             tasks: Mutex::new(vec![client_task, latency_task]),
             channels: Mutex::new(HashMap::new()),
             send_interval: discord.send_interval,
+            send_gate: send_gate::SendGate::default(),
         };
         Ok(session)
     }

@@ -88,6 +88,9 @@ impl CommandProbe {
         if let Some(last) = *last_send {
             tokio::time::sleep_until((last + s.send_interval).into()).await;
         }
+        // Sends across channels are spaced too, so that replies do not
+        // queue inside the prober (see discord/send_gate.rs).
+        s.send_gate.turn().await;
         let nonce = format!("{}", rand::random::<u64>() >> 1);
         let mut events = s.correlator().begin(channel, &self.name, &nonce);
         let mut finish = Finish {
