@@ -13,4 +13,5 @@ pub mod report;
 pub mod run;
 pub mod sandbox;
 pub mod schedule;
+pub mod scrape;
 pub mod serve;

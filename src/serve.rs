@@ -2,8 +2,9 @@
 //! and a draining shutdown.
 //!
 //! The caller binds the listener and owns shutdown (`run(listener, ...,
-//! shutdown)`), so tests bind port 0. Scraping renders the registry on the
-//! HTTP task while probes run on their own tasks: neither waits for the other.
+//! shutdown)`), so tests bind port 0. Scrapes are served from snapshots
+//! rendered on a blocking thread (src/scrape.rs) while probes run on their
+//! own tasks: neither waits for the other.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ use crate::discord::{ConnectError, DiscordSession, intents_for};
 use crate::metrics::Metrics;
 use crate::probe::Probe;
 use crate::schedule::{self, SlotStats};
+use crate::scrape::ScrapeCache;
 
 /// How often the prober checks its own gateway when no probe does.
 const LIVENESS_EVERY: Duration = Duration::from_secs(15);
@@ -79,6 +81,8 @@ pub struct Service {
     session_replaced: std::sync::atomic::AtomicBool,
     /// Why Discord is not connected, while the start-up connection is retried.
     discord_down: Mutex<Option<String>>,
+    /// What `/metrics` serves.
+    scrape: ScrapeCache,
 }
 
 impl Service {
@@ -99,6 +103,7 @@ impl Service {
             reloading: tokio::sync::Mutex::new(()),
             session_replaced: std::sync::atomic::AtomicBool::new(false),
             discord_down: Mutex::new(None),
+            scrape: ScrapeCache::default(),
         });
         // Discord unreachable at start-up is not fatal: the Discord probes
         // run as `inconclusive` (the prober is blind, and says so) while the
@@ -203,6 +208,8 @@ impl Service {
                 tracing::error!(config = %self.path.display(), "reload failed, the previous configuration keeps running: {e}");
             }
         }
+        // The next scrape shows the reload's outcome, not a snapshot from before.
+        self.scrape.invalidate();
         result
     }
 
@@ -445,7 +452,7 @@ pub fn router(service: Arc<Service>) -> Router {
 }
 
 async fn metrics(State(s): State<Arc<Service>>) -> Response {
-    let body = s.metrics().render();
+    let body = s.scrape.scrape(s.metrics()).await.text.clone();
     (
         [(
             header::CONTENT_TYPE,
@@ -482,11 +489,20 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), String> {
     let app = router(service.clone());
+    let refresher = {
+        let service = service.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let source = service.clone();
+            service.scrape.refresh(|| source.metrics(), stop).await;
+        })
+    };
     let stop = shutdown.clone();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
         .map_err(|e| format!("HTTP server failed: {e}"))?;
     service.shutdown().await;
+    let _ = refresher.await;
     Ok(())
 }
