@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{Check, Outcome, classify_send_error, describe_http_error};
+use super::{Check, Outcome, classify_send_error, describe_http_error, shared_http_client};
 use crate::config::ExporterSpec;
 use crate::exposition;
 
@@ -22,10 +22,9 @@ pub struct ExporterProbe {
 
 impl ExporterProbe {
     pub fn new(spec: ExporterSpec) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("twi-probe/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("cannot build HTTP client: {e}"))?;
+        // Exporters are read where they are: redirects followed (reqwest's
+        // default), as before the client was shared.
+        let client = shared_http_client(true)?;
         Ok(ExporterProbe {
             spec,
             client,

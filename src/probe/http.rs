@@ -1,10 +1,9 @@
 //! The `http` probe: GET or HEAD a URL and check its status and body.
 
-use super::{Check, Outcome, classify_send_error, describe_http_error};
+use super::{
+    Check, MAX_REDIRECTS, Outcome, classify_send_error, describe_http_error, shared_http_client,
+};
 use crate::config::{HttpMethod, HttpSpec};
-
-/// How many redirects are followed when following is on (reqwest's default).
-const MAX_REDIRECTS: usize = 10;
 
 #[derive(Debug)]
 pub struct HttpProbe {
@@ -14,16 +13,7 @@ pub struct HttpProbe {
 
 impl HttpProbe {
     pub fn new(spec: HttpSpec) -> Result<Self, String> {
-        let redirects = if spec.follow_redirects {
-            reqwest::redirect::Policy::limited(MAX_REDIRECTS)
-        } else {
-            reqwest::redirect::Policy::none()
-        };
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("twi-probe/", env!("CARGO_PKG_VERSION")))
-            .redirect(redirects)
-            .build()
-            .map_err(|e| format!("cannot build HTTP client: {e}"))?;
+        let client = shared_http_client(spec.follow_redirects)?;
         Ok(HttpProbe { spec, client })
     }
 

@@ -9,7 +9,7 @@ mod presence;
 pub mod reply;
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
@@ -311,6 +311,35 @@ fn panic_message(err: tokio::task::JoinError) -> String {
 fn new_request_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
 }
+
+/// The HTTP client shared by every `http` and `exporter` probe with the
+/// same redirect policy. One client, one connection pool: per-probe clients
+/// cost ~50 KB each (pool, TLS config), half the RSS with 1,000 probes.
+pub(crate) fn shared_http_client(follow_redirects: bool) -> Result<reqwest::Client, String> {
+    static FOLLOWING: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
+    static NOT_FOLLOWING: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
+    let cell = if follow_redirects {
+        &FOLLOWING
+    } else {
+        &NOT_FOLLOWING
+    };
+    cell.get_or_init(|| {
+        let redirects = if follow_redirects {
+            reqwest::redirect::Policy::limited(MAX_REDIRECTS)
+        } else {
+            reqwest::redirect::Policy::none()
+        };
+        reqwest::Client::builder()
+            .user_agent(concat!("twi-probe/", env!("CARGO_PKG_VERSION")))
+            .redirect(redirects)
+            .build()
+            .map_err(|e| format!("cannot build HTTP client: {e}"))
+    })
+    .clone()
+}
+
+/// How many redirects are followed when following is on (reqwest's default).
+pub(crate) const MAX_REDIRECTS: usize = 10;
 
 /// Describes a reqwest error by its innermost cause, without the URL (URLs
 /// can carry credentials, and the probe name already says what was fetched).
