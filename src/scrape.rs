@@ -1,18 +1,24 @@
 //! The `/metrics` body of `probe serve`, rendered off the request path.
 //!
-//! Rendering takes ~10 ms for 1,000 probes' series (the prometheus crate
-//! gathers every series into intermediate structs, then encodes them), too
-//! slow to do on each scrape and, on the async runtime, a stall for the
-//! probes. So a refresher task renders snapshots on a blocking thread and a
-//! scrape serves the latest one. The age of what a scrape sees is bounded:
+//! Rendering takes ~8 ms for 1,000 probes' series (the prometheus crate
+//! gathers every series into intermediate structs, then encodes them): too
+//! slow for each scrape, and a stall for the probes if done on their
+//! runtime. So rendering happens on a blocking thread, and ahead of time:
+//! scrapers (Prometheus) come at a steady interval, so after each scrape the
+//! refresher renders a snapshot shortly before the next one is due, and that
+//! scrape is served at once. What a scrape sees:
 //!
-//! - the refresher re-renders every `clamp(20 × render time, 100 ms, 1 s)`,
-//!   which also caps its CPU at ~5 % of a core;
-//! - a snapshot older than [`MAX_AGE`], or from before [`ScrapeCache::invalidate`]
-//!   (a reload), is never served: the scrape renders a fresh one itself;
-//! - with nobody scraping for [`IDLE_AFTER`], the refresher sleeps until the
-//!   next scrape (which renders its own snapshot), so an unscraped prober
-//!   spends nothing on rendering.
+//! - a snapshot at most [`MAX_AGE`] old and from after the last
+//!   [`ScrapeCache::invalidate`] (a reload); otherwise the scrape renders a
+//!   fresh one itself (slower, never staler);
+//! - normally one rendered [`lead`] before it, i.e. a few ms to tens of ms.
+//!
+//! Cost: at most one render per scrape, and never more than one per
+//! 20 × render time (≤ 5 % of a core: with frequent scrapes of many
+//! series, some scrapes get the snapshot of the one before); nothing while
+//! nobody scrapes.
+//! Scrapers out of step with each other (two Prometheus servers) make the
+//! prediction miss; those scrapes render their own snapshot.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,14 +30,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
-/// A snapshot older than this is rendered anew by the scrape itself.
+/// A snapshot older than this is never served; the scrape renders anew.
 pub const MAX_AGE: Duration = Duration::from_secs(2);
-/// The refresher pauses when nobody scraped for this long.
-pub const IDLE_AFTER: Duration = Duration::from_secs(120);
-const MIN_PERIOD: Duration = Duration::from_millis(100);
-const MAX_PERIOD: Duration = Duration::from_secs(1);
-/// Refresh period = this × render time, so rendering stays ≤ 1/20 of a core.
-const PERIOD_PER_RENDER: u32 = 20;
+/// At least this × render time between two renders by the refresher.
+const GAP_PER_RENDER: u32 = 20;
+
+/// How long before the predicted scrape the refresher renders: four times
+/// the last render time, and at least 20 ms, for the jitter of both sides.
+fn lead(render_time: Duration) -> Duration {
+    (render_time * 4).max(Duration::from_millis(20))
+}
 
 /// One rendered body.
 pub struct Snapshot {
@@ -40,27 +48,25 @@ pub struct Snapshot {
     epoch: u64,
 }
 
+/// When scrapes came, to predict the next.
+#[derive(Default, Clone, Copy)]
+struct ScrapeTimes {
+    last: Option<Instant>,
+    interval: Option<Duration>,
+}
+
 /// The latest snapshot and what decides whether it may be served.
+#[derive(Default)]
 pub struct ScrapeCache {
     latest: Mutex<Option<Arc<Snapshot>>>,
     /// Bumped by [`ScrapeCache::invalidate`]; a snapshot from an older
     /// epoch is never served.
     epoch: AtomicU64,
-    last_scrape: Mutex<Option<Instant>>,
+    times: Mutex<ScrapeTimes>,
+    /// The last render's duration, in µs.
+    render_micros: AtomicU64,
+    renders: AtomicU64,
     scraped: Notify,
-    invalidated: Notify,
-}
-
-impl Default for ScrapeCache {
-    fn default() -> Self {
-        ScrapeCache {
-            latest: Mutex::new(None),
-            epoch: AtomicU64::new(0),
-            last_scrape: Mutex::new(None),
-            scraped: Notify::new(),
-            invalidated: Notify::new(),
-        }
-    }
 }
 
 impl ScrapeCache {
@@ -68,21 +74,23 @@ impl ScrapeCache {
     /// reload, say), not a snapshot from before.
     pub fn invalidate(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.invalidated.notify_one();
     }
 
-    /// The body for a scrape: the latest snapshot when it is fresh enough,
+    /// How many renders so far (scrapes' own and the refresher's).
+    pub fn renders(&self) -> u64 {
+        self.renders.load(Ordering::Relaxed)
+    }
+
+    /// The body for a scrape: the latest snapshot when it may be served,
     /// else one rendered now.
     pub async fn scrape(&self, metrics: Arc<Metrics>) -> Arc<Snapshot> {
-        let first_in_a_while = {
-            let mut last = lock(&self.last_scrape);
-            let idle = last.is_none_or(|t| t.elapsed() >= IDLE_AFTER);
-            *last = Some(Instant::now());
-            idle
-        };
-        if first_in_a_while {
-            self.scraped.notify_one();
+        {
+            let now = Instant::now();
+            let mut times = lock(&self.times);
+            times.interval = times.last.map(|last| now - last);
+            times.last = Some(now);
         }
+        self.scraped.notify_one();
         let epoch = self.epoch.load(Ordering::SeqCst);
         if let Some(snapshot) = lock(&self.latest).clone()
             && snapshot.epoch == epoch
@@ -97,9 +105,14 @@ impl ScrapeCache {
     /// snapshot (unless a newer one got there first).
     async fn render(&self, metrics: Arc<Metrics>) -> Arc<Snapshot> {
         let epoch = self.epoch.load(Ordering::SeqCst);
+        let started = Instant::now();
         let text = tokio::task::spawn_blocking(move || Bytes::from(metrics.render()))
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let took = started.elapsed();
+        self.render_micros
+            .store(took.as_micros() as u64, Ordering::Relaxed);
+        self.renders.fetch_add(1, Ordering::Relaxed);
         let snapshot = Arc::new(Snapshot {
             text,
             rendered_at: Instant::now(),
@@ -115,28 +128,49 @@ impl ScrapeCache {
         snapshot
     }
 
-    fn idle(&self) -> bool {
-        lock(&self.last_scrape).is_none_or(|t| t.elapsed() >= IDLE_AFTER)
-    }
-
-    /// Keeps the snapshot fresh while someone scrapes, until `stop`.
-    /// `metrics` gives the current registry (a reload may replace it).
+    /// After each scrape, renders a snapshot just before the next one is
+    /// due, until `stop`. `metrics` gives the current registry (a reload
+    /// may replace it).
     pub async fn refresh(&self, metrics: impl Fn() -> Arc<Metrics>, stop: CancellationToken) {
+        let mut last_render: Option<Instant> = None;
+        // The next render, planned after the latest scrape; every scrape
+        // re-plans it (the one before may have come after a long pause).
+        let mut due: Option<Instant> = None;
         loop {
-            if self.idle() {
-                tokio::select! {
-                    _ = self.scraped.notified() => {}
-                    _ = stop.cancelled() => return,
+            let wait = async {
+                match due {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
                 }
-            }
-            let started = Instant::now();
-            self.render(metrics()).await;
-            let period = (started.elapsed() * PERIOD_PER_RENDER).clamp(MIN_PERIOD, MAX_PERIOD);
+            };
             tokio::select! {
-                _ = tokio::time::sleep(period) => {}
-                _ = self.invalidated.notified() => {}
+                _ = self.scraped.notified() => {
+                    due = self.plan(last_render);
+                }
+                _ = wait => {
+                    due = None;
+                    last_render = Some(Instant::now());
+                    self.render(metrics()).await;
+                }
                 _ = stop.cancelled() => return,
             }
+        }
+    }
+
+    /// When to render ahead of the next scrape, from the last two scrapes.
+    fn plan(&self, last_render: Option<Instant>) -> Option<Instant> {
+        let times = *lock(&self.times);
+        let (last, interval) = (times.last?, times.interval?);
+        let render_time = Duration::from_micros(self.render_micros.load(Ordering::Relaxed));
+        // Not before half-way: rendering while the last scrape's body is
+        // still being written would slow that scrape down.
+        let due = last + interval.saturating_sub(lead(render_time)).max(interval / 2);
+        // Too soon after the previous render (the CPU cap): skip this turn
+        // rather than render late, which would collide with the scrape.
+        // The next scrape is served the older snapshot, within MAX_AGE.
+        match last_render {
+            Some(previous) if previous + render_time * GAP_PER_RENDER > due => None,
+            _ => Some(due),
         }
     }
 }
@@ -193,7 +227,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_refresher_keeps_a_scraped_snapshot_fresh() {
+    async fn the_refresher_renders_once_per_scrape_just_before_it() {
         let cache = Arc::new(ScrapeCache::default());
         let m = metrics();
         let stop = CancellationToken::new();
@@ -201,17 +235,42 @@ mod tests {
             let (cache, m, stop) = (cache.clone(), m.clone(), stop.clone());
             tokio::spawn(async move { cache.refresh(|| m.clone(), stop).await })
         };
+        // One scrape, a pause longer than MAX_AGE (the plan made after the
+        // next scrape must not wait that long again), then a scraper at a
+        // steady 100 ms, as Prometheus (slower) would be.
         assert!(reload_ok(&cache.scrape(m.clone()).await));
+        tokio::time::sleep(MAX_AGE + Duration::from_millis(500)).await;
+        let mut scraper = tokio::time::interval(Duration::from_millis(100));
+        for _ in 0..4 {
+            scraper.tick().await;
+            assert!(reload_ok(&cache.scrape(m.clone()).await));
+        }
         m.set_config_reload_ok(false);
         let changed = Instant::now();
-        // Without the refresher the change would show only after MAX_AGE.
-        while reload_ok(&cache.scrape(m.clone()).await) {
+        let mut scrapes = 5;
+        // A scrape renders by itself only after MAX_AGE (2 s): seeing the
+        // change sooner means the refresher rendered ahead of the scrape.
+        loop {
+            scraper.tick().await;
+            scrapes += 1;
+            if !reload_ok(&cache.scrape(m.clone()).await) {
+                break;
+            }
             assert!(
-                changed.elapsed() < MAX_PERIOD + Duration::from_millis(500),
-                "the refresher did not pick up the change"
+                changed.elapsed() < Duration::from_secs(1),
+                "the refresher did not render ahead of the scrapes"
             );
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // Renders: the first scrape's own, then about one per scrape.
+        assert!(
+            cache.renders() <= scrapes + 1,
+            "{} renders for {scrapes} scrapes",
+            cache.renders()
+        );
+        // Nobody scrapes any more: at most the one predicted render.
+        let renders = cache.renders();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(cache.renders() <= renders + 1, "rendered while not scraped");
         stop.cancel();
         refresher.await.unwrap();
     }
