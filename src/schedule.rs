@@ -82,8 +82,9 @@ pub async fn run_probe(
                 metrics.observe_lateness(Instant::now().saturating_duration_since(due));
                 metrics.run_started();
                 let result = run_once(probe.clone()).await;
-                metrics.run_finished();
+                // In flight until its result is recorded.
                 metrics.record(&probe.spec, &result);
+                metrics.run_finished();
                 if let Some(sink) = sink {
                     sink(&result);
                 }

@@ -73,7 +73,7 @@ pub struct Service {
     metrics: RwLock<Arc<Metrics>>,
     session: Mutex<Option<(String, Arc<DiscordSession>)>>,
     follower: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    scheduled: tokio::sync::Mutex<HashMap<String, Scheduled>>,
+    scheduled: Arc<tokio::sync::Mutex<HashMap<String, Scheduled>>>,
     limit: Arc<Semaphore>,
     /// Serializes reloads (SIGHUP and POST /-/reload may race).
     reloading: tokio::sync::Mutex<()>,
@@ -99,7 +99,7 @@ impl Service {
             metrics: RwLock::new(metrics),
             session: Mutex::new(None),
             follower: Mutex::new(None),
-            scheduled: tokio::sync::Mutex::new(HashMap::new()),
+            scheduled: Arc::new(tokio::sync::Mutex::new(HashMap::new())),
             reloading: tokio::sync::Mutex::new(()),
             session_replaced: std::sync::atomic::AtomicBool::new(false),
             discord_down: Mutex::new(None),
@@ -316,17 +316,33 @@ impl Service {
             .map(|(name, _)| name.clone())
             .collect();
         for name in stale {
+            let removed = if wanted.contains_key(&name) {
+                None
+            } else {
+                old_config
+                    .probes
+                    .iter()
+                    .find(|p| p.display_name() == name)
+                    .cloned()
+            };
+            if let Some(spec) = &removed {
+                metrics.forget_probe(spec);
+            }
             if let Some(s) = scheduled.remove(&name) {
                 s.stop.cancel();
-                // Its in-flight run finishes (within its limit) on its own.
+                // Its in-flight run finishes (within its limit) on its own
+                // and records its result, which would bring a removed
+                // probe's series back: forget them again after it, unless
+                // a later reload configured the name anew meanwhile.
+                let (metrics, all) = (metrics.clone(), self.scheduled.clone());
                 tokio::spawn(async move {
                     let _ = s.handle.await;
+                    if let Some(spec) = removed
+                        && !all.lock().await.contains_key(&name)
+                    {
+                        metrics.forget_probe(&spec);
+                    }
                 });
-            }
-            if !wanted.contains_key(&name)
-                && let Some(spec) = old_config.probes.iter().find(|p| p.display_name() == name)
-            {
-                metrics.forget_probe(spec);
             }
         }
         // Start what is new or changed.

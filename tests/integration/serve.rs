@@ -393,3 +393,78 @@ probes:
     assert_eq!(ready.status(), 503);
     let _ = std::fs::remove_file(&token);
 }
+
+fn gauge_of(text: &str, name: &str) -> f64 {
+    total(text, name, &[])
+}
+
+#[tokio::test]
+async fn a_probe_removed_while_its_run_is_in_flight_does_not_come_back() {
+    // Each run of `slow` takes 800 ms; the reload removes it mid-run.
+    let server = TestServer::start(Reply {
+        status: 200,
+        body: "ok".into(),
+        delay: Duration::from_millis(800),
+    })
+    .await;
+    let fast = TestServer::start(Reply::ok("ok")).await;
+    let dir = std::env::temp_dir().join(format!("twi-probe-removed-{}", rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("probes.yaml");
+    let keep = format!(
+        "  - name: keep\n    every: 1h\n    timeout: 1s\n    http: {{url: \"{}\"}}\n",
+        fast.url("/page")
+    );
+    std::fs::write(
+        &path,
+        format!(
+            "target: {{name: bot}}\nprobes:\n  - name: slow\n    every: 2s\n    timeout: 1500ms\n    http: {{url: \"{}\"}}\n{keep}",
+            server.url("/page")
+        ),
+    )
+    .unwrap();
+    let service = twi_probe::serve::Service::start(path.clone(), Default::default())
+        .await
+        .unwrap();
+    // Wait for a run of `slow` to be in flight (its request arrived).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while server.methods_seen().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "slow never ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    std::fs::write(&path, format!("target: {{name: bot}}\nprobes:\n{keep}")).unwrap();
+    service.reload().await.unwrap();
+    let text = service.metrics().render();
+    assert_eq!(total(&text, "probe_runs_total", &[("probe", "slow")]), 0.0);
+    assert!(
+        gauge_of(&text, "prober_probes_in_flight") >= 1.0,
+        "the run is still going"
+    );
+    // The run ends (recorded before it stops counting as in flight)...
+    while gauge_of(&service.metrics().render(), "prober_probes_in_flight") > 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // ...and its result must not bring the removed probe's series back.
+    let gone_by = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let text = service.metrics().render();
+        if !text.contains("probe=\"slow\"") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < gone_by,
+            "the removed probe's series came back:\n{}",
+            text.lines()
+                .filter(|l| l.contains("slow"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    service.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
