@@ -514,10 +514,16 @@ async fn ground_truth(
     for t in truths.iter().filter(|t| {
         t.author_id == bot_id && during(t) && t.request_arrived >= probe_msg.request_arrived
     }) {
-        let m = ChannelId::new(run.channel)
-            .message(&session.http, MessageId::new(t.message_id))
-            .await
-            .with_context(|| format!("fetching the bot's message {}", t.message_id))?;
+        // serenity's HTTP client has no timeout of its own: bound it, so
+        // that a stuck request is an error here, not a silent hang.
+        let m = tokio::time::timeout(
+            Duration::from_secs(10),
+            ChannelId::new(run.channel).message(&session.http, MessageId::new(t.message_id)),
+        )
+        .await
+        .map_err(|_| anyhow!("no answer in 10 s"))
+        .and_then(|r| r.map_err(anyhow::Error::from))
+        .with_context(|| format!("fetching the bot's message {}", t.message_id))?;
         let reference = m.message_reference.and_then(|r| r.message_id);
         if reference.map(|id| id.get()) == Some(probe_msg.message_id) {
             ensure!(reply.is_none(), "two replies to one probe message");
