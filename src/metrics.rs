@@ -43,6 +43,7 @@ pub struct Metrics {
     skipped: IntCounterVec,
     lateness: prometheus::Histogram,
     in_flight: IntGauge,
+    next_run: GaugeVec,
 }
 
 impl Metrics {
@@ -93,6 +94,15 @@ impl Metrics {
             Opts::new(
                 "probe_last_success_timestamp_seconds",
                 "Unix time of the probe's last successful run.",
+            ),
+            &names,
+        )
+        .expect("valid metric");
+        let next_run = GaugeVec::new(
+            Opts::new(
+                "probe_next_run_timestamp_seconds",
+                "Unix time when the probe's next scheduled run is due (probe serve); \
+                 far in the past means its schedule has stopped.",
             ),
             &names,
         )
@@ -208,6 +218,7 @@ impl Metrics {
             Box::new(skipped.clone()),
             Box::new(lateness.clone()),
             Box::new(in_flight.clone()),
+            Box::new(next_run.clone()),
         ];
         // The prober's own gateway exists only with Discord probes; a
         // gauge stuck at 0 without them would read as a blind prober.
@@ -245,6 +256,7 @@ impl Metrics {
             config_reload_ok,
             skipped,
             lateness,
+            next_run,
             in_flight,
         };
         for spec in &config.probes {
@@ -413,6 +425,7 @@ impl Metrics {
         let _ = self.target_presence.remove_label_values(&v);
         let _ = self.late_replies.remove_label_values(&v);
         let _ = self.skipped.remove_label_values(&v);
+        let _ = self.next_run.remove_label_values(&v);
         for outcome in Outcome::ALL {
             let mut w = v.clone();
             w.push(outcome.as_str());
@@ -434,6 +447,24 @@ impl Metrics {
         self.skipped
             .with_label_values(&self.label_values(spec))
             .inc();
+    }
+
+    /// When the probe's next slot is due, as unix time.
+    pub fn set_next_run(&self, spec: &ProbeSpec, at: std::time::SystemTime) {
+        let unix = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        self.next_run
+            .with_label_values(&self.label_values(spec))
+            .set(unix);
+    }
+
+    /// The probe has no next slot.
+    pub fn clear_next_run(&self, spec: &ProbeSpec) {
+        let values = self.label_values(spec);
+        let v: Vec<&str> = values.iter().map(String::as_str).collect();
+        let _ = self.next_run.remove_label_values(&v);
     }
 
     pub fn observe_lateness(&self, late: std::time::Duration) {

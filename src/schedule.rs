@@ -59,6 +59,7 @@ pub async fn run_probe(
         Some(t) => t,
         None => return,
     };
+    metrics.set_next_run(&probe.spec, wall_time(next));
     let mut inflight: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tokio::select! {
@@ -91,6 +92,9 @@ pub async fn run_probe(
             }));
         }
         let Some(after) = next_slot(&schedule, next) else {
+            // No next occurrence (a cron date that never comes again): no
+            // overdue slot to report either.
+            metrics.clear_next_run(&probe.spec);
             break;
         };
         next = after;
@@ -106,9 +110,20 @@ pub async fn run_probe(
                 None => break,
             }
         }
+        metrics.set_next_run(&probe.spec, wall_time(next));
     }
     if let Some(h) = inflight {
         let _ = h.await;
+    }
+}
+
+/// The wall-clock time of a monotonic instant (for `probe_next_run_timestamp_seconds`).
+fn wall_time(at: Instant) -> std::time::SystemTime {
+    let (now, wall) = (Instant::now(), std::time::SystemTime::now());
+    if at >= now {
+        wall + (at - now)
+    } else {
+        wall - (now - at)
     }
 }
 

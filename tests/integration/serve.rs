@@ -426,6 +426,24 @@ async fn a_probe_removed_while_its_run_is_in_flight_does_not_come_back() {
     let service = twi_probe::serve::Service::start(path.clone(), Default::default())
         .await
         .unwrap();
+    // Each probe says when its next run is due: for `keep` (every 1h) its
+    // first slot, within the first 5 minutes (set once its timer task runs).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let next = loop {
+        let samples = exposition::parse(&service.metrics().render()).unwrap();
+        if let Some(s) = samples.iter().find(|s| {
+            s.name == "probe_next_run_timestamp_seconds" && s.label("probe") == Some("keep")
+        }) {
+            break s.value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no next-run gauge");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let now = unix_now();
+    assert!(
+        next > now - 1.0 && next <= now + 301.0,
+        "next run {next}, now {now}"
+    );
     // Wait for a run of `slow` to be in flight (its request arrived).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while server.methods_seen().is_empty() {
