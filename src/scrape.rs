@@ -20,7 +20,7 @@
 //! Scrapers out of step with each other (two Prometheus servers) make the
 //! prediction miss; those scrapes render their own snapshot.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,8 +44,16 @@ fn lead(render_time: Duration) -> Duration {
 /// One rendered body.
 pub struct Snapshot {
     pub text: Bytes,
+    /// `text` gzipped, when the scrapers asked for gzip at render time.
+    gzip: Option<Bytes>,
     rendered_at: Instant,
     epoch: u64,
+}
+
+/// What a scrape is answered with.
+pub struct Body {
+    pub bytes: Bytes,
+    pub gzipped: bool,
 }
 
 /// When scrapes came, to predict the next.
@@ -67,6 +75,8 @@ pub struct ScrapeCache {
     render_micros: AtomicU64,
     renders: AtomicU64,
     scraped: Notify,
+    /// Whether the latest scrape accepted gzip: renders then compress too.
+    wants_gzip: AtomicBool,
 }
 
 impl ScrapeCache {
@@ -81,9 +91,35 @@ impl ScrapeCache {
         self.renders.load(Ordering::Relaxed)
     }
 
-    /// The body for a scrape: the latest snapshot when it may be served,
-    /// else one rendered now.
-    pub async fn scrape(&self, metrics: Arc<Metrics>) -> Arc<Snapshot> {
+    /// The body for a scrape, gzipped when `gzip` (the scraper accepts it).
+    pub async fn scrape(&self, metrics: Arc<Metrics>, gzip: bool) -> Body {
+        self.wants_gzip.store(gzip, Ordering::Relaxed);
+        let snapshot = self.snapshot(metrics).await;
+        match (gzip, &snapshot.gzip) {
+            (false, _) => Body {
+                bytes: snapshot.text.clone(),
+                gzipped: false,
+            },
+            (true, Some(gz)) => Body {
+                bytes: gz.clone(),
+                gzipped: true,
+            },
+            // Rendered before anyone asked for gzip: compress this once.
+            (true, None) => {
+                let text = snapshot.text.clone();
+                let bytes = tokio::task::spawn_blocking(move || gzip_bytes(&text))
+                    .await
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                Body {
+                    bytes,
+                    gzipped: true,
+                }
+            }
+        }
+    }
+
+    /// The latest snapshot when it may be served, else one rendered now.
+    async fn snapshot(&self, metrics: Arc<Metrics>) -> Arc<Snapshot> {
         {
             let now = Instant::now();
             let mut times = lock(&self.times);
@@ -106,15 +142,21 @@ impl ScrapeCache {
     async fn render(&self, metrics: Arc<Metrics>) -> Arc<Snapshot> {
         let epoch = self.epoch.load(Ordering::SeqCst);
         let started = Instant::now();
-        let text = tokio::task::spawn_blocking(move || Bytes::from(metrics.render()))
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let compress = self.wants_gzip.load(Ordering::Relaxed);
+        let (text, gzip) = tokio::task::spawn_blocking(move || {
+            let text = Bytes::from(metrics.render());
+            let gzip = compress.then(|| gzip_bytes(&text));
+            (text, gzip)
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         let took = started.elapsed();
         self.render_micros
             .store(took.as_micros() as u64, Ordering::Relaxed);
         self.renders.fetch_add(1, Ordering::Relaxed);
         let snapshot = Arc::new(Snapshot {
             text,
+            gzip,
             rendered_at: Instant::now(),
             epoch,
         });
@@ -175,6 +217,36 @@ impl ScrapeCache {
     }
 }
 
+/// gzip at the fastest level: ~15× smaller for a large exposition, at a
+/// small fraction of the render's cost.
+fn gzip_bytes(text: &[u8]) -> Bytes {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(text.len() / 8),
+        flate2::Compression::fast(),
+    );
+    encoder
+        .write_all(text)
+        .and_then(|()| encoder.finish())
+        .map(Bytes::from)
+        .expect("compressing into memory cannot fail")
+}
+
+/// Whether an `Accept-Encoding` value accepts gzip (`gzip` or `*`, with a
+/// q-value other than 0).
+pub fn accepts_gzip(accept_encoding: &str) -> bool {
+    accept_encoding.split(',').any(|item| {
+        let mut parts = item.split(';').map(str::trim);
+        let coding = parts.next().unwrap_or_default();
+        let refused = parts.any(|p| {
+            p.strip_prefix("q=")
+                .and_then(|q| q.parse::<f32>().ok())
+                .is_some_and(|q| q == 0.0)
+        });
+        (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
+    })
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -203,8 +275,8 @@ mod tests {
         Arc::new(Metrics::new(&config))
     }
 
-    fn reload_ok(snapshot: &Arc<Snapshot>) -> bool {
-        let text = std::str::from_utf8(&snapshot.text).unwrap();
+    fn reload_ok(body: &Bytes) -> bool {
+        let text = std::str::from_utf8(body).unwrap();
         text.lines()
             .any(|l| l == "prober_config_last_reload_successful 1")
     }
@@ -213,17 +285,20 @@ mod tests {
     async fn a_fresh_snapshot_is_reused_until_invalidated() {
         let cache = ScrapeCache::default();
         let m = metrics();
-        let first = cache.scrape(m.clone()).await;
-        assert!(reload_ok(&first));
+        let first = cache.snapshot(m.clone()).await;
+        assert!(reload_ok(&first.text));
         m.set_config_reload_ok(false);
-        let second = cache.scrape(m.clone()).await;
+        let second = cache.snapshot(m.clone()).await;
         assert!(
             Arc::ptr_eq(&first, &second),
             "rendered again within MAX_AGE"
         );
         cache.invalidate();
-        let third = cache.scrape(m.clone()).await;
-        assert!(!reload_ok(&third), "an invalidated snapshot was served");
+        let third = cache.snapshot(m.clone()).await;
+        assert!(
+            !reload_ok(&third.text),
+            "an invalidated snapshot was served"
+        );
     }
 
     #[tokio::test]
@@ -238,12 +313,12 @@ mod tests {
         // One scrape, a pause longer than MAX_AGE (the plan made after the
         // next scrape must not wait that long again), then a scraper at a
         // steady 100 ms, as Prometheus (slower) would be.
-        assert!(reload_ok(&cache.scrape(m.clone()).await));
+        assert!(reload_ok(&cache.scrape(m.clone(), false).await.bytes));
         tokio::time::sleep(MAX_AGE + Duration::from_millis(500)).await;
         let mut scraper = tokio::time::interval(Duration::from_millis(100));
         for _ in 0..4 {
             scraper.tick().await;
-            assert!(reload_ok(&cache.scrape(m.clone()).await));
+            assert!(reload_ok(&cache.scrape(m.clone(), false).await.bytes));
         }
         m.set_config_reload_ok(false);
         let changed = Instant::now();
@@ -253,7 +328,7 @@ mod tests {
         loop {
             scraper.tick().await;
             scrapes += 1;
-            if !reload_ok(&cache.scrape(m.clone()).await) {
+            if !reload_ok(&cache.scrape(m.clone(), false).await.bytes) {
                 break;
             }
             assert!(
@@ -273,5 +348,49 @@ mod tests {
         assert!(cache.renders() <= renders + 1, "rendered while not scraped");
         stop.cancel();
         refresher.await.unwrap();
+    }
+
+    fn gunzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Read;
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(bytes)
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn gzip_is_served_to_scrapers_that_accept_it() {
+        let cache = ScrapeCache::default();
+        let m = metrics();
+        let plain = cache.scrape(m.clone(), false).await;
+        assert!(!plain.gzipped);
+        // The snapshot was rendered without gzip: compressed on demand...
+        let first = cache.scrape(m.clone(), true).await;
+        assert!(first.gzipped);
+        assert_eq!(gunzip(&first.bytes), plain.bytes.to_vec());
+        // ...and renders from now on compress too.
+        cache.invalidate();
+        let second = cache.scrape(m.clone(), true).await;
+        assert!(second.gzipped);
+        assert!(cache.snapshot(m.clone()).await.gzip.is_some());
+        assert!(reload_ok(&Bytes::from(gunzip(&second.bytes))));
+    }
+
+    #[test]
+    fn accept_encoding_is_read_like_http_says() {
+        for yes in ["gzip", "GZIP", "deflate, gzip;q=0.5", "br, *", "gzip; q=1"] {
+            assert!(accepts_gzip(yes), "{yes}");
+        }
+        for no in [
+            "",
+            "identity",
+            "deflate, br",
+            "gzip;q=0",
+            "gzip; q=0.0",
+            "x-gzip2",
+        ] {
+            assert!(!accepts_gzip(no), "{no}");
+        }
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
@@ -25,7 +25,7 @@ use crate::discord::{ConnectError, DiscordSession, intents_for};
 use crate::metrics::Metrics;
 use crate::probe::Probe;
 use crate::schedule::{self, SlotStats};
-use crate::scrape::ScrapeCache;
+use crate::scrape::{ScrapeCache, accepts_gzip};
 
 /// How often the prober checks its own gateway when no probe does.
 const LIVENESS_EVERY: Duration = Duration::from_secs(15);
@@ -467,16 +467,31 @@ pub fn router(service: Arc<Service>) -> Router {
         .with_state(service)
 }
 
-async fn metrics(State(s): State<Arc<Service>>) -> Response {
-    let body = s.scrape.scrape(s.metrics()).await.text.clone();
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        body,
+async fn metrics(State(s): State<Arc<Service>>, headers: HeaderMap) -> Response {
+    let gzip = headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(accepts_gzip);
+    let body = s.scrape.scrape(s.metrics(), gzip).await;
+    let mut response = (
+        [
+            (
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            ),
+            (header::VARY, "Accept-Encoding"),
+        ],
+        body.bytes,
     )
-        .into_response()
+        .into_response();
+    if body.gzipped {
+        response.headers_mut().insert(
+            header::CONTENT_ENCODING,
+            header::HeaderValue::from_static("gzip"),
+        );
+    }
+    response
 }
 
 async fn ready(State(s): State<Arc<Service>>) -> Response {

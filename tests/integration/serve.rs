@@ -219,6 +219,22 @@ async fn serve_as_a_process_scrapes_reloads_and_drains() {
     assert!(total(&text, "process_resident_memory_bytes", &[]) > 0.0);
     assert!(total(&text, "prober_schedule_lateness_seconds_count", &[]) >= 2.0);
     promtool_check_metrics(&text).unwrap_or_else(|e| panic!("promtool: {e}\n{text}"));
+    // A scraper that accepts gzip (Prometheus does) gets the same exposition gzipped.
+    let gz = reqwest::Client::new()
+        .get(format!("{}/metrics", serve.base))
+        .header("Accept-Encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gz.headers()["content-encoding"], "gzip");
+    let mut unzipped = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(&gz.bytes().await.unwrap()[..]),
+        &mut unzipped,
+    )
+    .unwrap();
+    assert!(total(&unzipped, "probe_runs_total", &[("probe", "bot-exporter")]) >= 2.0);
+    promtool_check_metrics(&unzipped).unwrap_or_else(|e| panic!("promtool: {e}\n{unzipped}"));
     for path in ["/healthz", "/ready"] {
         let r = reqwest::get(format!("{}{path}", serve.base)).await.unwrap();
         assert_eq!(r.status(), 200, "{path}");
