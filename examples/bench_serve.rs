@@ -46,7 +46,9 @@
 //!    - Window B (scrape): `/metrics` scraped every `--scrape-every`
 //!      (100 ms) over one kept-alive connection (as Prometheus does) from a
 //!      one-thread runtime; latency from sending the request to the last
-//!      byte of the body. The lateness histogram of window B is reported too.
+//!      byte of the body (with `--gzip` the scrapes ask for gzip, as
+//!      Prometheus does, and the compressed body is timed). The lateness
+//!      histogram of window B is reported too.
 //! 4. **blackbox** — cost beside blackbox_exporter, in the same run: `probe
 //!    serve` with `--blackbox-probes` (200) http probes every 1 s, and
 //!    blackbox_exporter (`--blackbox-bin`, started here on a free 127.0.0.1
@@ -126,6 +128,10 @@ struct Args {
     /// Part blackbox: the blackbox_exporter binary.
     #[arg(long, value_name = "PATH")]
     blackbox_bin: Option<PathBuf>,
+    /// Window B's scrapes ask for gzip (`Accept-Encoding: gzip`, as
+    /// Prometheus does); latency is then to the last compressed byte.
+    #[arg(long)]
+    gzip: bool,
     /// Part blackbox: how often probe serve's /metrics is scraped meanwhile.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     blackbox_serve_scrape_every: Duration,
@@ -486,9 +492,9 @@ fn part_serve(args: &Args, dir: &Path, bin: &Path, target: &Target) -> anyhow::R
                 break;
             }
             let t = Instant::now();
-            let body = fetch(&client, &url).await?;
+            let size = fetch_size(&client, &url, args.gzip).await?;
             lat.push(t.elapsed().as_secs_f64());
-            sizes.push(body.len());
+            sizes.push(size);
         }
         anyhow::Ok((lat, sizes))
     })?;
@@ -544,8 +550,9 @@ fn part_serve(args: &Args, dir: &Path, bin: &Path, target: &Target) -> anyhow::R
     let size_max = sizes.iter().copied().max().unwrap_or(0);
     let size_min = sizes.iter().copied().min().unwrap_or(0);
     println!(
-        "  {} scrapes, body {size_min}..{size_max} bytes ({} lines): {}",
+        "  {} scrapes{}, body {size_min}..{size_max} bytes ({} lines): {}",
         sd.len(),
+        if args.gzip { " asking for gzip" } else { "" },
         text_b.lines().count(),
         sd.describe_ms()
     );
@@ -1187,6 +1194,23 @@ async fn fetch(client: &reqwest::Client, url: &str) -> anyhow::Result<String> {
         .with_context(|| format!("GET {url}"))?;
     ensure!(r.status().is_success(), "GET {url}: {}", r.status());
     Ok(r.text().await?)
+}
+
+/// GETs `url` (asking for gzip when `gzip`, and checking it came so) and
+/// returns the size of the body as received.
+async fn fetch_size(client: &reqwest::Client, url: &str, gzip: bool) -> anyhow::Result<usize> {
+    let mut request = client.get(url).timeout(REQUEST_BOUND);
+    if gzip {
+        request = request.header("Accept-Encoding", "gzip");
+    }
+    let r = request.send().await.with_context(|| format!("GET {url}"))?;
+    ensure!(r.status().is_success(), "GET {url}: {}", r.status());
+    let encoding = r.headers().get("content-encoding").cloned();
+    ensure!(
+        encoding.as_ref().is_some_and(|e| e == "gzip") == gzip,
+        "GET {url}: content-encoding {encoding:?}"
+    );
+    Ok(r.bytes().await?.len())
 }
 
 /// Sum of the samples of `name` (exactly that name) whose label text passes `keep`.
