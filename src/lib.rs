@@ -15,3 +15,4 @@ pub mod sandbox;
 pub mod schedule;
 pub mod scrape;
 pub mod serve;
+pub mod snowflake;

@@ -11,7 +11,7 @@ use crate::config::CommandSpec;
 use crate::discord::correlate::ProbeEvent;
 use crate::discord::{DiscordSession, PingError};
 use crate::probe::reply::ReplyView;
-use crate::sandbox::snowflake;
+use crate::snowflake;
 
 #[derive(Debug)]
 pub struct CommandProbe {

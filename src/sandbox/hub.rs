@@ -15,9 +15,9 @@ use super::config::SandboxConfig;
 use super::faults::Faults;
 use super::intents;
 use super::model;
-use super::snowflake::Snowflakes;
 use super::truth::Truth;
 use super::world::{Status, World, shard_of};
+use crate::snowflake::Snowflakes;
 
 /// What the connection task writes to its socket.
 #[derive(Debug)]

@@ -16,7 +16,6 @@ mod intents;
 mod model;
 mod ratelimit;
 mod rest;
-pub mod snowflake;
 mod truth;
 mod world;
 

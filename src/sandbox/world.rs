@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::config::SandboxConfig;
 use super::intents;
-use super::snowflake::Snowflakes;
+use crate::snowflake::Snowflakes;
 
 /// How an account shows itself (op 3 / IDENTIFY presence).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,7 +105,7 @@ pub struct Message {
 
 impl Message {
     pub fn created(&self) -> SystemTime {
-        super::snowflake::timestamp(self.id)
+        crate::snowflake::timestamp(self.id)
     }
 }
 

@@ -182,8 +182,8 @@ async fn reply_latency_follows_the_setting_by_discords_clock() {
     .await;
     let probe = w.send("!help").await;
     let reply = w.bot_message().await;
-    let gap = twi_probe::sandbox::snowflake::timestamp(reply.id.get())
-        .duration_since(twi_probe::sandbox::snowflake::timestamp(probe.id.get()))
+    let gap = twi_probe::snowflake::timestamp(reply.id.get())
+        .duration_since(twi_probe::snowflake::timestamp(probe.id.get()))
         .unwrap();
     assert!(
         gap >= Duration::from_millis(300) && gap < Duration::from_secs(3),
