@@ -313,8 +313,15 @@ fn new_request_id() -> String {
 }
 
 /// The HTTP client shared by every `http` and `exporter` probe with the
-/// same redirect policy. One client, one connection pool: per-probe clients
-/// cost ~50 KB each (pool, TLS config), half the RSS with 1,000 probes.
+/// same redirect policy (per-probe clients cost ~50 KB each: half the RSS
+/// with 1,000 probes).
+///
+/// It keeps no idle connections: every run connects anew, like
+/// blackbox_exporter, so a run measures and checks what a new client meets
+/// (DNS, TCP, TLS and its certificate, a listener that still accepts), not
+/// a connection kept warm by an earlier run or another probe. Requests say
+/// `Connection: close`, so the target closes first and the prober's ports
+/// do not pile up in TIME_WAIT at high probe rates.
 pub(crate) fn shared_http_client(follow_redirects: bool) -> Result<reqwest::Client, String> {
     static FOLLOWING: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
     static NOT_FOLLOWING: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
@@ -332,6 +339,11 @@ pub(crate) fn shared_http_client(follow_redirects: bool) -> Result<reqwest::Clie
         reqwest::Client::builder()
             .user_agent(concat!("twi-probe/", env!("CARGO_PKG_VERSION")))
             .redirect(redirects)
+            .pool_max_idle_per_host(0)
+            .default_headers(reqwest::header::HeaderMap::from_iter([(
+                reqwest::header::CONNECTION,
+                reqwest::header::HeaderValue::from_static("close"),
+            )]))
             .build()
             .map_err(|e| format!("cannot build HTTP client: {e}"))
     })

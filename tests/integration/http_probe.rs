@@ -118,3 +118,61 @@ async fn a_slow_site_times_out() {
     assert_eq!(r.outcome, Outcome::Timeout);
     assert_eq!(r.detail, "no answer within 1s");
 }
+
+/// A bare HTTP/1.1 server that answers every request `200 ok` and keeps the
+/// connection open unless told to close: it counts the connections made.
+async fn counting_server() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/page", listener.local_addr().unwrap());
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                loop {
+                    let Ok(n) = socket.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
+                    seen.drain(..end + 4);
+                    let close = head.contains("connection: close");
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n{}\r\nok",
+                        if close { "connection: close\r\n" } else { "" }
+                    );
+                    if socket.write_all(answer.as_bytes()).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, accepted)
+}
+
+#[tokio::test]
+async fn every_run_connects_anew_like_a_new_client() {
+    let (url, accepted) = counting_server().await;
+    let cfg = config(&format!(
+        "target: {{name: bot}}\nprobes:\n  - name: site\n    every: 30s\n    timeout: 1s\n    http: {{url: \"{url}\"}}\n"
+    ));
+    let probe = Arc::new(Probe::new(cfg.probes[0].clone(), None).unwrap());
+    for _ in 0..3 {
+        let r = run_once(probe.clone()).await;
+        assert_eq!(r.outcome, Outcome::Success, "{}", r.detail);
+    }
+    // A kept-alive connection would hide what a new client meets (a
+    // listener that stopped accepting, an expired certificate).
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
