@@ -265,7 +265,7 @@ impl Metrics {
         metrics
     }
 
-    fn label_values(&self, spec: &ProbeSpec) -> Vec<String> {
+    pub fn label_values(&self, spec: &ProbeSpec) -> Vec<String> {
         let mut values = vec![spec.name.clone(), spec.kind.name().to_string()];
         values.extend(
             self.static_labels

@@ -110,7 +110,11 @@ pub async fn run_probe(
                 None => break,
             }
         }
-        metrics.set_next_run(&probe.spec, wall_time(next));
+        // A stopped schedule (a reload replaced it) must not overwrite its
+        // successor's next run.
+        if !stop.is_cancelled() {
+            metrics.set_next_run(&probe.spec, wall_time(next));
+        }
     }
     if let Some(h) = inflight {
         let _ = h.await;

@@ -92,9 +92,10 @@ impl ScrapeCache {
     }
 
     /// The body for a scrape, gzipped when `gzip` (the scraper accepts it).
-    pub async fn scrape(&self, metrics: Arc<Metrics>, gzip: bool) -> Body {
+    /// `metrics` gives the current registry (a reload may replace it).
+    pub async fn scrape(&self, metrics: impl Fn() -> Arc<Metrics> + Sync, gzip: bool) -> Body {
         self.wants_gzip.store(gzip, Ordering::Relaxed);
-        let snapshot = self.snapshot(metrics).await;
+        let snapshot = self.snapshot(&metrics).await;
         match (gzip, &snapshot.gzip) {
             (false, _) => Body {
                 bytes: snapshot.text.clone(),
@@ -119,12 +120,18 @@ impl ScrapeCache {
     }
 
     /// The latest snapshot when it may be served, else one rendered now.
-    async fn snapshot(&self, metrics: Arc<Metrics>) -> Arc<Snapshot> {
+    async fn snapshot(&self, metrics: &(dyn Fn() -> Arc<Metrics> + Sync)) -> Arc<Snapshot> {
         {
-            let now = Instant::now();
             let mut times = lock(&self.times);
-            times.interval = times.last.map(|last| now - last);
-            times.last = Some(now);
+            let now = Instant::now();
+            // Concurrent scrapes (less than 1 ms apart) say nothing about
+            // the interval.
+            if let Some(last) = times.last
+                && now.saturating_duration_since(last) >= Duration::from_millis(1)
+            {
+                times.interval = Some(now - last);
+            }
+            times.last = Some(times.last.map_or(now, |last| last.max(now)));
         }
         self.scraped.notify_one();
         let epoch = self.epoch.load(Ordering::SeqCst);
@@ -139,14 +146,19 @@ impl ScrapeCache {
 
     /// Renders on a blocking thread and keeps the result as the latest
     /// snapshot (unless a newer one got there first).
-    async fn render(&self, metrics: Arc<Metrics>) -> Arc<Snapshot> {
+    async fn render(&self, metrics: &(dyn Fn() -> Arc<Metrics> + Sync)) -> Arc<Snapshot> {
+        // The epoch before the registry: a reload swaps the registry, then
+        // invalidates, so this never labels an old registry's render new.
         let epoch = self.epoch.load(Ordering::SeqCst);
+        let metrics = metrics();
         let started = Instant::now();
         let compress = self.wants_gzip.load(Ordering::Relaxed);
-        let (text, gzip) = tokio::task::spawn_blocking(move || {
+        let (text, gzip, rendered_at) = tokio::task::spawn_blocking(move || {
+            // The age of a snapshot counts from when its values were read.
+            let rendered_at = Instant::now();
             let text = Bytes::from(metrics.render());
             let gzip = compress.then(|| gzip_bytes(&text));
-            (text, gzip)
+            (text, gzip, rendered_at)
         })
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
@@ -157,13 +169,13 @@ impl ScrapeCache {
         let snapshot = Arc::new(Snapshot {
             text,
             gzip,
-            rendered_at: Instant::now(),
+            rendered_at,
             epoch,
         });
         let mut latest = lock(&self.latest);
         if latest
             .as_ref()
-            .is_none_or(|l| l.rendered_at <= snapshot.rendered_at)
+            .is_none_or(|l| (l.epoch, l.rendered_at) <= (epoch, rendered_at))
         {
             *latest = Some(snapshot.clone());
         }
@@ -173,7 +185,11 @@ impl ScrapeCache {
     /// After each scrape, renders a snapshot just before the next one is
     /// due, until `stop`. `metrics` gives the current registry (a reload
     /// may replace it).
-    pub async fn refresh(&self, metrics: impl Fn() -> Arc<Metrics>, stop: CancellationToken) {
+    pub async fn refresh(
+        &self,
+        metrics: impl Fn() -> Arc<Metrics> + Sync,
+        stop: CancellationToken,
+    ) {
         let mut last_render: Option<Instant> = None;
         // The next render, planned after the latest scrape; every scrape
         // re-plans it (the one before may have come after a long pause).
@@ -192,7 +208,7 @@ impl ScrapeCache {
                 _ = wait => {
                     due = None;
                     last_render = Some(Instant::now());
-                    self.render(metrics()).await;
+                    self.render(&metrics).await;
                 }
                 _ = stop.cancelled() => return,
             }
@@ -232,19 +248,26 @@ fn gzip_bytes(text: &[u8]) -> Bytes {
         .expect("compressing into memory cannot fail")
 }
 
-/// Whether an `Accept-Encoding` value accepts gzip (`gzip` or `*`, with a
-/// q-value other than 0).
-pub fn accepts_gzip(accept_encoding: &str) -> bool {
-    accept_encoding.split(',').any(|item| {
+/// Whether the `Accept-Encoding` values (all header lines) accept gzip:
+/// gzip's own q-value if it is listed, else that of `*`; q=0 refuses
+/// (RFC 9110 §12.5.3).
+pub fn accepts_gzip<'a>(accept_encoding: impl IntoIterator<Item = &'a str>) -> bool {
+    let (mut gzip, mut any) = (None, None);
+    for item in accept_encoding.into_iter().flat_map(|v| v.split(',')) {
         let mut parts = item.split(';').map(str::trim);
         let coding = parts.next().unwrap_or_default();
-        let refused = parts.any(|p| {
-            p.strip_prefix("q=")
-                .and_then(|q| q.parse::<f32>().ok())
-                .is_some_and(|q| q == 0.0)
-        });
-        (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
-    })
+        let q = parts
+            .filter_map(|p| p.split_once('='))
+            .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
+            .map_or(Some(1.0), |(_, q)| q.trim().parse::<f32>().ok());
+        let Some(q) = q else { continue };
+        if coding.eq_ignore_ascii_case("gzip") {
+            gzip = Some(q);
+        } else if coding == "*" {
+            any = Some(q);
+        }
+    }
+    gzip.or(any).is_some_and(|q| q > 0.0)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -285,16 +308,16 @@ mod tests {
     async fn a_fresh_snapshot_is_reused_until_invalidated() {
         let cache = ScrapeCache::default();
         let m = metrics();
-        let first = cache.snapshot(m.clone()).await;
+        let first = cache.snapshot(&|| m.clone()).await;
         assert!(reload_ok(&first.text));
         m.set_config_reload_ok(false);
-        let second = cache.snapshot(m.clone()).await;
+        let second = cache.snapshot(&|| m.clone()).await;
         assert!(
             Arc::ptr_eq(&first, &second),
             "rendered again within MAX_AGE"
         );
         cache.invalidate();
-        let third = cache.snapshot(m.clone()).await;
+        let third = cache.snapshot(&|| m.clone()).await;
         assert!(
             !reload_ok(&third.text),
             "an invalidated snapshot was served"
@@ -313,12 +336,12 @@ mod tests {
         // One scrape, a pause longer than MAX_AGE (the plan made after the
         // next scrape must not wait that long again), then a scraper at a
         // steady 100 ms, as Prometheus (slower) would be.
-        assert!(reload_ok(&cache.scrape(m.clone(), false).await.bytes));
+        assert!(reload_ok(&cache.scrape(|| m.clone(), false).await.bytes));
         tokio::time::sleep(MAX_AGE + Duration::from_millis(500)).await;
         let mut scraper = tokio::time::interval(Duration::from_millis(100));
         for _ in 0..4 {
             scraper.tick().await;
-            assert!(reload_ok(&cache.scrape(m.clone(), false).await.bytes));
+            assert!(reload_ok(&cache.scrape(|| m.clone(), false).await.bytes));
         }
         m.set_config_reload_ok(false);
         let changed = Instant::now();
@@ -328,7 +351,7 @@ mod tests {
         loop {
             scraper.tick().await;
             scrapes += 1;
-            if !reload_ok(&cache.scrape(m.clone(), false).await.bytes) {
+            if !reload_ok(&cache.scrape(|| m.clone(), false).await.bytes) {
                 break;
             }
             assert!(
@@ -363,34 +386,45 @@ mod tests {
     async fn gzip_is_served_to_scrapers_that_accept_it() {
         let cache = ScrapeCache::default();
         let m = metrics();
-        let plain = cache.scrape(m.clone(), false).await;
+        let plain = cache.scrape(|| m.clone(), false).await;
         assert!(!plain.gzipped);
         // The snapshot was rendered without gzip: compressed on demand...
-        let first = cache.scrape(m.clone(), true).await;
+        let first = cache.scrape(|| m.clone(), true).await;
         assert!(first.gzipped);
         assert_eq!(gunzip(&first.bytes), plain.bytes.to_vec());
         // ...and renders from now on compress too.
         cache.invalidate();
-        let second = cache.scrape(m.clone(), true).await;
+        let second = cache.scrape(|| m.clone(), true).await;
         assert!(second.gzipped);
-        assert!(cache.snapshot(m.clone()).await.gzip.is_some());
+        assert!(cache.snapshot(&|| m.clone()).await.gzip.is_some());
         assert!(reload_ok(&Bytes::from(gunzip(&second.bytes))));
     }
 
     #[test]
     fn accept_encoding_is_read_like_http_says() {
-        for yes in ["gzip", "GZIP", "deflate, gzip;q=0.5", "br, *", "gzip; q=1"] {
-            assert!(accepts_gzip(yes), "{yes}");
+        for yes in [
+            "gzip",
+            "GZIP",
+            "deflate, gzip;q=0.5",
+            "br, *",
+            "gzip; q=1",
+            "*;q=0, gzip",
+        ] {
+            assert!(accepts_gzip([yes]), "{yes}");
         }
         for no in [
             "",
             "identity",
             "deflate, br",
             "gzip;q=0",
-            "gzip; q=0.0",
+            "gzip; Q=0.0",
             "x-gzip2",
+            "gzip;q=0, *",
         ] {
-            assert!(!accepts_gzip(no), "{no}");
+            assert!(!accepts_gzip([no]), "{no}");
         }
+        // Several header lines count together.
+        assert!(!accepts_gzip(["gzip;q=0", "*"]));
+        assert!(accepts_gzip(["br", "gzip"]));
     }
 }

@@ -59,6 +59,7 @@ pub struct ServeOptions {
 }
 
 struct Scheduled {
+    spec: ProbeSpec,
     fingerprint: String,
     stop: CancellationToken,
     handle: tokio::task::JoinHandle<()>,
@@ -337,11 +338,18 @@ impl Service {
                 let (metrics, all) = (metrics.clone(), self.scheduled.clone());
                 tokio::spawn(async move {
                     let _ = s.handle.await;
-                    if let Some(spec) = removed
-                        && !all.lock().await.contains_key(&name)
-                    {
+                    let Some(spec) = removed else { return };
+                    // Under the lock, so a reload cannot add the name back
+                    // between the check and the forgetting. A probe of that
+                    // name with other labels (another kind) does not clash.
+                    let all = all.lock().await;
+                    let clash = all.get(&name).is_some_and(|s| {
+                        metrics.label_values(&s.spec) == metrics.label_values(&spec)
+                    });
+                    if !clash {
                         metrics.forget_probe(&spec);
                     }
+                    drop(all);
                 });
             }
         }
@@ -385,6 +393,7 @@ impl Service {
             scheduled.insert(
                 name,
                 Scheduled {
+                    spec: spec.clone(),
                     fingerprint: fingerprint(spec),
                     stop,
                     handle,
@@ -468,12 +477,13 @@ pub fn router(service: Arc<Service>) -> Router {
 }
 
 async fn metrics(State(s): State<Arc<Service>>, headers: HeaderMap) -> Response {
-    let gzip = headers
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(accepts_gzip);
-    let body = s.scrape.scrape(s.metrics(), gzip).await;
+    let gzip = accepts_gzip(
+        headers
+            .get_all(header::ACCEPT_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
+    let body = s.scrape.scrape(|| s.metrics(), gzip).await;
     let mut response = (
         [
             (
