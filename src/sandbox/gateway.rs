@@ -168,6 +168,27 @@ struct Ctx {
     account: Option<u64>,
 }
 
+/// Carries out an `Out` other than a frame (frames are written in
+/// batches by the caller); `Some` when it ends the connection.
+async fn control(out: Out, writer: &mut Writer, ctx: &mut Ctx) -> Option<End> {
+    match out {
+        Out::Invalidate => {
+            ctx.session = None;
+            let op9 = json!({"op": 9, "d": false, "s": null, "t": null});
+            writer
+                .send(&op9.to_string())
+                .await
+                .is_err()
+                .then_some(End::Dropped)
+        }
+        Out::Close(code, reason) => {
+            writer.close(code, &reason).await;
+            Some(End::ServerClosed(code))
+        }
+        Out::Frame { .. } => None,
+    }
+}
+
 // The handshake callback's error type is tungstenite's, large by its design.
 #[allow(clippy::result_large_err)]
 async fn connection(core: Arc<Core>, stream: TcpStream, shutdown: CancellationToken) {
@@ -245,31 +266,16 @@ async fn connection(core: Arc<Core>, stream: TcpStream, shutdown: CancellationTo
                             core.truth.dispatch_written(message_id, event, account, ctx.conn.id, at);
                         }
                     }
-                    match next {
-                        Some(Out::Invalidate) => {
-                            ctx.session = None;
-                            let op9 = json!({"op": 9, "d": false, "s": null, "t": null});
-                            if writer.send(&op9.to_string()).await.is_err() {
-                                break End::Dropped;
-                            }
-                        }
-                        Some(Out::Close(code, reason)) => {
-                            writer.close(code, &reason).await;
-                            break End::ServerClosed(code);
-                        }
-                        Some(Out::Frame { .. }) | None => {}
+                    if let Some(out) = next
+                        && let Some(end) = control(out, &mut writer, &mut ctx).await
+                    {
+                        break end;
                     }
                 }
-                Some(Out::Invalidate) => {
-                    ctx.session = None;
-                    let op9 = json!({"op": 9, "d": false, "s": null, "t": null});
-                    if writer.send(&op9.to_string()).await.is_err() {
-                        break End::Dropped;
+                Some(out) => {
+                    if let Some(end) = control(out, &mut writer, &mut ctx).await {
+                        break end;
                     }
-                }
-                Some(Out::Close(code, reason)) => {
-                    writer.close(code, &reason).await;
-                    break End::ServerClosed(code);
                 }
                 None => break End::Dropped,
             },
