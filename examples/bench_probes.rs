@@ -35,6 +35,8 @@
 //! `--probe-bin`, `--no-truth`, `--no-footprint`. `BENCH_DUMP=1` writes one
 //! line per run to stderr.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::SocketAddr;
@@ -49,8 +51,11 @@ use serenity::all::{ChannelId, MessageId};
 use twi_probe::config::{Config, Secret};
 use twi_probe::discord::DiscordSession;
 use twi_probe::probe::{Outcome, Probe, ProbeResult, run_once};
-use twi_probe::sandbox::config::ChannelConfig;
 use twi_probe::sandbox::{BotBehaviour, Latency, MessageTruth, Sandbox, SandboxConfig};
+
+use common::{
+    Mem, build_probe_binary, channel_name, load_average, read_mem, sandbox_with_channels,
+};
 
 const PROBER: &str = "prober";
 const BOT: &str = "twi-bot-shard";
@@ -128,7 +133,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     } else {
         Some(match &args.probe_bin {
             Some(p) => p.clone(),
-            None => build_probe_binary()?,
+            None => build_probe_binary("bench_probes")?,
         })
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -184,43 +189,19 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     result.map(|()| all_ok)
 }
 
-/// The 1, 5 and 15 minute load averages: other work on the machine shows
-/// in the latencies.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|| "unknown".into())
-}
-
 fn threads_shown(n: Option<usize>, cores: usize) -> usize {
     n.unwrap_or(cores)
 }
 
 fn sandbox_config(channels: usize, bot_latency: Duration) -> SandboxConfig {
-    let mut cfg = SandboxConfig::default();
+    let mut cfg = sandbox_with_channels(channels);
     cfg.bot.behaviour = BotBehaviour {
         latency: Latency::fixed(bot_latency),
         typing: false,
         ..BotBehaviour::default()
     };
     cfg.bot.started_ago = Duration::from_secs(3600);
-    // Per account: the prober's sends and the bot's replies alike.
-    cfg.rate_limits.messages_per_channel = u32::MAX;
-    cfg.rate_limits.global_per_second = u32::MAX;
-    for i in 0..channels {
-        cfg.guilds[0].channels.push(ChannelConfig {
-            name: channel_name(i),
-            id: None,
-            hidden_from: vec![],
-            read_only_for: vec![],
-        });
-    }
     cfg
-}
-
-fn channel_name(i: usize) -> String {
-    format!("bench-{i:03}")
 }
 
 fn probe_name(i: usize) -> String {
@@ -551,62 +532,6 @@ async fn ground_truth(
 
 // ---------------------------------------------------------------------------
 // 2. Footprint
-
-/// Builds `target/release/probe` (next to this example's own target
-/// directory) and returns its path.
-fn build_probe_binary() -> anyhow::Result<PathBuf> {
-    // This example is <target>/<profile>/examples/bench_probes.
-    let exe = std::env::current_exe()?;
-    let target_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .and_then(Path::parent)
-        .context("cannot find the target directory from this example's path")?
-        .to_path_buf();
-    eprintln!(
-        "bench_probes: cargo build --release --bin probe (target dir {})",
-        target_dir.display()
-    );
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--quiet", "--bin", "probe"])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .context("running cargo build")?;
-    ensure!(status.success(), "cargo build --release --bin probe failed");
-    let bin = target_dir.join("release").join("probe");
-    ensure!(bin.is_file(), "{} missing after the build", bin.display());
-    Ok(bin)
-}
-
-/// One reading of /proc/<pid>/status, in bytes.
-struct Mem {
-    rss: u64,
-    hwm: u64,
-    anon: u64,
-    file: u64,
-    shmem: u64,
-    threads: u64,
-}
-
-fn read_mem(pid: u32) -> Option<Mem> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-    };
-    // The kernel's "kB" is KiB.
-    Some(Mem {
-        rss: field("VmRSS:")? * 1024,
-        hwm: field("VmHWM:")? * 1024,
-        anon: field("RssAnon:").unwrap_or(0) * 1024,
-        file: field("RssFile:").unwrap_or(0) * 1024,
-        shmem: field("RssShmem:").unwrap_or(0) * 1024,
-        threads: field("Threads:").unwrap_or(0),
-    })
-}
 
 fn footprint(sandbox: &Sandbox, args: &Args, bin: &Path) -> anyhow::Result<bool> {
     let dir = std::env::temp_dir().join(format!("bench_probes-{}", std::process::id()));

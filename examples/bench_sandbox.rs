@@ -22,6 +22,8 @@
 //! Exits non-zero only on errors (a lost message, a failed request), never
 //! because a goal was missed.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -35,8 +37,9 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message as Ws;
-use twi_probe::sandbox::config::ChannelConfig;
 use twi_probe::sandbox::{Sandbox, SandboxConfig};
+
+use common::{channel_name, sandbox_with_channels};
 
 /// GUILDS | GUILD_MESSAGES.
 const READER_INTENTS: u64 = (1 << 0) | (1 << 9);
@@ -136,23 +139,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
 }
 
 fn config(conversations: usize) -> SandboxConfig {
-    let mut cfg = SandboxConfig::default();
+    let mut cfg = sandbox_with_channels(conversations);
     cfg.bot.enabled = false;
-    cfg.rate_limits.messages_per_channel = u32::MAX;
-    cfg.rate_limits.global_per_second = u32::MAX;
-    for i in 0..conversations {
-        cfg.guilds[0].channels.push(ChannelConfig {
-            name: channel_name(i),
-            id: None,
-            hidden_from: vec![],
-            read_only_for: vec![],
-        });
-    }
     cfg
-}
-
-fn channel_name(i: usize) -> String {
-    format!("bench-{i:03}")
 }
 
 /// One message as a conversation saw it.

@@ -68,6 +68,8 @@
 //! on errors, never because a goal was missed. The machine's load average is
 //! printed with each part: other work on the machine skews every figure.
 
+mod common;
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
@@ -83,9 +85,12 @@ use clap::{Parser, ValueEnum};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use twi_probe::config::Config;
+use twi_probe::exposition::{self, Sample};
 use twi_probe::metrics::Metrics;
 use twi_probe::probe::{Observations, Outcome, Probe, ProbeResult};
 use twi_probe::schedule::{ResultSink, SlotStats, run_probe};
+
+use common::{build_probe_binary, load_average, read_mem, rss_split};
 
 /// Goals of the issue.
 const GOAL_LATENESS_P99_S: f64 = 0.010;
@@ -180,7 +185,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         .any(|p| matches!(p, Part::Serve | Part::Blackbox));
     let probe_bin = match (&args.probe_bin, needs_bin) {
         (Some(p), _) => Some(p.clone()),
-        (None, true) => Some(build_probe_binary()?),
+        (None, true) => Some(build_probe_binary("bench_serve")?),
         (None, false) => None,
     };
     let blackbox_bin = if parts.contains(&Part::Blackbox) {
@@ -197,7 +202,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     println!(
         "cores: {cores}; clock ticks/s: {}; load average: {}; warm-up {}, windows {}; log level {}",
         clock_ticks(),
-        loadavg(),
+        load_average(),
         humantime::format_duration(args.warmup),
         humantime::format_duration(args.duration),
         args.log_level
@@ -256,7 +261,7 @@ fn part_schedule(args: &Args, dir: &Path, target: &Target) -> anyhow::Result<Vec
     println!(
         "\n[schedule] {} http probes every 1s, run_probe in process, exact lateness per run (load average {})",
         args.probes,
-        loadavg()
+        load_average()
     );
     let path = write_probes(dir, "schedule.yaml", args.probes, "p", target.addr)?;
     let config = Config::load(&path).map_err(|e| anyhow!("{e}"))?;
@@ -362,7 +367,8 @@ fn part_schedule(args: &Args, dir: &Path, target: &Target) -> anyhow::Result<Vec
 fn record_lateness(metrics: &Metrics, state: &Mutex<LateState>, result: &ProbeResult) {
     let at = Instant::now();
     let text = metrics.render();
-    let (sum, count) = histogram_sum_count(&text, LATENESS);
+    let samples = samples(&text).expect("the prober's own exposition parses");
+    let (sum, count) = histogram_sum_count(&samples, LATENESS);
     let spent = at.elapsed();
     let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
     if count == s.count + 1 {
@@ -400,7 +406,7 @@ fn part_render(args: &Args, dir: &Path, target: &Target) -> anyhow::Result<Vec<S
     println!(
         "\n[render] Metrics::render() of {} probes, one recorded run each, process collector on (load average {})",
         args.probes,
-        loadavg()
+        load_average()
     );
     let path = write_probes(dir, "render.yaml", args.probes, "r", target.addr)?;
     let config = Config::load(&path).map_err(|e| anyhow!("{e}"))?;
@@ -452,7 +458,7 @@ fn part_serve(args: &Args, dir: &Path, bin: &Path, target: &Target) -> anyhow::R
     println!(
         "\n[serve] probe serve (child process) with {} http probes every 1s (load average {})",
         args.probes,
-        loadavg()
+        load_average()
     );
     let path = write_probes(dir, "serve.yaml", args.probes, "s", target.addr)?;
     let child = ServeChild::spawn(bin, &path, &args.log_level)?;
@@ -650,7 +656,7 @@ fn part_blackbox(
     let n = args.blackbox_probes;
     println!(
         "\n[blackbox] probe serve with {n} http probes every 1s beside blackbox_exporter driven at {n} /probe requests/s, same target (load average {})",
-        loadavg()
+        load_average()
     );
     let version = Command::new(blackbox)
         .arg("--version")
@@ -796,9 +802,10 @@ fn part_blackbox(
     drop(bb);
     rt.shutdown_timeout(Duration::from_secs(2));
 
-    let runs = |text: &str, good: bool| {
-        sum_samples(text, "probe_runs_total", |labels| {
-            labels.contains("outcome=\"success\"") == good
+    let (runs0, runs1) = (samples(&runs0)?, samples(&runs1)?);
+    let runs = |samples: &[Sample], good: bool| {
+        sum_samples(samples, "probe_runs_total", |s| {
+            (s.label("outcome") == Some("success")) == good
         })
     };
     let serve_runs = runs(&runs1, true) - runs(&runs0, true);
@@ -1065,34 +1072,6 @@ impl ServeChild {
     }
 }
 
-/// Builds `target/release/probe` next to this example (same target
-/// directory, so `CARGO_TARGET_DIR` is honoured) and returns its path.
-fn build_probe_binary() -> anyhow::Result<PathBuf> {
-    // This example is <target>/<profile>/examples/bench_serve.
-    let exe = std::env::current_exe()?;
-    let target_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .and_then(Path::parent)
-        .context("cannot find the target directory from this example's path")?
-        .to_path_buf();
-    eprintln!(
-        "bench_serve: cargo build --release --bin probe (target dir {})",
-        target_dir.display()
-    );
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--quiet", "--bin", "probe"])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .context("running cargo build")?;
-    ensure!(status.success(), "cargo build --release --bin probe failed");
-    let bin = target_dir.join("release").join("probe");
-    ensure!(bin.is_file(), "{} missing after the build", bin.display());
-    Ok(bin)
-}
-
 fn free_port() -> anyhow::Result<SocketAddr> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?)
@@ -1123,45 +1102,6 @@ fn clock_ticks() -> u64 {
         .unwrap_or(100)
 }
 
-struct Mem {
-    rss: u64,
-    hwm: u64,
-}
-
-fn read_mem(pid: u32) -> Option<Mem> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| -> Option<u64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))?
-            .split_whitespace()
-            .next()?
-            .parse::<u64>()
-            .ok()
-            .map(|kb| kb * 1024)
-    };
-    Some(Mem {
-        rss: field("VmRSS:")?,
-        hwm: field("VmHWM:")?,
-    })
-}
-
-/// Resident memory split from /proc/<pid>/smaps_rollup: (anonymous,
-/// the rest: file-backed and shared memory), in bytes.
-fn rss_split(pid: u32) -> Option<(u64, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    let field = |name: &str| -> Option<u64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))?
-            .split_whitespace()
-            .next()?
-            .parse::<u64>()
-            .ok()
-            .map(|kb| kb * 1024)
-    };
-    let (rss, anon) = (field("Rss:")?, field("Anonymous:")?);
-    Some((anon, rss.saturating_sub(anon)))
-}
-
 /// Samples VmRSS of each pid every RSS_SAMPLE_EVERY until `until`.
 fn sample_rss_until(pids: &[u32], until: Instant, out: &mut [Vec<u64>]) {
     let mut next = Instant::now();
@@ -1174,12 +1114,6 @@ fn sample_rss_until(pids: &[u32], until: Instant, out: &mut [Vec<u64>]) {
         next += RSS_SAMPLE_EVERY;
         std::thread::sleep(next.min(until).saturating_duration_since(Instant::now()));
     }
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
 }
 
 // ---------------------------------------------------------------------------
@@ -1213,23 +1147,23 @@ async fn fetch_size(client: &reqwest::Client, url: &str, gzip: bool) -> anyhow::
     Ok(r.bytes().await?.len())
 }
 
-/// Sum of the samples of `name` (exactly that name) whose label text passes `keep`.
-fn sum_samples(text: &str, name: &str, keep: impl Fn(&str) -> bool) -> f64 {
-    text.lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let (labels, value) = match rest.strip_prefix('{') {
-                Some(r) => r.split_once("} ")?,
-                None => ("", rest.strip_prefix(' ')?),
-            };
-            keep(labels).then(|| value.trim().parse::<f64>().ok())?
-        })
+/// Parses an exposition with the prober's own strict parser.
+fn samples(text: &str) -> anyhow::Result<Vec<Sample>> {
+    exposition::parse(text).map_err(|e| anyhow!("bad exposition: {e}"))
+}
+
+/// Sum of the samples named `name` that `keep` accepts.
+fn sum_samples(samples: &[Sample], name: &str, keep: impl Fn(&Sample) -> bool) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == name && keep(s))
+        .map(|s| s.value)
         .sum()
 }
 
-fn histogram_sum_count(text: &str, name: &str) -> (f64, u64) {
-    let sum = sum_samples(text, &format!("{name}_sum"), |_| true);
-    let count = sum_samples(text, &format!("{name}_count"), |_| true);
+fn histogram_sum_count(samples: &[Sample], name: &str) -> (f64, u64) {
+    let sum = sum_samples(samples, &format!("{name}_sum"), |_| true);
+    let count = sum_samples(samples, &format!("{name}_count"), |_| true);
     (sum, count as u64)
 }
 
@@ -1242,21 +1176,23 @@ struct Histogram {
 
 impl Histogram {
     fn parse(text: &str, name: &str) -> anyhow::Result<Histogram> {
-        let prefix = format!("{name}_bucket{{le=\"");
-        let mut buckets = Vec::new();
-        for line in text.lines() {
-            if let Some(rest) = line.strip_prefix(&prefix) {
-                let (le, value) = rest.split_once("\"} ").context("bad bucket line")?;
+        let samples = samples(text)?;
+        let bucket = format!("{name}_bucket");
+        let buckets = samples
+            .iter()
+            .filter(|s| s.name == bucket)
+            .map(|s| {
+                let le = s.label("le").context("a bucket without le")?;
                 let le = if le == "+Inf" {
                     f64::INFINITY
                 } else {
                     le.parse()?
                 };
-                buckets.push((le, value.trim().parse()?));
-            }
-        }
+                Ok((le, s.value))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         ensure!(!buckets.is_empty(), "no {name} in the scrape");
-        let (sum, count) = histogram_sum_count(text, name);
+        let (sum, count) = histogram_sum_count(&samples, name);
         Ok(Histogram {
             buckets,
             sum,
