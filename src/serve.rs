@@ -60,7 +60,6 @@ pub struct ServeOptions {
 
 struct Scheduled {
     spec: ProbeSpec,
-    fingerprint: String,
     stop: CancellationToken,
     handle: tokio::task::JoinHandle<()>,
     stats: Arc<SlotStats>,
@@ -312,7 +311,7 @@ impl Service {
                     || session_changed
                     || wanted
                         .get(*name)
-                        .is_none_or(|spec| fingerprint(spec) != s.fingerprint)
+                        .is_none_or(|spec| fingerprint(spec) != fingerprint(&s.spec))
             })
             .map(|(name, _)| name.clone())
             .collect();
@@ -394,7 +393,6 @@ impl Service {
                 name,
                 Scheduled {
                     spec: spec.clone(),
-                    fingerprint: fingerprint(spec),
                     stop,
                     handle,
                     stats,
