@@ -42,8 +42,8 @@ fn lead(render_time: Duration) -> Duration {
 }
 
 /// One rendered body.
-pub struct Snapshot {
-    pub text: Bytes,
+struct Snapshot {
+    text: Bytes,
     /// `text` gzipped, when the scrapers asked for gzip at render time.
     gzip: Option<Bytes>,
     rendered_at: Instant,
