@@ -353,6 +353,9 @@ fn validate(path: &std::path::Path) -> ExitCode {
                     config.source.display()
                 );
             }
+            for crowded in crate::config::turns::crowded_channels(&config) {
+                eprintln!("warning: {}: {crowded}", config.source.display());
+            }
             println!("ok: {} ({} probes)", path.display(), config.probes.len());
             for p in &config.probes {
                 println!(

@@ -39,6 +39,10 @@ pub fn format_result(format: OutputFormat, r: &ProbeResult) -> String {
             } else {
                 r.detail.clone()
             };
+            let detail = match r.observations.waited {
+                Some(w) => format!("{detail} (waited {} for its turn first)", format_seconds(w)),
+                None => detail,
+            };
             format!(
                 "{:<24} {:<9} {:<12} {:>10}  {}",
                 r.probe,

@@ -9,6 +9,7 @@
 mod error;
 mod raw;
 mod secret;
+pub mod turns;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -180,6 +181,9 @@ pub struct CommandSpec {
     pub error_reply: Option<ReplyMatch>,
     /// Delete the probe message (and the reply, when allowed) after the run.
     pub cleanup: bool,
+    /// The longest this probe waits for its turn in the channel: the longest
+    /// turns of the other probes there (see [`turns`]).
+    pub turn_wait: Duration,
 }
 
 /// The target's presence in one guild; one spec per guild (shard).

@@ -297,6 +297,9 @@ pub(super) fn validate(raw: RawConfig, source: &Path) -> Result<Config, ConfigEr
         c.errors.sort_by_key(|e| (e.line, e.column));
         return Err(ConfigErrors(c.errors));
     }
+    if let Some(d) = &discord {
+        turns::assign_turn_waits(&mut probes, d.send_interval);
+    }
     Ok(Config {
         source: source.to_path_buf(),
         target: target.expect("no errors means the target is valid"),
@@ -675,6 +678,7 @@ fn check_command(
         expect: expect?,
         error_reply: error_reply.flatten(),
         cleanup: raw.cleanup.unwrap_or(false),
+        turn_wait: Duration::ZERO,
     })
 }
 

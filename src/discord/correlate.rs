@@ -1,7 +1,7 @@
 //! Which message is the target bot's reply to which probe.
 //!
-//! Rules, per channel (probes sharing a channel are serialized, so at most
-//! one is in flight):
+//! Rules, per channel (probes sharing a channel take turns until their
+//! result is decided, so at most one is in flight):
 //! - only messages authored by the target's user id, and not by a webhook,
 //!   can be replies; anything else is reported as foreign and never counts;
 //! - a reply that references the probe message matches it;
@@ -67,6 +67,8 @@ pub struct LateReply {
 }
 
 struct Inflight {
+    /// Tells this probe's `finish` from a later probe's.
+    token: u64,
     probe: String,
     nonce: String,
     message_id: Option<u64>,
@@ -95,6 +97,7 @@ pub struct Correlator {
     target_id: u64,
     prober_id: u64,
     channels: HashMap<u64, ChannelState>,
+    next_token: u64,
 }
 
 impl Correlator {
@@ -103,6 +106,7 @@ impl Correlator {
             target_id,
             prober_id,
             channels: HashMap::new(),
+            next_token: 0,
         }
     }
 
@@ -110,15 +114,21 @@ impl Correlator {
         self.prober_id = id;
     }
 
-    /// Starts a probe in `channel`; the caller holds the channel's lock.
+    /// Starts a probe in `channel`; the caller holds the channel's turn.
+    /// Returns the token that ends it in [`Correlator::finish`] and the
+    /// probe's events. The events end (`None`) only if the probe was ended
+    /// by something else than its own `finish`, which turns rule out.
     pub fn begin(
         &mut self,
         channel: u64,
         probe: &str,
         nonce: &str,
-    ) -> mpsc::UnboundedReceiver<ProbeEvent> {
+    ) -> (u64, mpsc::UnboundedReceiver<ProbeEvent>) {
         let (tx, rx) = mpsc::unbounded_channel();
+        self.next_token += 1;
+        let token = self.next_token;
         self.channels.entry(channel).or_default().inflight = Some(Inflight {
+            token,
             probe: probe.to_string(),
             nonce: nonce.to_string(),
             message_id: None,
@@ -126,7 +136,7 @@ impl Correlator {
             delivered: HashSet::new(),
             pending: Vec::new(),
         });
-        rx
+        (token, rx)
     }
 
     /// The probe message was created with this id.
@@ -150,10 +160,22 @@ impl Correlator {
 
     /// Ends the probe in `channel`. Unanswered probes are remembered, so a
     /// late reply is recognised and never matched to a later probe.
-    pub fn finish(&mut self, channel: u64, answered: bool, timeout: Duration, now: Instant) {
+    /// Only the probe holding `token` is ended: a finish can never end a
+    /// later probe's wait.
+    pub fn finish(
+        &mut self,
+        channel: u64,
+        token: u64,
+        answered: bool,
+        timeout: Duration,
+        now: Instant,
+    ) {
         let Some(state) = self.channels.get_mut(&channel) else {
             return;
         };
+        if state.inflight.as_ref().is_none_or(|i| i.token != token) {
+            return;
+        }
         let Some(inflight) = state.inflight.take() else {
             return;
         };
@@ -311,7 +333,7 @@ mod tests {
     fn referenced_and_unreferenced_replies_match_the_probe() {
         let mut c = Correlator::new(TARGET, PROBER);
         let now = Instant::now();
-        let mut rx = c.begin(CH, "p", "n1");
+        let (tok, mut rx) = c.begin(CH, "p", "n1");
         c.sent(CH, 10);
         assert_eq!(
             c.on_message(CH, msg(11, TARGET, Some(10)), now, false),
@@ -320,9 +342,9 @@ mod tests {
         assert!(
             matches!(next(&mut rx), Some(ProbeEvent::Reply { message, .. }) if message.id == 11)
         );
-        c.finish(CH, true, Duration::from_secs(5), now);
+        c.finish(CH, tok, true, Duration::from_secs(5), now);
 
-        let mut rx = c.begin(CH, "p", "n2");
+        let (_tok, mut rx) = c.begin(CH, "p", "n2");
         c.sent(CH, 20);
         c.on_message(CH, msg(21, TARGET, None), now, false);
         assert!(
@@ -340,7 +362,7 @@ mod tests {
     fn only_the_target_can_reply() {
         let mut c = Correlator::new(TARGET, PROBER);
         let now = Instant::now();
-        let mut rx = c.begin(CH, "p", "n");
+        let (_tok, mut rx) = c.begin(CH, "p", "n");
         c.sent(CH, 10);
         c.on_message(CH, msg(11, 555, Some(10)), now, false);
         assert_eq!(
@@ -367,7 +389,7 @@ mod tests {
     fn a_reply_before_the_id_is_known_waits_for_it() {
         let mut c = Correlator::new(TARGET, PROBER);
         let now = Instant::now();
-        let mut rx = c.begin(CH, "p", "n");
+        let (_tok, mut rx) = c.begin(CH, "p", "n");
         c.on_message(CH, msg(11, TARGET, Some(10)), now, false);
         assert_eq!(next(&mut rx), None);
         // Our own echo (with the nonce) names the id.
@@ -385,11 +407,11 @@ mod tests {
         let mut c = Correlator::new(TARGET, PROBER);
         let t0 = Instant::now();
         let timeout = Duration::from_secs(5);
-        let _rx = c.begin(CH, "p", "n1");
+        let (tok, _rx) = c.begin(CH, "p", "n1");
         c.sent(CH, 10);
-        c.finish(CH, false, timeout, t0);
+        c.finish(CH, tok, false, timeout, t0);
 
-        let mut rx = c.begin(CH, "p", "n2");
+        let (_tok, mut rx) = c.begin(CH, "p", "n2");
         c.sent(CH, 20);
         // The late reply references the first probe.
         let late = c.on_message(
@@ -417,10 +439,10 @@ mod tests {
         let mut c = Correlator::new(TARGET, PROBER);
         let t0 = Instant::now();
         let timeout = Duration::from_secs(5);
-        let _rx = c.begin(CH, "a", "n1");
+        let (tok, _rx) = c.begin(CH, "a", "n1");
         c.sent(CH, 10);
-        c.finish(CH, false, timeout, t0);
-        let mut rx = c.begin(CH, "b", "n2");
+        c.finish(CH, tok, false, timeout, t0);
+        let (_tok, mut rx) = c.begin(CH, "b", "n2");
         c.sent(CH, 20);
         let late = c.on_message(
             CH,
@@ -446,10 +468,10 @@ mod tests {
     fn after_the_window_unreferenced_replies_belong_to_the_new_probe() {
         let mut c = Correlator::new(TARGET, PROBER);
         let t0 = Instant::now();
-        let _rx = c.begin(CH, "a", "n1");
+        let (tok, _rx) = c.begin(CH, "a", "n1");
         c.sent(CH, 10);
-        c.finish(CH, false, Duration::from_secs(5), t0);
-        let mut rx = c.begin(CH, "b", "n2");
+        c.finish(CH, tok, false, Duration::from_secs(5), t0);
+        let (tok, mut rx) = c.begin(CH, "b", "n2");
         c.sent(CH, 20);
         c.on_message(
             CH,
@@ -459,8 +481,8 @@ mod tests {
         );
         assert!(matches!(next(&mut rx), Some(ProbeEvent::Reply { .. })));
         // A reply older than the probe message is not its reply.
-        let mut rx = {
-            c.finish(CH, true, Duration::from_secs(5), t0);
+        let (_tok, mut rx) = {
+            c.finish(CH, tok, true, Duration::from_secs(5), t0);
             c.begin(CH, "b", "n3")
         };
         c.sent(CH, 30);
@@ -477,7 +499,7 @@ mod tests {
     fn typing_from_the_target_is_forwarded() {
         let mut c = Correlator::new(TARGET, PROBER);
         let now = Instant::now();
-        let mut rx = c.begin(CH, "p", "n");
+        let (_tok, mut rx) = c.begin(CH, "p", "n");
         c.on_typing(CH, 555, now);
         c.on_typing(CH, TARGET, now);
         assert_eq!(next(&mut rx), Some(ProbeEvent::Typing { at: now }));

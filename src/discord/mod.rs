@@ -8,6 +8,7 @@
 
 pub mod correlate;
 pub mod send_gate;
+pub mod turns;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -163,8 +164,8 @@ pub struct DiscordSession {
     pub http: Arc<Http>,
     shard_manager: Arc<ShardManager>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    /// Per-channel locks and the time of the last send there.
-    channels: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<Option<Instant>>>>>,
+    /// Probes sharing a channel take turns (see [`turns`]).
+    pub(crate) turns: turns::ChannelTurns,
     pub send_interval: Duration,
     /// Spaces probe messages across channels (see [`send_gate`]).
     pub(crate) send_gate: send_gate::SendGate,
@@ -226,8 +227,10 @@ fn is_online(status: OnlineStatus) -> bool {
 #[async_trait]
 impl RawEventHandler for Handler {
     async fn raw_event(&self, ctx: Context, ev: Event) {
-        // Taken first: the moment the event reached the prober.
-        let at = Instant::now();
+        // The moment the event's frame was read from the websocket (see
+        // vendor/serenity/PATCHES.md), before it was parsed and dispatched:
+        // replies that arrive together do not wait for each other.
+        let at = ctx.received_at.unwrap_or_else(Instant::now);
         let s = &self.shared;
         match ev {
             Event::GuildMembersChunk(c) => {
@@ -514,7 +517,7 @@ impl DiscordSession {
             http,
             shard_manager,
             tasks: Mutex::new(vec![client_task, latency_task]),
-            channels: Mutex::new(HashMap::new()),
+            turns: turns::ChannelTurns::default(),
             send_interval: discord.send_interval,
             send_gate: send_gate::SendGate::default(),
         };
@@ -684,17 +687,6 @@ impl DiscordSession {
         for l in late {
             report_late(&self.shared, Some(l));
         }
-    }
-
-    /// The lock that serializes probes in one channel; it holds the time of
-    /// the last send there, for the send budget.
-    pub(crate) fn channel_lock(&self, channel_id: u64) -> Arc<tokio::sync::Mutex<Option<Instant>>> {
-        self.channels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(channel_id)
-            .or_default()
-            .clone()
     }
 
     /// Closes the gateway connection cleanly (a 1000 close, so Discord ends

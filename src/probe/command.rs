@@ -5,10 +5,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serenity::all::{ChannelId, CreateMessage, MessageId, Nonce};
+use serenity::http::HttpError;
+
+use tokio::sync::mpsc;
 
 use super::{Check, Outcome};
-use crate::config::CommandSpec;
-use crate::discord::correlate::ProbeEvent;
+use crate::config::{CommandSpec, turns};
+use crate::discord::correlate::{Incoming, ProbeEvent};
+use crate::discord::turns::Turn;
 use crate::discord::{DiscordSession, PingError};
 use crate::probe::reply::ReplyView;
 use crate::snowflake;
@@ -26,21 +30,22 @@ pub struct CommandProbe {
 struct Finish {
     session: Arc<DiscordSession>,
     channel: u64,
+    token: u64,
     timeout: Duration,
     answered: bool,
 }
 
 impl Drop for Finish {
     fn drop(&mut self) {
-        self.session
-            .correlator()
-            .finish(self.channel, self.answered, self.timeout, Instant::now());
+        self.session.correlator().finish(
+            self.channel,
+            self.token,
+            self.answered,
+            self.timeout,
+            Instant::now(),
+        );
     }
 }
-
-/// How long a gateway round trip may take before the prober's gateway is
-/// considered down.
-const PING_WAIT: Duration = Duration::from_secs(5);
 
 fn inconclusive(detail: impl Into<String>) -> Check {
     Check::new(Outcome::Inconclusive, detail)
@@ -48,6 +53,35 @@ fn inconclusive(detail: impl Into<String>) -> Check {
 
 fn since_snowflake(later: SystemTime, earlier_id: u64) -> Option<Duration> {
     later.duration_since(snowflake::timestamp(earlier_id)).ok()
+}
+
+/// The reply's time by Discord's clock: its creation, or for an edit the
+/// edit's time.
+fn discord_time(reply: &Incoming, edit: bool) -> SystemTime {
+    match (edit, reply.edited_at) {
+        (true, Some(t)) => t,
+        _ => snowflake::timestamp(reply.id),
+    }
+}
+
+/// What a probe has seen in its channel while it waits for the reply.
+#[derive(Default)]
+struct Seen {
+    typing_at: Option<Instant>,
+    /// A reply that did not match (yet): perhaps a placeholder to be edited.
+    placeholder: Option<u64>,
+    wrong: Option<ReplyView>,
+    foreign: usize,
+    ambiguous: bool,
+    echoed: bool,
+    answered: bool,
+}
+
+/// A sent probe message waiting for its reply.
+struct Sent {
+    probe_id: u64,
+    start: Instant,
+    deadline: Instant,
 }
 
 impl CommandProbe {
@@ -65,10 +99,13 @@ impl CommandProbe {
         }
     }
 
-    /// The longest a run can take: waiting for the channel (at most one
-    /// timeout), the send budget, and the reply (one timeout).
+    /// The longest a run can take: waiting for the channel's turn, then its
+    /// own turn (see `config::turns`), plus slack. Only a safety net: every
+    /// step inside has its own bound.
     pub fn max_duration(&self) -> Duration {
-        self.timeout * 2 + self.session.send_interval + PING_WAIT + Duration::from_secs(5)
+        self.spec.turn_wait
+            + turns::longest_turn(self.timeout, self.session.send_interval)
+            + Duration::from_secs(5)
     }
 
     pub async fn check(&self) -> Check {
@@ -79,23 +116,48 @@ impl CommandProbe {
                 "the prober's own gateway connection to Discord is down; the bot was not probed",
             );
         }
-        // Probes sharing a channel take turns; waiting here is the prober's
-        // own delay, so it is neither timed nor held against the bot.
-        let lock = s.channel_lock(channel);
-        let Ok(mut last_send) = tokio::time::timeout(self.timeout, lock.lock()).await else {
-            return inconclusive("channel busy: an earlier probe in this channel is still running");
+        // Probes sharing a channel take turns, each until its result is
+        // decided; waiting here is the prober's own delay, so it is neither
+        // timed nor held against the bot.
+        let queued = Instant::now();
+        let Some(turn) = s.turns.take(channel, self.spec.turn_wait).await else {
+            return inconclusive(format!(
+                "channel busy: no turn in channel {channel} within {}, longer than the other probes there can take; the bot was not probed",
+                format_wait(self.spec.turn_wait)
+            ));
         };
-        if let Some(last) = *last_send {
-            tokio::time::sleep_until((last + s.send_interval).into()).await;
-        }
+        turn.send_budget(s.send_interval).await;
         // Sends across channels are spaced too, so that replies do not
         // queue inside the prober (see discord/send_gate.rs).
         s.send_gate.turn().await;
+        let waited = queued.elapsed();
+        let (mut check, probe_id) = self.take_turn(turn).await;
+        if self.spec.cleanup
+            && let Some(id) = probe_id
+        {
+            // Best effort; the prober may delete its own message only.
+            let _ = ChannelId::new(channel)
+                .delete_message(&s.http, MessageId::new(id))
+                .await;
+        }
+        if waited >= Duration::from_millis(1) {
+            check.observations.waited = Some(waited);
+        }
+        check
+    }
+
+    /// Sends the probe message and waits for the result, holding the
+    /// channel's turn until the result is decided. Returns the probe
+    /// message's id when it was sent.
+    async fn take_turn(&self, mut turn: Turn) -> (Check, Option<u64>) {
+        let s = &self.session;
+        let channel = self.spec.channel_id;
         let nonce = format!("{}", rand::random::<u64>() >> 1);
-        let mut events = s.correlator().begin(channel, &self.name, &nonce);
+        let (token, mut events) = s.correlator().begin(channel, &self.name, &nonce);
         let mut finish = Finish {
             session: s.clone(),
             channel,
+            token,
             timeout: self.timeout,
             answered: false,
         };
@@ -106,98 +168,150 @@ impl CommandProbe {
             .content(&self.spec.message)
             .nonce(Nonce::String(nonce))
             .enforce_nonce(true);
-        let sent = ChannelId::new(channel).send_message(&s.http, message).await;
-        *last_send = Some(start);
-        drop(last_send);
+        let sent = tokio::time::timeout(
+            turns::SEND_WAIT,
+            ChannelId::new(channel).send_message(&s.http, message),
+        )
+        .await;
+        turn.sent(start);
         let probe_message = match sent {
-            Ok(m) => m,
-            Err(e) => return self.send_failed(e),
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => {
+                // Refused (4xx): no message exists, so no reply can come late.
+                if let serenity::Error::Http(HttpError::UnsuccessfulRequest(r)) = &e
+                    && r.status_code.is_client_error()
+                {
+                    finish.answered = true;
+                }
+                return (self.send_failed(e), None);
+            }
+            Err(_) => {
+                return (
+                    inconclusive(format!(
+                        "Discord did not accept the prober's message within {}; the bot was not probed",
+                        format_wait(turns::SEND_WAIT)
+                    )),
+                    None,
+                );
+            }
         };
         let probe_id = probe_message.id.get();
         let late = s.correlator().sent(channel, probe_id);
         s.report_late(late);
 
-        let deadline = start + self.timeout;
-        let mut typing_at: Option<Instant> = None;
-        let mut placeholder: Option<u64> = None;
-        let mut wrong: Option<ReplyView> = None;
-        let mut foreign = 0usize;
-        let mut ambiguous = false;
-        let mut echoed = false;
-        let check = loop {
-            let event = match tokio::time::timeout_at(deadline.into(), events.recv()).await {
+        let sent = Sent {
+            probe_id,
+            start,
+            deadline: start + self.timeout,
+        };
+        let mut seen = Seen::default();
+        let mut check = loop {
+            let event = match tokio::time::timeout_at(sent.deadline.into(), events.recv()).await {
                 Ok(Some(e)) => e,
-                Ok(None) | Err(_) => break None,
+                Ok(None) => break Some(ended_elsewhere()),
+                Err(_) => break None,
             };
-            match event {
-                ProbeEvent::Typing { at } => {
-                    typing_at.get_or_insert(at);
-                }
-                ProbeEvent::Foreign { .. } => foreign += 1,
-                ProbeEvent::Ambiguous => ambiguous = true,
-                ProbeEvent::OwnEcho => echoed = true,
-                ProbeEvent::Reply { message, at, edit } => {
-                    finish.answered = true;
-                    let view = &message.view;
-                    if view.is_blank() {
-                        break Some(inconclusive(
-                            "the bot replied, but the prober cannot read the reply (empty content and no embeds): \
-                             it lacks the MESSAGE_CONTENT intent; enable the Message Content Intent for the prober \
-                             in the Discord developer portal, or make the bot reply to (or mention) the prober",
-                        ));
-                    }
-                    if let Some(err) = &self.spec.error_reply
-                        && err.matches(view)
-                    {
-                        break Some(Check::new(
-                            Outcome::Failure,
-                            format!("the bot answered with its error reply: {}", view.quote()),
-                        ));
-                    }
-                    if self.spec.expect.matches(view) {
-                        break Some(self.success(
-                            probe_id,
-                            &message,
-                            at,
-                            edit,
-                            start,
-                            typing_at,
-                            placeholder,
-                        ));
-                    }
-                    // Not (yet) the answer: perhaps a placeholder it will edit.
-                    placeholder.get_or_insert(message.id);
-                    wrong = Some(view.clone());
-                }
+            if let Some(check) = self.on_event(event, &sent, &mut seen, false) {
+                break Some(check);
             }
         };
-        let mut check = match check {
-            Some(c) => c,
-            None => {
-                self.no_answer(wrong, echoed, ambiguous, foreign, disconnects_before)
-                    .await
-            }
-        };
-        drop(finish);
-        if self.spec.cleanup {
-            // Best effort; the prober may delete its own message only.
-            let _ = ChannelId::new(channel)
-                .delete_message(&s.http, MessageId::new(probe_id))
-                .await;
+        if check.is_none() {
+            check = Some(
+                self.no_answer(&mut events, &sent, &mut seen, disconnects_before)
+                    .await,
+            );
         }
+        let mut check = check.unwrap_or_else(ended_elsewhere);
+        finish.answered = seen.answered;
+        drop(finish);
+        drop(turn);
+        let foreign = seen.foreign;
         if foreign > 0 && check.outcome != Outcome::Success && check.outcome != Outcome::Timeout {
             check.detail.push_str(&format!(
                 " ({foreign} messages from other accounts ignored)"
             ));
         }
-        check
+        (check, Some(probe_id))
+    }
+
+    /// Takes in one event of the probe's channel; returns the result once
+    /// it is decided. After the deadline (`overtime`), only a reply that
+    /// was in time by Discord's clock can still decide it.
+    fn on_event(
+        &self,
+        event: ProbeEvent,
+        sent: &Sent,
+        seen: &mut Seen,
+        overtime: bool,
+    ) -> Option<Check> {
+        match event {
+            ProbeEvent::Typing { at } => {
+                seen.typing_at.get_or_insert(at);
+            }
+            ProbeEvent::Foreign { .. } => seen.foreign += 1,
+            ProbeEvent::Ambiguous => seen.ambiguous = true,
+            ProbeEvent::OwnEcho => seen.echoed = true,
+            ProbeEvent::Reply { message, at, edit } => {
+                if overtime
+                    && since_snowflake(discord_time(&message, edit), sent.probe_id)
+                        .is_none_or(|d| d > self.timeout)
+                {
+                    return None;
+                }
+                seen.answered = true;
+                return self.judge(message, at, edit, sent, seen);
+            }
+        }
+        None
+    }
+
+    /// A reply (or an edit of one) from the target.
+    fn judge(
+        &self,
+        message: Incoming,
+        at: Instant,
+        edit: bool,
+        sent: &Sent,
+        seen: &mut Seen,
+    ) -> Option<Check> {
+        let view = &message.view;
+        if view.is_blank() {
+            return Some(inconclusive(
+                "the bot replied, but the prober cannot read the reply (empty content and no embeds): \
+                 it lacks the MESSAGE_CONTENT intent; enable the Message Content Intent for the prober \
+                 in the Discord developer portal, or make the bot reply to (or mention) the prober",
+            ));
+        }
+        if let Some(err) = &self.spec.error_reply
+            && err.matches(view)
+        {
+            return Some(Check::new(
+                Outcome::Failure,
+                format!("the bot answered with its error reply: {}", view.quote()),
+            ));
+        }
+        if self.spec.expect.matches(view) {
+            return Some(self.success(
+                sent.probe_id,
+                &message,
+                at,
+                edit,
+                sent.start,
+                seen.typing_at,
+                seen.placeholder,
+            ));
+        }
+        // Not (yet) the answer: perhaps a placeholder it will edit.
+        seen.placeholder.get_or_insert(message.id);
+        seen.wrong = Some(view.clone());
+        None
     }
 
     #[allow(clippy::too_many_arguments)]
     fn success(
         &self,
         probe_id: u64,
-        reply: &crate::discord::correlate::Incoming,
+        reply: &Incoming,
         at: Instant,
         edit: bool,
         start: Instant,
@@ -206,14 +320,7 @@ impl CommandProbe {
     ) -> Check {
         let latency = at.saturating_duration_since(start);
         // By Discord's clock: the reply's creation (or final edit) minus the probe's.
-        let reply_time = if edit {
-            reply
-                .edited_at
-                .unwrap_or_else(|| snowflake::timestamp(reply.id))
-        } else {
-            snowflake::timestamp(reply.id)
-        };
-        let discord_reply = since_snowflake(reply_time, probe_id);
+        let discord_reply = since_snowflake(discord_time(reply, edit), probe_id);
         // First sign of life: a placeholder (Discord's clock) or typing
         // (the prober's clock: Discord stamps typing in whole seconds).
         let first_response = match placeholder.or(edit.then_some(reply.id)) {
@@ -245,17 +352,54 @@ impl CommandProbe {
     /// The deadline passed without an acceptable reply. Before blaming the
     /// bot with a timeout, prove the prober's gateway was delivering events:
     /// it must have delivered the probe message itself, and must answer a
-    /// gateway round trip now. Otherwise the run is inconclusive.
+    /// gateway round trip now. Otherwise the run is inconclusive. Events
+    /// keep coming meanwhile: a reply that Discord created within the
+    /// timeout (by its own clock) but that was still on its way at the
+    /// deadline is the bot's answer, not a timeout.
     async fn no_answer(
         &self,
-        wrong: Option<ReplyView>,
-        echoed: bool,
-        ambiguous: bool,
-        foreign: usize,
+        events: &mut mpsc::UnboundedReceiver<ProbeEvent>,
+        sent: &Sent,
+        seen: &mut Seen,
         disconnects_before: u64,
     ) -> Check {
         let s = &self.session;
-        if let Some(view) = wrong {
+        let guild = self
+            .spec
+            .guild_id
+            .or_else(|| s.guild_of_channel(self.spec.channel_id));
+        let ping = async {
+            match guild {
+                Some(g) => Some(
+                    s.gateway_ping(g, turns::GATEWAY_PROOF_WAIT.min(self.timeout))
+                        .await,
+                ),
+                None => None,
+            }
+        };
+        tokio::pin!(ping);
+        let answer = loop {
+            tokio::select! {
+                biased;
+                event = events.recv() => match event {
+                    Some(e) => {
+                        if let Some(check) = self.on_event(e, sent, seen, true) {
+                            return check;
+                        }
+                    }
+                    None => return ended_elsewhere(),
+                },
+                answer = &mut ping => break answer,
+            }
+        };
+        // Events handled before the answer but not yet taken.
+        tokio::task::yield_now().await;
+        while let Ok(e) = events.try_recv() {
+            if let Some(check) = self.on_event(e, sent, seen, true) {
+                return check;
+            }
+        }
+        if let Some(view) = seen.wrong.take() {
             return Check::new(
                 Outcome::Failure,
                 format!(
@@ -264,34 +408,27 @@ impl CommandProbe {
                 ),
             );
         }
-        if !echoed || s.disconnects() != disconnects_before {
+        if !seen.echoed || s.disconnects() != disconnects_before {
             return inconclusive(
                 "no reply seen, but the prober's own gateway was not delivering events (it did not deliver the probe message itself), so a reply may have been missed",
             );
         }
-        let guild = self
-            .spec
-            .guild_id
-            .or_else(|| s.guild_of_channel(self.spec.channel_id));
-        let online = match guild {
-            Some(g) => match s.gateway_ping(g, PING_WAIT.min(self.timeout)).await {
-                Ok(online) => online,
-                // Rate-limited is an answer: the gateway is delivering.
-                Err(PingError::RateLimited) => None,
-                Err(PingError::NoAnswer) => {
-                    return inconclusive(
-                        "no reply seen, but the prober's own gateway stopped answering, so a reply may have been missed",
-                    );
-                }
-            },
-            None => None,
+        let online = match answer {
+            Some(Ok(online)) => online,
+            // Rate-limited is an answer: the gateway is delivering.
+            Some(Err(PingError::RateLimited)) | None => None,
+            Some(Err(PingError::NoAnswer)) => {
+                return inconclusive(
+                    "no reply seen, but the prober's own gateway stopped answering, so a reply may have been missed",
+                );
+            }
         };
-        if ambiguous {
+        if seen.ambiguous {
             return inconclusive(
                 "a reply without a message reference could not be attributed: an earlier probe in this channel had timed out and its reply may have come late",
             );
         }
-        Check::new(Outcome::Timeout, self.timeout_detail(foreign, online))
+        Check::new(Outcome::Timeout, self.timeout_detail(seen.foreign, online))
     }
 
     fn timeout_detail(&self, foreign: usize, online: Option<bool>) -> String {
@@ -313,7 +450,6 @@ impl CommandProbe {
     }
 
     fn send_failed(&self, e: serenity::Error) -> Check {
-        use serenity::http::HttpError;
         let channel = self.spec.channel_id;
         match e {
             serenity::Error::Http(HttpError::UnsuccessfulRequest(r)) => {
@@ -365,4 +501,16 @@ impl CommandProbe {
             other => inconclusive(format!("sending the probe message failed: {other}")),
         }
     }
+}
+
+/// The correlator ended this probe's wait: only another probe taking the
+/// channel could do that, which turns rule out. Never the bot's fault.
+fn ended_elsewhere() -> Check {
+    inconclusive(
+        "internal error: the probe's wait for its reply was ended by another probe in the channel",
+    )
+}
+
+fn format_wait(d: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(Duration::from_millis(d.as_millis() as u64))
 }

@@ -112,6 +112,10 @@ pub struct Observations {
     pub first_response: Option<Duration>,
     /// The target's presence as Discord reports it.
     pub target_online: Option<bool>,
+    /// How long the run waited before its clock started (a command probe's
+    /// turn in its channel, the send budget): the prober's own delay, part
+    /// of the run's duration but never of its latency.
+    pub waited: Option<Duration>,
 }
 
 /// One probe run, as recorded in metrics and printed by `probe run`.
