@@ -74,8 +74,10 @@ pub struct Summary {
     pub kind: &'static str,
     pub runs: usize,
     pub success: usize,
-    /// Runs that count against the target: failure, timeout, unreachable.
-    pub failed: usize,
+    /// The runs that count against the target, by outcome.
+    pub failure: usize,
+    pub timeout: usize,
+    pub unreachable: usize,
     pub inconclusive: usize,
     /// Latencies of successful runs, sorted.
     pub latencies: Vec<Duration>,
@@ -86,29 +88,28 @@ impl Summary {
         let first = results.first()?;
         let mut latencies: Vec<Duration> = results.iter().filter_map(|r| r.latency()).collect();
         latencies.sort();
+        let count = |o: Outcome| results.iter().filter(|r| r.outcome == o).count();
         Some(Summary {
             probe: first.probe.clone(),
             kind: first.kind,
             runs: results.len(),
-            success: results
-                .iter()
-                .filter(|r| r.outcome == Outcome::Success)
-                .count(),
-            failed: results
-                .iter()
-                .filter(|r| r.outcome.counts_against_target())
-                .count(),
-            inconclusive: results
-                .iter()
-                .filter(|r| r.outcome == Outcome::Inconclusive)
-                .count(),
+            success: count(Outcome::Success),
+            failure: count(Outcome::Failure),
+            timeout: count(Outcome::Timeout),
+            unreachable: count(Outcome::Unreachable),
+            inconclusive: count(Outcome::Inconclusive),
             latencies,
         })
     }
 
+    /// Runs that count against the target: failure, timeout, unreachable.
+    pub fn failed(&self) -> usize {
+        self.failure + self.timeout + self.unreachable
+    }
+
     /// Success rate over conclusive runs; `None` when every run was inconclusive.
     pub fn success_rate(&self) -> Option<f64> {
-        let conclusive = self.success + self.failed;
+        let conclusive = self.success + self.failed();
         (conclusive > 0).then(|| self.success as f64 / conclusive as f64)
     }
 
@@ -125,11 +126,11 @@ impl Summary {
     /// failed and none succeeded; WARNING when some failed and some succeeded,
     /// or some were inconclusive; UNKNOWN when every run was inconclusive.
     pub fn status(&self) -> Status {
-        if self.success + self.failed == 0 {
+        if self.success + self.failed() == 0 {
             Status::Unknown
-        } else if self.failed > 0 && self.success == 0 {
+        } else if self.failed() > 0 && self.success == 0 {
             Status::Critical
-        } else if self.failed > 0 || self.inconclusive > 0 {
+        } else if self.failed() > 0 || self.inconclusive > 0 {
             Status::Warning
         } else {
             Status::Ok
@@ -145,8 +146,15 @@ impl Summary {
                     None => "no conclusive run".to_string(),
                 };
                 let mut s = format!(
-                    "--- {} ({}): {} runs, {} success, {} failed, {} inconclusive, {rate}",
-                    self.probe, self.kind, self.runs, self.success, self.failed, self.inconclusive
+                    "--- {} ({}): {} runs, {} success, {} failure, {} timeout, {} unreachable, {} inconclusive, {rate}",
+                    self.probe,
+                    self.kind,
+                    self.runs,
+                    self.success,
+                    self.failure,
+                    self.timeout,
+                    self.unreachable,
+                    self.inconclusive
                 );
                 if let (Some(min), Some(max)) = (self.latencies.first(), self.latencies.last()) {
                     let p = |q| self.percentile(q).map(format_seconds).unwrap_or_default();
@@ -167,7 +175,10 @@ impl Summary {
                 "kind": self.kind,
                 "runs": self.runs,
                 "success": self.success,
-                "failed": self.failed,
+                "failed": self.failed(),
+                "failure": self.failure,
+                "timeout": self.timeout,
+                "unreachable": self.unreachable,
                 "inconclusive": self.inconclusive,
                 "success_rate": self.success_rate(),
                 "latency_seconds": {
@@ -220,7 +231,9 @@ mod tests {
             kind: "http",
             runs: success + failed + inconclusive,
             success,
-            failed,
+            failure: failed,
+            timeout: 0,
+            unreachable: 0,
             inconclusive,
             latencies: (1..=success as u64).map(Duration::from_millis).collect(),
         }

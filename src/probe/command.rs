@@ -47,6 +47,8 @@ impl Drop for Finish {
     }
 }
 
+const UNATTRIBUTABLE: &str = "a reply without a message reference could not be attributed: an earlier probe in this channel had timed out and its reply may have come late";
+
 fn inconclusive(detail: impl Into<String>) -> Check {
     Check::new(Outcome::Inconclusive, detail)
 }
@@ -225,6 +227,7 @@ impl CommandProbe {
         finish.answered = seen.answered;
         drop(finish);
         drop(turn);
+        check.observations.probe_message_id = Some(probe_id);
         let foreign = seen.foreign;
         if foreign > 0 && check.outcome != Outcome::Success && check.outcome != Outcome::Timeout {
             check.detail.push_str(&format!(
@@ -274,6 +277,13 @@ impl CommandProbe {
         sent: &Sent,
         seen: &mut Seen,
     ) -> Option<Check> {
+        // After an unreferenced reply was taken as an earlier probe's late
+        // reply, another unreferenced one cannot be told apart either (an
+        // edit of a reply this probe already had still can).
+        let known = edit && seen.placeholder == Some(message.id);
+        if seen.ambiguous && message.reference.is_none() && !known {
+            return Some(inconclusive(UNATTRIBUTABLE));
+        }
         let view = &message.view;
         if view.is_blank() {
             return Some(inconclusive(
@@ -424,9 +434,7 @@ impl CommandProbe {
             }
         };
         if seen.ambiguous {
-            return inconclusive(
-                "a reply without a message reference could not be attributed: an earlier probe in this channel had timed out and its reply may have come late",
-            );
+            return inconclusive(UNATTRIBUTABLE);
         }
         Check::new(Outcome::Timeout, self.timeout_detail(seen.foreign, online))
     }

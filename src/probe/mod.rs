@@ -116,6 +116,9 @@ pub struct Observations {
     /// turn in its channel, the send budget): the prober's own delay, part
     /// of the run's duration but never of its latency.
     pub waited: Option<Duration>,
+    /// A command probe's message id, once sent: ties the run to the message
+    /// in Discord (never a metric label).
+    pub probe_message_id: Option<u64>,
 }
 
 /// One probe run, as recorded in metrics and printed by `probe run`.

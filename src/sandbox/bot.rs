@@ -170,7 +170,14 @@ pub struct SimBot {
     behaviour: Mutex<BotBehaviour>,
     metrics: Mutex<BotMetrics>,
     running: tokio::sync::Mutex<Option<Running>>,
+    /// Which message answered which command, newest last (the bot's own
+    /// knowledge, for tests: Discord cannot tell for replies without a
+    /// reference). Bounded to [`ANSWERS_KEPT`].
+    answers: Mutex<std::collections::VecDeque<(u64, u64)>>,
 }
+
+/// How many command → answer pairs the simulated bot remembers.
+const ANSWERS_KEPT: usize = 10_000;
 
 struct Running {
     shard_manager: Arc<ShardManager>,
@@ -194,6 +201,7 @@ impl SimBot {
             behaviour: Mutex::new(behaviour),
             metrics: Mutex::new(BotMetrics::new(started_ago)),
             running: tokio::sync::Mutex::new(None),
+            answers: Mutex::new(Default::default()),
         })
     }
 
@@ -202,6 +210,26 @@ impl SimBot {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The message that answered the command message `command_id` (for a
+    /// placeholder, the placeholder it edited), once the answer is complete.
+    pub fn answer_to(&self, command_id: u64) -> Option<u64> {
+        self.answers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .rev()
+            .find(|(c, _)| *c == command_id)
+            .map(|(_, a)| *a)
+    }
+
+    fn answered(&self, command_id: u64, answer_id: u64) {
+        let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        if answers.len() == ANSWERS_KEPT {
+            answers.pop_front();
+        }
+        answers.push_back((command_id, answer_id));
     }
 
     pub fn set_behaviour(&self, b: BotBehaviour) {
@@ -477,7 +505,7 @@ impl EventHandler for Handler {
                     tokio::time::sleep(delay).await;
                     p.edit(&ctx.http, EditMessage::new().embed(final_embed))
                         .await
-                        .map(|_| ())
+                        .map(|_| p.id)
                 }
                 Err(e) => Err(e),
             }
@@ -486,10 +514,13 @@ impl EventHandler for Handler {
             msg.channel_id
                 .send_message(&ctx.http, reply(final_embed))
                 .await
-                .map(|_| ())
+                .map(|m| m.id)
         };
         match sent {
-            Ok(()) => bot.record(&command, !error, msg.author.id.get(), started.elapsed()),
+            Ok(answer) => {
+                bot.answered(msg.id.get(), answer.get());
+                bot.record(&command, !error, msg.author.id.get(), started.elapsed())
+            }
             Err(e) => {
                 tracing::warn!(target: "twi_probe::sandbox", "simulated bot could not answer !{command}: {e}")
             }

@@ -213,7 +213,7 @@ async fn count_prints_a_ping_like_summary() {
         "{text}"
     );
     assert!(
-        text.contains("--- bot-exporter (exporter): 4 runs, 4 success, 0 failed, 0 inconclusive, 100.0% success"),
+        text.contains("--- bot-exporter (exporter): 4 runs, 4 success, 0 failure, 0 timeout, 0 unreachable, 0 inconclusive, 100.0% success"),
         "{text}"
     );
     assert!(text.contains("latency min/p50/p90/p99/max = "), "{text}");

@@ -13,4 +13,5 @@ mod sandbox_bot;
 mod sandbox_gateway;
 mod sandbox_rest;
 mod serve;
+mod shared_channels;
 mod support;
