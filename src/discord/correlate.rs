@@ -10,7 +10,9 @@
 //! - a reply without a reference matches the in-flight probe if it was
 //!   created after the probe message, unless an earlier probe timed out
 //!   less than its timeout ago: then it is taken as that probe's late
-//!   reply, and the in-flight probe is told its attribution is ambiguous.
+//!   reply (counted once per probe), and the in-flight probe is told its
+//!   attribution is ambiguous: it can no longer succeed on an unreferenced
+//!   reply.
 //!
 //! Events can arrive before the probe's own message id is known (serenity
 //! handles events concurrently, and the reply can beat the HTTP response):
@@ -84,6 +86,10 @@ struct Outstanding {
     message_id: Option<u64>,
     unreferenced_until: Instant,
     referenced_until: Instant,
+    /// An unreferenced reply was already taken as this probe's late reply
+    /// (a guess: the entry stays, so later ones are not taken as the
+    /// in-flight probe's either; it is counted once).
+    claimed: bool,
 }
 
 #[derive(Default)]
@@ -185,6 +191,7 @@ impl Correlator {
                 message_id: inflight.message_id,
                 unreferenced_until: now + timeout,
                 referenced_until: now + REFERENCED_LATE_WINDOW,
+                claimed: false,
             });
             while state.outstanding.len() > MAX_OUTSTANDING {
                 state.outstanding.pop_front();
@@ -268,20 +275,26 @@ impl Correlator {
                 .iter()
                 .position(|o| o.message_id == Some(reference) && o.referenced_until > at)?;
             let o = state.outstanding.remove(late)?;
-            return Some(LateReply { probe: o.probe });
+            return (!o.claimed).then_some(LateReply { probe: o.probe });
         }
 
-        // No reference: an earlier unanswered probe comes first.
-        if let Some(pos) = state
+        // No reference: while an earlier unanswered probe may still get its
+        // late reply, an unreferenced one cannot be told apart. It is taken
+        // as the earliest such probe's (counted once per probe), and the
+        // in-flight probe is told it cannot attribute unreferenced replies.
+        if let Some(o) = state
             .outstanding
-            .iter()
-            .position(|o| o.unreferenced_until > at)
+            .iter_mut()
+            .find(|o| o.unreferenced_until > at)
         {
-            let o = state.outstanding.remove(pos)?;
             if let Some(i) = &state.inflight {
                 let _ = i.tx.send(ProbeEvent::Ambiguous);
             }
-            return Some(LateReply { probe: o.probe });
+            let first = !o.claimed;
+            o.claimed = true;
+            return first.then(|| LateReply {
+                probe: o.probe.clone(),
+            });
         }
         match probe_id {
             Some(pid) if m.id > pid => deliver(state, m, at, edit),
@@ -301,6 +314,9 @@ fn deliver(state: &mut ChannelState, m: Incoming, at: Instant, edit: bool) -> Op
     }
     None
 }
+
+#[cfg(test)]
+mod model_tests;
 
 #[cfg(test)]
 mod tests {
@@ -452,15 +468,25 @@ mod tests {
         );
         assert_eq!(late, Some(LateReply { probe: "a".into() }));
         assert_eq!(next(&mut rx), Some(ProbeEvent::Ambiguous));
-        // The next one is the in-flight probe's.
-        c.on_message(
+        // The next one cannot be told apart either (it may be the real late
+        // reply): ambiguous again, and the late reply is counted once.
+        let again = c.on_message(
             CH,
             msg(22, TARGET, None),
-            t0 + Duration::from_secs(1),
+            t0 + Duration::from_secs(2),
+            false,
+        );
+        assert_eq!(again, None);
+        assert_eq!(next(&mut rx), Some(ProbeEvent::Ambiguous));
+        // A referenced reply still matches.
+        c.on_message(
+            CH,
+            msg(23, TARGET, Some(20)),
+            t0 + Duration::from_secs(2),
             false,
         );
         assert!(
-            matches!(next(&mut rx), Some(ProbeEvent::Reply { message, .. }) if message.id == 22)
+            matches!(next(&mut rx), Some(ProbeEvent::Reply { message, .. }) if message.id == 23)
         );
     }
 

@@ -111,4 +111,95 @@ mod tests {
         turn.send_budget(Duration::from_secs(2)).await;
         assert_eq!(start.elapsed(), Duration::from_secs(2));
     }
+
+    /// One probe of the model: when it asks for a turn, in which channel,
+    /// how long it holds the turn, and the longest it could hold one.
+    #[derive(Debug, Clone)]
+    struct Asker {
+        channel: u64,
+        arrives_ms: u64,
+        holds_ms: u64,
+        longest_ms: u64,
+    }
+
+    fn asker() -> impl proptest::strategy::Strategy<Value = Asker> {
+        use proptest::prelude::*;
+        (0u64..2, 0u64..3000, 0u64..2000, 0u64..500).prop_map(
+            |(channel, arrives_ms, holds_ms, extra)| Asker {
+                channel,
+                arrives_ms,
+                holds_ms,
+                longest_ms: holds_ms + extra,
+            },
+        )
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 200,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x7715_0001),
+            failure_persistence: None,
+            ..proptest::test_runner::Config::default()
+        })]
+
+        /// Against the reference model (one turn per channel at a time, in
+        /// order of asking): with each probe waiting at most the longest
+        /// turns of the others in its channel, every probe gets its turn,
+        /// turns never overlap, and they come first come, first served.
+        #[test]
+        fn turns_never_overlap_come_in_order_and_within_the_bound(
+            askers in proptest::collection::vec(asker(), 1..7)
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let turns = Arc::new(ChannelTurns::default());
+                let log = Arc::new(Mutex::new(Vec::new()));
+                let t0 = tokio::time::Instant::now();
+                let mut tasks = tokio::task::JoinSet::new();
+                for (i, a) in askers.iter().enumerate() {
+                    // Ties in arrival are ordered by index.
+                    let bound: u64 = askers
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, b)| *j != i && b.channel == a.channel)
+                        .map(|(_, b)| b.longest_ms)
+                        .sum();
+                    let (turns, log, a) = (turns.clone(), log.clone(), a.clone());
+                    tasks.spawn(async move {
+                        tokio::time::sleep_until(t0 + Duration::from_millis(a.arrives_ms)).await;
+                        let asked = t0.elapsed();
+                        let turn = turns.take(a.channel, Duration::from_millis(bound)).await;
+                        let Some(_turn) = turn else {
+                            return Err(format!("probe {i} got no turn within {bound} ms"));
+                        };
+                        let start = t0.elapsed();
+                        tokio::time::sleep(Duration::from_millis(a.holds_ms)).await;
+                        log.lock().unwrap().push((a.channel, i, asked, start, t0.elapsed()));
+                        Ok(())
+                    });
+                    tokio::task::yield_now().await;
+                }
+                while let Some(r) = tasks.join_next().await {
+                    r.unwrap().map_err(proptest::test_runner::TestCaseError::fail)?;
+                }
+                let log = log.lock().unwrap();
+                for ch in 0..2 {
+                    let mut held: Vec<_> = log.iter().filter(|e| e.0 == ch).collect();
+                    held.sort_by_key(|e| e.3);
+                    for w in held.windows(2) {
+                        proptest::prop_assert!(w[0].4 <= w[1].3, "turns overlap: {w:?}");
+                        proptest::prop_assert!(
+                            (w[0].2, w[0].1) <= (w[1].2, w[1].1),
+                            "not first come, first served: {w:?}"
+                        );
+                    }
+                }
+                Ok(())
+            })?;
+        }
+    }
 }
