@@ -466,3 +466,69 @@ async fn database_alerts_fire_under_load_on_real_postgresql_and_its_exporters_an
     )
     .await;
 }
+
+/// The network capacity an operator sets in rules/system_database.yml
+/// applies to every link but loopback and container bridges, and wins over
+/// the speed a link reports (the README's promise), checked by promtool on
+/// the rules file with the capacity set.
+#[test]
+fn a_set_network_capacity_replaces_the_speed_links_report() {
+    let dir = TempDir::new("netcap");
+    let rules = read(&monitoring().join("rules/system_database.yml"));
+    let rules = replace(
+        &rules,
+        "record: twi:network_link_capacity_set_bytes_per_second\n        expr: vector(0)",
+        "record: twi:network_link_capacity_set_bytes_per_second\n        expr: vector(12500000)",
+    );
+    dir.write("rules.yml", &rules);
+    let alert = |device: &str, severity: &str, priority: &str, pct: &str, threshold: &str| {
+        let level = if severity == "warning" {
+            "warning above"
+        } else {
+            "critical above"
+        };
+        format!(
+            r#"
+          - exp_labels: {{alertname: HostNetworkUsageHigh, severity: {severity}, priority: {priority}, signal: system, job: node, instance: "db:9100", host: db, device: {device}}}
+            exp_annotations:
+              summary: "db: {device} at {pct} of its capacity ({level} {threshold})"
+              description: "The network link {device} of db has carried {pct} of its capacity over 5 minutes (the busier of receive and transmit), above the {threshold} {severity} threshold, for more than 10 minutes."
+              runbook_url: monitoring/RUNBOOK.md#hostnetworkusagehigh"#
+        )
+    };
+    // 12.5 MB/s set: eth0 reports 1 Gbit/s but carries 97 % of the set
+    // capacity; eth1 reports no speed and carries 85 %; lo is never checked.
+    let tests = format!(
+        r#"rule_files: [rules.yml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'node_network_speed_bytes{{job="node", instance="db:9100", host="db", device="eth0"}}'
+        values: '125000000x30'
+      - series: 'node_network_receive_bytes_total{{job="node", instance="db:9100", host="db", device="eth0"}}'
+        values: '0+727500000x30'
+      - series: 'node_network_speed_bytes{{job="node", instance="db:9100", host="db", device="eth1"}}'
+        values: '-125000x30'
+      - series: 'node_network_transmit_bytes_total{{job="node", instance="db:9100", host="db", device="eth1"}}'
+        values: '0+637500000x30'
+      - series: 'node_network_receive_bytes_total{{job="node", instance="db:9100", host="db", device="eth1"}}'
+        values: '0x30'
+      - series: 'node_network_receive_bytes_total{{job="node", instance="db:9100", host="db", device="lo"}}'
+        values: '0+727500000x30'
+    alert_rule_test:
+      - eval_time: 20m
+        alertname: HostNetworkUsageHigh
+        exp_alerts:{}{}{}
+"#,
+        alert("eth0", "warning", "P3", "97%", "80%"),
+        alert("eth0", "critical", "P2", "97%", "95%"),
+        alert("eth1", "warning", "P3", "85%", "80%"),
+    );
+    let file = dir.write("test.yml", &tests);
+    let (ok, out) = crate::monitoring::run(
+        &crate::monitoring::promtool(),
+        &["test", "rules", file.to_str().unwrap()],
+    );
+    assert!(ok && out.contains("SUCCESS"), "{out}\n{tests}");
+}
