@@ -363,16 +363,37 @@ async fn database_alerts_fire_under_load_on_real_postgresql_and_its_exporters_an
         "no connection alert before the load"
     );
 
-    // Load: 17 pgbench clients, each holding its connection and running a
-    // 600 ms statement (through the index) again and again. With the
-    // exporter's own two connections, 19 of 20 connections are in use
-    // (95 %), and the bot's statements take 600 ms on average.
+    // Load: pgbench clients, each holding its connection and running a
+    // 600 ms statement (through the index) again and again, enough of them
+    // that with the connections already open (the exporter's) 19 of 20 are
+    // in use (95 %); the bot's statements take 600 ms on average.
+    let open: u32 = cluster
+        .psql(
+            "postgres",
+            "SELECT count(*) - 1 FROM pg_stat_activity WHERE backend_type = 'client backend'",
+        )
+        .trim()
+        .parse()
+        .unwrap();
+    let clients = (MAX_CONNECTIONS - 1)
+        .checked_sub(open)
+        .filter(|c| *c > 0)
+        .unwrap_or_else(|| panic!("{open} connections open before the load"));
     let script = dir.write(
         "slow.sql",
         "SELECT pg_sleep(0.6) FROM quotes WHERE id = 42;\n",
     );
     let mut pgbench = tokio::process::Command::new(pg_bin_dir().join("pgbench"))
-        .args(["-n", "-c", "17", "-j", "1", "-T", "600", "-f"])
+        .args([
+            "-n",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            "1",
+            "-T",
+            "600",
+            "-f",
+        ])
         .arg(&script)
         .args(["-h", "127.0.0.1", "-p", &cluster.port.to_string()])
         .args(["-U", "postgres", "twi"])
