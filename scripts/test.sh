@@ -4,14 +4,20 @@
 # our metrics output and monitoring/ (rules, their unit tests, dashboards'
 # PromQL, and the end-to-end alert test); amtool and alertmanager (Debian
 # package `prometheus-alertmanager`) for monitoring/alertmanager.yml and the
-# end-to-end test; and discord.py with zstandard (PyPI) for the
-# compatibility tests.
+# end-to-end test; node_exporter, postgres_exporter and PostgreSQL (Debian
+# packages `prometheus-node-exporter`, `prometheus-postgres-exporter`,
+# `postgresql`) for the system and database end-to-end test; and
+# discord.py with zstandard (PyPI) for the compatibility tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 { command -v promtool && command -v prometheus; } >/dev/null 2>&1 || need+=(prometheus)
 { command -v amtool && command -v prometheus-alertmanager; } >/dev/null 2>&1 || need+=(prometheus-alertmanager)
+command -v prometheus-node-exporter >/dev/null 2>&1 || need+=(prometheus-node-exporter)
+command -v prometheus-postgres-exporter >/dev/null 2>&1 || need+=(prometheus-postgres-exporter)
+# initdb, pg_ctl, postgres, psql, pgbench and pg_stat_statements.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
   SUDO=""

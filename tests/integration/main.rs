@@ -9,6 +9,7 @@ mod exporter_probe;
 mod http_probe;
 mod metrics;
 mod monitoring;
+mod monitoring_db;
 mod sandbox_bot;
 mod sandbox_gateway;
 mod sandbox_rest;
