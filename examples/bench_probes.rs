@@ -37,7 +37,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -47,11 +46,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail, ensure};
 use clap::Parser;
-use serenity::all::{ChannelId, MessageId};
 use twi_probe::config::{Config, Secret};
 use twi_probe::discord::DiscordSession;
 use twi_probe::probe::{Outcome, Probe, ProbeResult, run_once};
-use twi_probe::sandbox::{BotBehaviour, Latency, MessageTruth, Sandbox, SandboxConfig};
+use twi_probe::sandbox::{BotBehaviour, Latency, Sandbox, SandboxConfig};
 
 use common::{
     Mem, build_probe_binary, channel_name, load_average, read_mem, sandbox_with_channels,
@@ -71,7 +69,8 @@ const CHILD_BOUND: Duration = Duration::from_secs(300);
 #[derive(Parser, Debug)]
 #[command(about = "Command-probe latency vs the sandbox's ground truth, and the prober's RSS")]
 struct Args {
-    /// Command probes, one channel each, all in flight at once.
+    /// Channels, with `--probes-per-channel` command probes each, all
+    /// started at once.
     #[arg(long, default_value_t = 20)]
     channels: usize,
     /// Rounds of the truthfulness part (samples = channels × rounds).
@@ -99,9 +98,22 @@ struct Args {
     /// in flight together while the bot's delay is longer); 0: all at once.
     #[arg(long, default_value_t = 0)]
     stagger_ms: u64,
+    /// Command probes per channel (they take turns there).
+    #[arg(long, default_value_t = 1)]
+    probes_per_channel: usize,
+    /// Make the bot release its replies in bursts: each reply waits for the
+    /// next multiple of this many ms (0: no bursts).
+    #[arg(long, default_value_t = 0)]
+    burst_ms: u64,
+    /// Runs of the presence probe and of the silent command probes in part 3.
+    #[arg(long, default_value_t = 100)]
+    gateway_runs: usize,
     /// Skip part 1 (truthfulness).
     #[arg(long)]
     no_truth: bool,
+    /// Skip part 3 (gateway round trips and timeouts).
+    #[arg(long)]
+    no_gateway: bool,
     /// Skip part 2 (footprint).
     #[arg(long)]
     no_footprint: bool,
@@ -125,8 +137,8 @@ fn main() -> ExitCode {
 /// `Ok(false)`: the benchmark ran, but some runs were not successes.
 fn run(args: &Args) -> anyhow::Result<bool> {
     ensure!(
-        args.channels > 0 && args.rounds > 0 && args.count > 0,
-        "--channels, --rounds and --count must be at least 1"
+        args.channels > 0 && args.rounds > 0 && args.count > 0 && args.probes_per_channel > 0,
+        "--channels, --probes-per-channel, --rounds and --count must be at least 1"
     );
     let probe_bin = if args.no_footprint {
         None
@@ -141,7 +153,11 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     sandbox_rt.enable_all().thread_name("bench-sandbox");
     sandbox_rt.worker_threads(args.sandbox_threads.into());
     let sandbox_rt = sandbox_rt.build()?;
-    let cfg = sandbox_config(args.channels, Duration::from_millis(args.bot_latency_ms));
+    let cfg = sandbox_config(
+        args.channels,
+        Duration::from_millis(args.bot_latency_ms),
+        Duration::from_millis(args.burst_ms),
+    );
     let addr: SocketAddr = "127.0.0.1:0".parse()?;
     let sandbox = sandbox_rt
         .block_on(Sandbox::start(cfg, addr))
@@ -150,12 +166,18 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     println!("bench_probes: command-probe latency vs the sandbox's ground truth; prober memory");
     println!(
         "cores: {cores}; load average: {}; sandbox on its own tokio runtime ({} worker(s)); \
-         {} command probes, one channel each; simulated bot replies after {} ms (fixed, no typing); \
+         {} command probes in {} channels; simulated bot replies after {} ms (fixed, no typing{}); \
          sandbox rate limits raised out of the way",
         load_average(),
         args.sandbox_threads,
+        args.channels * args.probes_per_channel,
         args.channels,
-        args.bot_latency_ms
+        args.bot_latency_ms,
+        if args.burst_ms > 0 {
+            format!(", released in bursts every {} ms", args.burst_ms)
+        } else {
+            String::new()
+        }
     );
 
     let mut all_ok = true;
@@ -170,6 +192,14 @@ fn run(args: &Args) -> anyhow::Result<bool> {
                 .build()?,
         };
         match prober_rt.block_on(truthfulness(&sandbox, args)) {
+            Ok(ok) => all_ok &= ok,
+            Err(e) => result = Err(e),
+        }
+        prober_rt.shutdown_timeout(Duration::from_secs(5));
+    }
+    if result.is_ok() && !args.no_gateway {
+        let prober_rt = tokio::runtime::Runtime::new()?;
+        match prober_rt.block_on(gateway_round_trips(&sandbox, args)) {
             Ok(ok) => all_ok &= ok,
             Err(e) => result = Err(e),
         }
@@ -193,24 +223,30 @@ fn threads_shown(n: Option<usize>, cores: usize) -> usize {
     n.unwrap_or(cores)
 }
 
-fn sandbox_config(channels: usize, bot_latency: Duration) -> SandboxConfig {
+fn sandbox_config(channels: usize, bot_latency: Duration, burst: Duration) -> SandboxConfig {
     let mut cfg = sandbox_with_channels(channels);
     cfg.bot.behaviour = BotBehaviour {
         latency: Latency::fixed(bot_latency),
         typing: false,
+        burst: (!burst.is_zero()).then_some(burst),
         ..BotBehaviour::default()
     };
     cfg.bot.started_ago = Duration::from_secs(3600);
     cfg
 }
 
-fn probe_name(i: usize) -> String {
-    format!("command-{i:03}")
+fn probe_name(i: usize, j: usize) -> String {
+    format!("command-{i:03}-{j}")
 }
 
-/// A probes.yaml with one `!help` command probe per bench channel.
-/// `token_line` is the `discord.token_env` or `token_file` line.
-fn probes_yaml(sandbox: &Sandbox, channels: usize, token_line: &str) -> anyhow::Result<String> {
+/// A probes.yaml with `per_channel` `!help` command probes in each bench
+/// channel. `token_line` is the `discord.token_env` or `token_file` line.
+fn probes_yaml(
+    sandbox: &Sandbox,
+    channels: usize,
+    per_channel: usize,
+    token_line: &str,
+) -> anyhow::Result<String> {
     let d = sandbox.description();
     let bot = &sandbox.account(BOT).context("no bot account")?.id;
     let guild = &d.guilds[0].id;
@@ -224,13 +260,15 @@ fn probes_yaml(sandbox: &Sandbox, channels: usize, token_line: &str) -> anyhow::
         let channel = sandbox
             .channel_id(&channel_name(i))
             .with_context(|| format!("channel {} missing", channel_name(i)))?;
-        yaml.push_str(&format!(
-            "  - name: {}\n    every: 1m\n    timeout: 5s\n    command:\n      \
-             channel_id: \"{channel}\"\n      guild_id: \"{guild}\"\n      message: \"!help\"\n      \
-             expect: {{embed_title: \"^Interactive Help System\"}}\n      \
-             error_reply: {{embed_title: \"Error\"}}\n",
-            probe_name(i)
-        ));
+        for j in 0..per_channel {
+            yaml.push_str(&format!(
+                "  - name: {}\n    every: 1m\n    timeout: 5s\n    command:\n      \
+                 channel_id: \"{channel}\"\n      guild_id: \"{guild}\"\n      message: \"!help\"\n      \
+                 expect: {{embed_title: \"^Interactive Help System\"}}\n      \
+                 error_reply: {{embed_title: \"Error\"}}\n",
+                probe_name(i, j)
+            ));
+        }
     }
     Ok(yaml)
 }
@@ -253,7 +291,6 @@ struct Sample {
 /// (they bound the run's messages in the ground truth).
 struct Run {
     round: usize,
-    channel: u64,
     before: Instant,
     after: Instant,
     result: ProbeResult,
@@ -262,8 +299,12 @@ struct Run {
 async fn truthfulness(sandbox: &Sandbox, args: &Args) -> anyhow::Result<bool> {
     let prober = sandbox.account(PROBER).context("no prober account")?;
     let prober_id: u64 = prober.id.parse()?;
-    let bot_id: u64 = sandbox.account(BOT).context("no bot account")?.id.parse()?;
-    let yaml = probes_yaml(sandbox, args.channels, "token_env: BENCH_UNUSED")?;
+    let yaml = probes_yaml(
+        sandbox,
+        args.channels,
+        args.probes_per_channel,
+        "token_env: BENCH_UNUSED",
+    )?;
     let config = Config::from_yaml(&yaml, Path::new("bench_probes.yaml"))
         .map_err(|e| anyhow!("{e}\n{yaml}"))?;
     let session = Arc::new(
@@ -275,12 +316,8 @@ async fn truthfulness(sandbox: &Sandbox, args: &Args) -> anyhow::Result<bool> {
         .probes
         .iter()
         .map(|spec| {
-            let channel = match &spec.kind {
-                twi_probe::config::ProbeKind::Command(c) => c.channel_id,
-                _ => unreachable!("only command probes are configured"),
-            };
             Probe::new(spec.clone(), Some(&session))
-                .map(|p| (Arc::new(p), channel))
+                .map(Arc::new)
                 .map_err(|e| anyhow!("probe {}: {e}", spec.name))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -314,8 +351,8 @@ async fn truthfulness(sandbox: &Sandbox, args: &Args) -> anyhow::Result<bool> {
     let mut runs: Vec<Run> = Vec::with_capacity(args.rounds * probes.len());
     for round in 0..args.rounds {
         let mut tasks = tokio::task::JoinSet::new();
-        for (i, (probe, channel)) in probes.iter().enumerate() {
-            let (probe, channel) = (probe.clone(), *channel);
+        for (i, probe) in probes.iter().enumerate() {
+            let probe = probe.clone();
             let stagger = Duration::from_millis(args.stagger_ms) * i as u32;
             tasks.spawn(async move {
                 if !stagger.is_zero() {
@@ -325,7 +362,6 @@ async fn truthfulness(sandbox: &Sandbox, args: &Args) -> anyhow::Result<bool> {
                 let result = run_once(probe).await;
                 Run {
                     round,
-                    channel,
                     before,
                     after: Instant::now(),
                     result,
@@ -346,11 +382,15 @@ async fn truthfulness(sandbox: &Sandbox, args: &Args) -> anyhow::Result<bool> {
         .gateway_ping(guild, Duration::from_secs(10))
         .await
         .map_err(|_| anyhow!("no answer to a gateway round trip after the rounds"))?;
+    // The bot records its answers after Discord accepted them, which may be
+    // after the prober saw them.
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        sandbox.control().bot().context("no simulated bot")?.idle(),
+    )
+    .await
+    .map_err(|_| anyhow!("the simulated bot did not finish answering in 30 s"))?;
     // Ground truth, read after the measurement so as not to disturb it.
-    let mut truths: BTreeMap<u64, Vec<MessageTruth>> = BTreeMap::new();
-    for (_, channel) in &probes {
-        truths.insert(*channel, sandbox.control().truths(Some(*channel)));
-    }
     let mut samples: Vec<Sample> = Vec::with_capacity(runs.len());
     let mut not_success = Vec::new();
     for run in &runs {
@@ -358,15 +398,12 @@ async fn truthfulness(sandbox: &Sandbox, args: &Args) -> anyhow::Result<bool> {
             not_success.push(run);
             continue;
         };
-        let (arrived, written) =
-            ground_truth(&session, &truths[&run.channel], run, prober_id, bot_id)
-                .await
-                .with_context(|| {
-                    format!(
-                        "round {} probe {}: matching the ground truth",
-                        run.round, run.result.probe
-                    )
-                })?;
+        let (arrived, written) = ground_truth(sandbox, run, prober_id).with_context(|| {
+            format!(
+                "round {} probe {}: matching the ground truth",
+                run.round, run.result.probe
+            )
+        })?;
         let truth = written - arrived;
         let sample = Sample {
             round: run.round,
@@ -471,47 +508,31 @@ async fn truthfulness(sandbox: &Sandbox, args: &Args) -> anyhow::Result<bool> {
     Ok(not_success.is_empty())
 }
 
-/// The ground truth of one successful run: the probe message is the
-/// prober's message in the run's channel whose request arrived during the
-/// run (runs in a channel never overlap); the reply is the bot's message in
-/// that channel that references it (checked through REST). Truth = reply's
-/// MESSAGE_CREATE written to the prober's connection − probe request arrived;
-/// returned as those two moments.
-async fn ground_truth(
-    session: &DiscordSession,
-    truths: &[MessageTruth],
+/// The ground truth of one successful run: the probe message is the one
+/// the run sent (its id is in the run's observations); the reply is the
+/// message the simulated bot answered it with (the bot's own record).
+/// Truth = reply's MESSAGE_CREATE written to the prober's connection − probe
+/// request arrived; returned as those two moments.
+fn ground_truth(
+    sandbox: &Sandbox,
     run: &Run,
     prober_id: u64,
-    bot_id: u64,
 ) -> anyhow::Result<(Instant, Instant)> {
-    let during =
-        |t: &MessageTruth| t.request_arrived >= run.before && t.request_arrived <= run.after;
-    let mut sent = truths
-        .iter()
-        .filter(|t| t.author_id == prober_id && during(t));
-    let probe_msg = sent.next().context("no probe message from the prober")?;
-    ensure!(sent.next().is_none(), "two prober messages in one run");
-    let mut reply = None;
-    for t in truths.iter().filter(|t| {
-        t.author_id == bot_id && during(t) && t.request_arrived >= probe_msg.request_arrived
-    }) {
-        // serenity's HTTP client has no timeout of its own: bound it, so
-        // that a stuck request is an error here, not a silent hang.
-        let m = tokio::time::timeout(
-            Duration::from_secs(10),
-            ChannelId::new(run.channel).message(&session.http, MessageId::new(t.message_id)),
-        )
-        .await
-        .map_err(|_| anyhow!("no answer in 10 s"))
-        .and_then(|r| r.map_err(anyhow::Error::from))
-        .with_context(|| format!("fetching the bot's message {}", t.message_id))?;
-        let reference = m.message_reference.and_then(|r| r.message_id);
-        if reference.map(|id| id.get()) == Some(probe_msg.message_id) {
-            ensure!(reply.is_none(), "two replies to one probe message");
-            reply = Some(t);
-        }
-    }
-    let reply = reply.context("no reply from the bot referencing the probe message")?;
+    let control = sandbox.control();
+    let id = run
+        .result
+        .observations
+        .probe_message_id
+        .context("the run has no probe message id")?;
+    let probe_msg = control
+        .truth(id)
+        .context("no record of the probe message")?;
+    let answer = control
+        .bot()
+        .context("no simulated bot")?
+        .answer_to(id)
+        .context("the bot has no answer to the probe message")?;
+    let reply = control.truth(answer).context("no record of the reply")?;
     let mut writes = reply
         .dispatches
         .iter()
@@ -552,7 +573,10 @@ fn footprint_in(sandbox: &Sandbox, args: &Args, bin: &Path, dir: &Path) -> anyho
         serde_json::to_string(&token_file.display().to_string())?
     );
     let config = dir.join("probes.yaml");
-    std::fs::write(&config, probes_yaml(sandbox, args.channels, &token_line)?)?;
+    std::fs::write(
+        &config,
+        probes_yaml(sandbox, args.channels, args.probes_per_channel, &token_line)?,
+    )?;
 
     let count = args.count.to_string();
     let cli = [
@@ -692,6 +716,115 @@ fn footprint_in(sandbox: &Sandbox, args: &Args, bin: &Path, dir: &Path) -> anyho
         median as f64 / 1e6
     );
     Ok(failed.is_empty())
+}
+
+// ---------------------------------------------------------------------------
+// 3. Gateway round trips and timeouts
+
+/// Goal for a presence run (one gateway round trip, op 8) against the
+/// sandbox, which answers at once.
+const GOAL_PRESENCE_P99_MS: f64 = 50.0;
+/// Goal for how late a command probe's timeout ends (its gateway proof
+/// included) after its deadline.
+const GOAL_TIMEOUT_LATE_P99_MS: f64 = 20.0;
+/// The silent command probes' timeout in part 3.
+const SILENT_TIMEOUT: Duration = Duration::from_millis(500);
+
+async fn gateway_round_trips(sandbox: &Sandbox, args: &Args) -> anyhow::Result<bool> {
+    let prober = sandbox.account(PROBER).context("no prober account")?;
+    let d = sandbox.description();
+    let bot = &sandbox.account(BOT).context("no bot account")?.id;
+    let guild = &d.guilds[0].id;
+    let silent_channels = args.channels.min(10);
+    let mut yaml = format!(
+        "target: {{name: twi-bot-shard, user_id: \"{bot}\"}}\n\
+         discord:\n  token_env: BENCH_UNUSED\n  api_base: {}\n  send_interval: 1s\n\
+         probes:\n  - name: presence\n    every: 1m\n    timeout: 5s\n    presence:\n      \
+         guilds: [\"{guild}\"]\n",
+        serde_json::to_string(&d.rest_base)?
+    );
+    for i in 0..silent_channels {
+        let channel = sandbox
+            .channel_id(&channel_name(i))
+            .with_context(|| format!("channel {} missing", channel_name(i)))?;
+        yaml.push_str(&format!(
+            "  - name: silent-{i:03}\n    every: 1m\n    timeout: {}ms\n    command:\n      \
+             channel_id: \"{channel}\"\n      guild_id: \"{guild}\"\n      message: \"!nosuchcommand\"\n",
+            SILENT_TIMEOUT.as_millis()
+        ));
+    }
+    let config = Config::from_yaml(&yaml, Path::new("bench_gateway.yaml"))
+        .map_err(|e| anyhow!("{e}\n{yaml}"))?;
+    let session = Arc::new(
+        DiscordSession::connect(&config, &Secret::new(prober.token.clone()))
+            .await
+            .context("connecting the prober")?,
+    );
+    let mut probes = config
+        .probes
+        .iter()
+        .map(|spec| {
+            Probe::new(spec.clone(), Some(&session))
+                .map(Arc::new)
+                .map_err(|e| anyhow!("probe {}: {e}", spec.name))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let presence = probes.remove(0);
+
+    println!();
+    println!(
+        "3. Gateway round trips: {} presence runs one after another (20 ms apart), then {} runs of \
+         {silent_channels} silent command probes (timeout {} ms, one channel each, in rounds)",
+        args.gateway_runs,
+        args.gateway_runs,
+        SILENT_TIMEOUT.as_millis()
+    );
+    let mut presence_ms = Vec::new();
+    let mut all_ok = true;
+    for _ in 0..args.gateway_runs {
+        let r = run_once(presence.clone()).await;
+        if r.outcome != Outcome::Success {
+            println!("  NOT A SUCCESS: presence {}: {}", r.outcome, r.detail);
+            all_ok = false;
+        }
+        presence_ms.push(ms(r.duration));
+        // Pacing between runs, not synchronisation.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut late_ms = Vec::new();
+    while late_ms.len() < args.gateway_runs {
+        let mut tasks = tokio::task::JoinSet::new();
+        for p in &probes {
+            tasks.spawn(run_once(p.clone()));
+        }
+        while let Some(r) = tasks.join_next().await {
+            let r = r?;
+            if r.outcome != Outcome::Timeout {
+                println!("  NOT A TIMEOUT: {} {}: {}", r.probe, r.outcome, r.detail);
+                all_ok = false;
+                continue;
+            }
+            let timed = r.duration - r.observations.waited.unwrap_or_default();
+            late_ms.push(ms(timed) - ms(SILENT_TIMEOUT));
+        }
+    }
+    session.shutdown().await;
+    println!();
+    header();
+    let presence = stats("presence run (one op 8 round trip)", presence_ms);
+    let late = stats("timeout ended after its deadline by", late_ms);
+    println!();
+    println!(
+        "goal presence p99 < {GOAL_PRESENCE_P99_MS:.0} ms: {} (p99 {:.3} ms)",
+        verdict(presence.p99 < GOAL_PRESENCE_P99_MS),
+        presence.p99
+    );
+    println!(
+        "goal timeout late p99 <= {GOAL_TIMEOUT_LATE_P99_MS:.0} ms: {} (p99 {:.3} ms)",
+        verdict(late.p99 <= GOAL_TIMEOUT_LATE_P99_MS),
+        late.p99
+    );
+    Ok(all_ok)
 }
 
 // ---------------------------------------------------------------------------

@@ -32,6 +32,16 @@ pub struct BotBehaviour {
     pub reply_with_reference: bool,
     /// Send a placeholder at once and edit it into the answer later.
     pub placeholder: bool,
+    /// Release replies in bursts: each reply waits until the next multiple
+    /// of this period after the bot's start, so replies to commands seen
+    /// within one period go out together (a benchmark's worst case for a
+    /// prober receiving them). `None`: each reply when it is ready.
+    #[serde(
+        default,
+        with = "super::config::opt_humantime",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub burst: Option<Duration>,
 }
 
 impl Default for BotBehaviour {
@@ -43,6 +53,7 @@ impl Default for BotBehaviour {
             typing: true,
             reply_with_reference: true,
             placeholder: false,
+            burst: None,
         }
     }
 }
@@ -84,6 +95,7 @@ impl BotBehaviour {
             typing: true,
             reply_with_reference: true,
             placeholder: false,
+            burst: None,
         }
     }
 }
@@ -174,6 +186,26 @@ pub struct SimBot {
     /// knowledge, for tests: Discord cannot tell for replies without a
     /// reference). Bounded to [`ANSWERS_KEPT`].
     answers: Mutex<std::collections::VecDeque<(u64, u64)>>,
+    /// When this simulated bot was made: the origin of `burst` periods.
+    born: Instant,
+    /// Commands being answered right now.
+    busy: tokio::sync::watch::Sender<usize>,
+}
+
+/// Counts a command as being answered while it lives.
+struct Busy<'a>(&'a tokio::sync::watch::Sender<usize>);
+
+impl<'a> Busy<'a> {
+    fn start(counter: &'a tokio::sync::watch::Sender<usize>) -> Self {
+        counter.send_modify(|n| *n += 1);
+        Busy(counter)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
 }
 
 /// How many command → answer pairs the simulated bot remembers.
@@ -202,6 +234,8 @@ impl SimBot {
             metrics: Mutex::new(BotMetrics::new(started_ago)),
             running: tokio::sync::Mutex::new(None),
             answers: Mutex::new(Default::default()),
+            born: Instant::now(),
+            busy: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -222,6 +256,13 @@ impl SimBot {
             .rev()
             .find(|(c, _)| *c == command_id)
             .map(|(_, a)| *a)
+    }
+
+    /// Returns once no command is being answered (every answer so far is
+    /// recorded for [`SimBot::answer_to`]).
+    pub async fn idle(&self) {
+        let mut busy = self.busy.subscribe();
+        let _ = busy.wait_for(|n| *n == 0).await;
     }
 
     fn answered(&self, command_id: u64, answer_id: u64) {
@@ -463,6 +504,7 @@ impl EventHandler for Handler {
         let Some(command) = parse_command(&msg.content, bot.account_id) else {
             return;
         };
+        let _busy = Busy::start(&bot.busy);
         let behaviour = bot.behaviour();
         let (drop, error) = {
             let mut rng = rand::rng();
@@ -492,7 +534,14 @@ impl EventHandler for Handler {
                 m
             }
         };
-        let delay = behaviour.latency.sample();
+        let mut delay = behaviour.latency.sample();
+        if let Some(period) = behaviour.burst.filter(|p| !p.is_zero()) {
+            // Out at the next multiple of `period` after the bot started.
+            let ready = bot.born.elapsed() + delay;
+            let periods = ready.as_nanos().div_ceil(period.as_nanos());
+            let out = period.saturating_mul(u32::try_from(periods).unwrap_or(u32::MAX));
+            delay += out.saturating_sub(ready);
+        }
         let final_embed = if error {
             error_embed()
         } else {

@@ -256,6 +256,10 @@ async fn runs_in_shared_channels_agree_with_ground_truth() {
         runs.push(done.expect("a probe loop finished"));
     }
     cycler.abort();
+    // Every answer the bot gave is recorded before it is judged.
+    tokio::time::timeout(Duration::from_secs(30), sb.control().bot().unwrap().idle())
+        .await
+        .expect("the bot finishes answering");
 
     let mut tally = Tally::default();
     let mut judged = 0;
