@@ -73,7 +73,8 @@ pub fn crowded_channels(config: &Config) -> Vec<String> {
             let names: Vec<&str> = probes.iter().map(|p| p.name.as_str()).collect();
             warnings.push(format!(
                 "channel {channel}: probes {} take turns there and need up to {} per round \
-                 (their timeouts plus send_interval {} each), more than {:?} runs ({}): \
+                 (their timeouts plus send_interval {} each), more than the shortest schedule there \
+                 ({:?}, {}): \
                  runs will wait for their turn, and a run that cannot get it in time is inconclusive",
                 names.join(", "),
                 humantime::format_duration(round),

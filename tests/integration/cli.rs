@@ -105,6 +105,45 @@ async fn validate_prints_ok_and_a_line_per_probe() {
 }
 
 #[tokio::test]
+async fn validate_warns_when_probes_sharing_a_channel_cannot_fit_their_schedule() {
+    let probe_yaml = |name: &str, every: &str, timeout: &str, channel: &str| {
+        format!(
+            "  - name: {name}\n    every: {every}\n    timeout: {timeout}\n    command:\n      \
+             channel_id: \"{channel}\"\n      message: \"!help\"\n"
+        )
+    };
+    let yaml = format!(
+        "target: {{name: bot, user_id: \"1020304050607080901\"}}\n\
+         discord: {{token_env: PROBER_DISCORD_TOKEN, send_interval: 2s}}\n\
+         probes:\n{}{}{}{}",
+        // 10 s + 2 s and 5 s + 2 s per round: more than the 15 s of `fast`.
+        probe_yaml("slow", "1m", "10s", "1020304050607080903"),
+        probe_yaml("fast", "15s", "5s", "1020304050607080903"),
+        // Alone in its channel: fits.
+        probe_yaml("alone", "5s", "4s", "1020304050607080904"),
+        // Sharing a channel, but with time to spare.
+        probe_yaml("roomy", "1m", "5s", "1020304050607080905")
+            + &probe_yaml("roomy-too", "1m", "5s", "1020304050607080905"),
+    );
+    let dir = ConfigDir::new(&yaml);
+    let out = probe(&["validate"], &dir.0).await;
+    assert!(
+        out.status.success(),
+        "a warning, not an error: {}",
+        stderr(&out)
+    );
+    let err = stderr(&out);
+    let crowded: Vec<&str> = err.lines().filter(|l| l.contains("take turns")).collect();
+    assert_eq!(crowded.len(), 1, "{err}");
+    assert!(
+        crowded[0].starts_with(
+            "warning: probes.yaml: channel 1020304050607080903: probes slow, fast take turns there and need up to 19s per round"
+        ) && crowded[0].contains("more than the shortest schedule there (\"fast\", every 15s)"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn validate_prints_every_error_and_fails() {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bad");
     let out = probe(&["validate", "--config", "many_errors.yaml"], &fixtures).await;
