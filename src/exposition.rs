@@ -8,6 +8,7 @@
 //! *which* line is wrong, and the format is small: one sample per line,
 //! `# HELP` / `# TYPE` comments, escaped label values.
 
+use std::collections::HashMap;
 use std::fmt;
 
 /// One sample line: `name{labels} value [timestamp]`.
@@ -55,19 +56,50 @@ impl fmt::Display for ParseError {
     }
 }
 
-/// Parses a whole exposition body. Comment lines are skipped; every other
-/// non-blank line must be a valid sample. An empty body is an error.
+/// Parses a whole exposition body. Comment lines are skipped, except that
+/// a family's `# HELP` or `# TYPE` may appear once only; every other
+/// non-blank line must be a valid sample, and no series may appear twice
+/// (Prometheus rejects both). An empty body is an error.
 pub fn parse(body: &str) -> Result<Vec<Sample>, ParseError> {
     let mut samples = Vec::new();
+    // (HELP or TYPE, family) → line; series → line.
+    let mut declared: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut series: HashMap<(String, Vec<(String, String)>), usize> = HashMap::new();
     for (i, line) in body.lines().enumerate() {
         let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
+        let number = i + 1;
+        if let Some(comment) = line.strip_prefix('#') {
+            let mut words = comment.split_whitespace();
+            if let (Some(keyword @ ("HELP" | "TYPE")), Some(family)) = (words.next(), words.next())
+                && let Some(first) = declared.insert((keyword, family), number)
+            {
+                return Err(ParseError {
+                    line: number,
+                    message: format!(
+                        "a second {keyword} line for {family} (the first is on line {first})"
+                    ),
+                });
+            }
+            continue;
+        }
+        if line.is_empty() {
             continue;
         }
         let sample = parse_sample(line).map_err(|message| ParseError {
-            line: i + 1,
+            line: number,
             message,
         })?;
+        let mut labels = sample.labels.clone();
+        labels.sort();
+        if let Some(first) = series.insert((sample.name.clone(), labels), number) {
+            return Err(ParseError {
+                line: number,
+                message: format!(
+                    "the series {} again (first on line {first})",
+                    series_name(&sample)
+                ),
+            });
+        }
         samples.push(sample);
     }
     if samples.is_empty() {
@@ -77,6 +109,15 @@ pub fn parse(body: &str) -> Result<Vec<Sample>, ParseError> {
         });
     }
     Ok(samples)
+}
+
+/// `name{a="b"}` without the value.
+fn series_name(s: &Sample) -> String {
+    if s.labels.is_empty() {
+        return s.name.clone();
+    }
+    let labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+    format!("{}{{{}}}", s.name, labels.join(","))
 }
 
 fn parse_sample(line: &str) -> Result<Sample, String> {
@@ -244,6 +285,31 @@ with_ts 1 1700000000000
         assert_eq!(samples[6].label("v"), Some("a,b=c \"q\" \\ \n"));
         assert!(samples[6].value.is_nan());
         assert_eq!(samples[7].value, 1.0);
+    }
+
+    #[test]
+    fn what_prometheus_rejects_is_an_error_naming_the_line() {
+        let err = parse("# HELP a A\n# TYPE a gauge\na 1\n# HELP a again\na 2\n").unwrap_err();
+        assert_eq!(err.line, 4);
+        assert_eq!(
+            err.message,
+            "a second HELP line for a (the first is on line 1)"
+        );
+        let err = parse("# TYPE a gauge\na 1\n# TYPE a counter\n").unwrap_err();
+        assert_eq!(err.line, 3);
+        assert_eq!(
+            err.message,
+            "a second TYPE line for a (the first is on line 1)"
+        );
+        // The same series twice, labels in another order.
+        let err = parse("b{x=\"1\",y=\"2\"} 1\nb{x=\"2\"} 1\nb{y=\"2\",x=\"1\"} 3\n").unwrap_err();
+        assert_eq!(err.line, 3);
+        assert_eq!(
+            err.message,
+            "the series b{y=\"2\",x=\"1\"} again (first on line 1)"
+        );
+        // Other comments may repeat.
+        assert!(parse("# just a note\n# just a note\nc 1\n").is_ok());
     }
 
     #[test]

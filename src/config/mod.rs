@@ -33,6 +33,10 @@ pub const DEFAULT_DISCORD_API_BASE: &str = "https://discord.com";
 /// Shortest gap between two probe messages in one channel: Discord allows
 /// about 5 messages per 5 s per channel; one per 2 s stays far below.
 pub const DEFAULT_SEND_INTERVAL: Duration = Duration::from_secs(2);
+/// The most an `http` or `exporter` probe reads of a body unless its
+/// `max_body_size` says otherwise (blackbox_exporter has no default limit;
+/// an exporter's page is rarely above 1 MiB).
+pub const DEFAULT_MAX_BODY_SIZE: u64 = 16 * 1024 * 1024;
 
 /// A validated probes.yaml.
 #[derive(Debug, Clone)]
@@ -168,6 +172,8 @@ pub struct ExporterSpec {
     pub min_uptime: Option<Duration>,
     pub start_time_metric: String,
     pub assertions: Vec<Assertion>,
+    /// Bodies larger than this are a `failure`, read no further.
+    pub max_body_size: u64,
 }
 
 /// Send a message and check the target bot's reply.
@@ -207,6 +213,8 @@ pub struct HttpSpec {
     pub expect_status: StatusSet,
     pub body_regex: Option<Regex>,
     pub follow_redirects: bool,
+    /// Bodies larger than this are a `failure`, read no further.
+    pub max_body_size: u64,
 }
 
 /// Accepted HTTP statuses: exact codes and classes such as `2xx`.

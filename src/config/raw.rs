@@ -139,6 +139,7 @@ pub struct RawExporter {
     pub start_time_metric: Option<Text>,
     #[serde(default)]
     pub assertions: Vec<Text>,
+    pub max_body_size: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,6 +150,7 @@ pub struct RawHttp {
     pub expect_status: Option<Vec<Spanned<StatusItem>>>,
     pub body_regex: Option<Text>,
     pub follow_redirects: Option<bool>,
+    pub max_body_size: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

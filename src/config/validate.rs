@@ -110,6 +110,28 @@ impl Checker {
     }
 
     /// An http(s) URL. The value is not quoted back: URLs can carry credentials.
+    /// A size such as `16MiB`, `500 kB` or a number of bytes; at least 1 KiB.
+    fn size(&mut self, text: &Text, path: &str) -> Option<u64> {
+        match text.value.trim().parse::<bytesize::ByteSize>() {
+            Ok(b) if b.as_u64() >= 1024 => Some(b.as_u64()),
+            Ok(_) => {
+                self.error(text, path, "size must be at least 1KiB");
+                None
+            }
+            Err(_) => {
+                self.error(
+                    text,
+                    path,
+                    format!(
+                        "invalid size {:?}: use a number of bytes or a unit such as 512KiB, 16MiB, 1GB",
+                        text.value
+                    ),
+                );
+                None
+            }
+        }
+    }
+
     fn url(&mut self, text: &Text, path: &str) -> Option<Url> {
         match Url::parse(text.value.trim()) {
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => Some(u),
@@ -822,6 +844,10 @@ fn check_exporter(
             ),
         }
     }
+    let max_body_size = match &raw.max_body_size {
+        Some(t) => c.size(t, &format!("{path}.max_body_size")),
+        None => Some(DEFAULT_MAX_BODY_SIZE),
+    };
     if c.errors.len() > errors_before {
         return None;
     }
@@ -830,6 +856,7 @@ fn check_exporter(
         min_uptime,
         start_time_metric,
         assertions,
+        max_body_size: max_body_size?,
     })
 }
 
@@ -869,6 +896,10 @@ fn check_http(c: &mut Checker, h: &Spanned<raw::RawHttp>, path: &str) -> Option<
             c.regex(r, &format!("{path}.body_regex"))
         }
     };
+    let max_body_size = match &raw.max_body_size {
+        Some(t) => c.size(t, &format!("{path}.max_body_size")),
+        None => Some(DEFAULT_MAX_BODY_SIZE),
+    };
     if c.errors.len() > errors_before {
         return None;
     }
@@ -877,6 +908,7 @@ fn check_http(c: &mut Checker, h: &Spanned<raw::RawHttp>, path: &str) -> Option<
         method,
         expect_status,
         body_regex,
+        max_body_size: max_body_size?,
         follow_redirects: raw.follow_redirects.unwrap_or(true),
     })
 }

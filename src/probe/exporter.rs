@@ -4,9 +4,20 @@
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{Check, Outcome, classify_send_error, describe_http_error, shared_http_client};
+use super::{
+    Check, Outcome, classify_send_error, describe_http_error, off_runtime, read_body,
+    shared_http_client,
+};
 use crate::config::ExporterSpec;
 use crate::exposition;
+
+/// Parses an exporter's body; the error is a `failure`'s detail.
+fn parse_body(body: &[u8]) -> Result<Vec<exposition::Sample>, String> {
+    let text =
+        std::str::from_utf8(body).map_err(|e| format!("exporter output is not UTF-8 text: {e}"))?;
+    exposition::parse(text)
+        .map_err(|e| format!("exporter output is not Prometheus text format: {e}"))
+}
 
 /// A start time that moves forward by less than this is jitter, not a
 /// restart: prometheus_client derives it from /proc and it can wobble.
@@ -55,31 +66,22 @@ impl ExporterProbe {
                 format!("exporter answered HTTP {}", status.as_u16()),
             );
         }
-        let body = match response.text().await {
+        let body = match read_body(response, self.spec.max_body_size).await {
             Ok(b) => b,
-            Err(e) => {
-                return Check::new(
-                    Outcome::Failure,
-                    format!(
-                        "exporter: reading the body failed: {}",
-                        describe_http_error(&e)
-                    ),
-                );
-            }
+            Err(e) => return Check::new(Outcome::Failure, format!("exporter: {}", e.detail())),
         };
-        self.evaluate(&body, SystemTime::now())
+        let now = SystemTime::now();
+        match off_runtime(move || parse_body(&body)).await {
+            Ok(parsed) => self.evaluate(parsed, now),
+            Err(e) => Check::new(Outcome::Inconclusive, e),
+        }
     }
 
-    /// Judges an exporter body read at `now`.
-    fn evaluate(&self, body: &str, now: SystemTime) -> Check {
-        let samples = match exposition::parse(body) {
+    /// Judges an exporter body, parsed, read at `now`.
+    fn evaluate(&self, parsed: Result<Vec<exposition::Sample>, String>, now: SystemTime) -> Check {
+        let samples = match parsed {
             Ok(s) => s,
-            Err(e) => {
-                return Check::new(
-                    Outcome::Failure,
-                    format!("exporter output is not Prometheus text format: {e}"),
-                );
-            }
+            Err(e) => return Check::new(Outcome::Failure, e),
         };
         let metric = &self.spec.start_time_metric;
         let Some(start) = samples.iter().find(|s| &s.name == metric) else {
@@ -175,6 +177,7 @@ mod tests {
                 .iter()
                 .map(|a| Assertion::parse(a).unwrap())
                 .collect(),
+            max_body_size: crate::config::DEFAULT_MAX_BODY_SIZE,
         })
         .unwrap()
     }
@@ -186,22 +189,23 @@ mod tests {
     #[test]
     fn restart_is_noticed_once_and_jitter_ignored() {
         let p = probe(None, &[]);
-        let c = p.evaluate("process_start_time_seconds 1000\n", at(5000));
+        let c = p.evaluate(parse_body(b"process_start_time_seconds 1000\n"), at(5000));
         assert_eq!(c.outcome, Outcome::Success);
         assert_eq!(c.observations.target_restarts, 0);
         assert_eq!(c.observations.target_uptime_seconds, Some(4000.0));
-        let c = p.evaluate("process_start_time_seconds 1000.4\n", at(5010));
+        let c = p.evaluate(parse_body(b"process_start_time_seconds 1000.4\n"), at(5010));
         assert_eq!(c.observations.target_restarts, 0, "jitter is not a restart");
-        let c = p.evaluate("process_start_time_seconds 4990\n", at(5020));
+        let c = p.evaluate(parse_body(b"process_start_time_seconds 4990\n"), at(5020));
         assert_eq!(c.observations.target_restarts, 1);
         assert!(c.detail.contains("restarted"), "{}", c.detail);
-        let c = p.evaluate("process_start_time_seconds 4990\n", at(5030));
+        let c = p.evaluate(parse_body(b"process_start_time_seconds 4990\n"), at(5030));
         assert_eq!(c.observations.target_restarts, 0);
     }
 
     #[test]
     fn future_start_time_reads_as_zero_uptime() {
-        let c = probe(None, &[]).evaluate("process_start_time_seconds 6000\n", at(5000));
+        let c =
+            probe(None, &[]).evaluate(parse_body(b"process_start_time_seconds 6000\n"), at(5000));
         assert_eq!(c.observations.target_uptime_seconds, Some(0.0));
     }
 }

@@ -1,7 +1,8 @@
 //! The `http` probe: GET or HEAD a URL and check its status and body.
 
 use super::{
-    Check, MAX_REDIRECTS, Outcome, classify_send_error, describe_http_error, shared_http_client,
+    Check, MAX_REDIRECTS, Outcome, classify_send_error, describe_http_error, off_runtime,
+    read_body, shared_http_client,
 };
 use crate::config::{HttpMethod, HttpSpec};
 
@@ -47,22 +48,22 @@ impl HttpProbe {
         let Some(regex) = &self.spec.body_regex else {
             return Check::new(Outcome::Success, format!("HTTP {status}"));
         };
-        let body = match response.text().await {
+        let body = match read_body(response, self.spec.max_body_size).await {
             Ok(b) => b,
-            Err(e) => {
-                return Check::new(
-                    Outcome::Failure,
-                    format!("reading the body failed: {}", describe_http_error(&e)),
-                );
-            }
+            Err(e) => return Check::new(Outcome::Failure, e.detail()),
         };
-        if regex.is_match(&body) {
-            Check::new(Outcome::Success, format!("HTTP {status}, body matches"))
-        } else {
-            Check::new(
+        let regex = regex.clone();
+        let matched = off_runtime(move || regex.is_match(&String::from_utf8_lossy(&body))).await;
+        match matched {
+            Ok(true) => Check::new(Outcome::Success, format!("HTTP {status}, body matches")),
+            Ok(false) => Check::new(
                 Outcome::Failure,
-                format!("HTTP {status}, body does not match /{}/", regex.as_str()),
-            )
+                format!(
+                    "HTTP {status}, body does not match /{}/",
+                    self.spec.body_regex.as_ref().map_or("", |r| r.as_str())
+                ),
+            ),
+            Err(e) => Check::new(Outcome::Inconclusive, e),
         }
     }
 }

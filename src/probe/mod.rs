@@ -357,6 +357,57 @@ pub(crate) fn shared_http_client(follow_redirects: bool) -> Result<reqwest::Clie
     .clone()
 }
 
+/// Why a response body was not read whole.
+pub(crate) enum BodyError {
+    /// Larger than the probe's `max_body_size`: reading stopped there.
+    TooLarge(u64),
+    Read(reqwest::Error),
+}
+
+impl BodyError {
+    /// What went wrong, for a `failure`'s detail.
+    pub(crate) fn detail(&self) -> String {
+        match self {
+            BodyError::TooLarge(limit) => format!(
+                "the body is larger than max_body_size ({}); it was not read further",
+                bytesize::ByteSize(*limit).display().iec()
+            ),
+            BodyError::Read(e) => format!("reading the body failed: {}", describe_http_error(e)),
+        }
+    }
+}
+
+/// Reads a body as a stream, at most `limit` bytes: a body announced or
+/// found to be larger is never read whole (an endless or huge body must not
+/// take the prober's memory).
+pub(crate) async fn read_body(
+    mut response: reqwest::Response,
+    limit: u64,
+) -> Result<Vec<u8>, BodyError> {
+    if response.content_length().is_some_and(|n| n > limit) {
+        return Err(BodyError::TooLarge(limit));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Read)? {
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Err(BodyError::TooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Runs CPU-heavy work on a body (parsing, regex matching) on tokio's
+/// blocking threads, never on the runtime threads that schedule probes and
+/// answer HTTP. Inside a run, it counts within the probe's timeout.
+pub(crate) async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| format!("internal error: {e}"))
+}
+
 /// How many redirects are followed when following is on (reqwest's default).
 pub(crate) const MAX_REDIRECTS: usize = 10;
 

@@ -149,3 +149,41 @@ async fn slow_exporter_beyond_timeout_times_out() {
     assert_eq!(r.detail, "no answer within 1s");
     assert!(r.duration >= Duration::from_secs(1) && r.duration < Duration::from_secs(5));
 }
+
+#[tokio::test]
+async fn a_huge_or_endless_exporter_body_is_a_failure_at_max_body_size() {
+    let server = TestServer::start(Reply::ok("x")).await;
+    let probe = exporter_probe(&server.url("/endless"), "      max_body_size: 2MiB");
+    let r = run(&probe).await;
+    assert_eq!(r.outcome, Outcome::Failure, "{}", r.detail);
+    assert_eq!(
+        r.detail,
+        "exporter: the body is larger than max_body_size (2.0 MiB); it was not read further"
+    );
+    assert!(
+        server.endless_bytes() < 16 << 20,
+        "{}",
+        server.endless_bytes()
+    );
+    let probe = exporter_probe(&server.url("/big"), "      min_uptime: 1s");
+    let r = run(&probe).await;
+    assert_eq!(r.outcome, Outcome::Failure, "{}", r.detail);
+    assert!(r.detail.contains("(16.0 MiB)"), "{}", r.detail);
+}
+
+#[tokio::test]
+async fn what_promtool_rejects_is_a_failure_naming_the_line() {
+    let body = "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds 1\n\
+                up 1\nup 1\n";
+    let server = TestServer::start(Reply::ok(body)).await;
+    let r = run(&exporter_probe(
+        &server.url("/metrics"),
+        "      min_uptime: 1s",
+    ))
+    .await;
+    assert_eq!(r.outcome, Outcome::Failure, "{}", r.detail);
+    assert_eq!(
+        r.detail,
+        "exporter output is not Prometheus text format: line 4: the series up again (first on line 3)"
+    );
+}

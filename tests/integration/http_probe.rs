@@ -176,3 +176,36 @@ async fn every_run_connects_anew_like_a_new_client() {
     // listener that stopped accepting, an expired certificate).
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
+
+#[tokio::test]
+async fn bodies_are_read_up_to_max_body_size_and_no_further() {
+    let server = TestServer::start(Reply::ok("x")).await;
+    // An endless body: reading stops at the limit, long before the timeout.
+    let r = probe_once(
+        &server.url("/endless"),
+        "      body_regex: \"never\"\n      max_body_size: 1MiB",
+    )
+    .await;
+    assert_eq!(r.outcome, Outcome::Failure, "{}", r.detail);
+    assert_eq!(
+        r.detail,
+        "the body is larger than max_body_size (1.0 MiB); it was not read further"
+    );
+    assert!(r.duration < Duration::from_secs(1), "{:?}", r.duration);
+    assert!(
+        server.endless_bytes() < 16 << 20,
+        "the prober stopped reading: {} bytes produced",
+        server.endless_bytes()
+    );
+    // A body announced larger than the limit is not read at all; without a
+    // body check the body is never read.
+    let r = probe_once(&server.url("/big"), "      body_regex: \"s\"").await;
+    assert_eq!(r.outcome, Outcome::Failure, "{}", r.detail);
+    assert!(
+        r.detail.contains("larger than max_body_size (16.0 MiB)"),
+        "{}",
+        r.detail
+    );
+    let r = probe_once(&server.url("/big"), "").await;
+    assert_eq!(r.outcome, Outcome::Success, "{}", r.detail);
+}

@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use futures_util::StreamExt;
 use twi_probe::config::Config;
 
 /// What the server answers on `/metrics` (and `/page`).
@@ -37,11 +38,15 @@ struct ServerState {
     methods: Arc<Mutex<Vec<Method>>>,
     /// (requests being answered now, the most at once so far)
     concurrent: Arc<Mutex<(usize, usize)>>,
+    /// Bytes `/endless` has produced so far.
+    endless_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A real HTTP server on 127.0.0.1, port 0. Routes:
 /// `/metrics` and `/page` answer the current [`Reply`]; `/old` redirects
-/// (301) to `/page`; `/loop` redirects to itself.
+/// (301) to `/page`; `/loop` redirects to itself; `/endless` streams valid
+/// exposition lines forever (chunked); `/big` sends a large body with its
+/// Content-Length.
 pub struct TestServer {
     pub addr: SocketAddr,
     state: ServerState,
@@ -53,6 +58,7 @@ impl TestServer {
             reply: Arc::new(Mutex::new(reply)),
             methods: Arc::new(Mutex::new(Vec::new())),
             concurrent: Arc::new(Mutex::new((0, 0))),
+            endless_bytes: Default::default(),
         };
         let app = Router::new()
             .route("/metrics", any(answer))
@@ -60,6 +66,17 @@ impl TestServer {
             .route(
                 "/old",
                 get(|| async { (StatusCode::MOVED_PERMANENTLY, [(header::LOCATION, "/page")]) }),
+            )
+            .route("/endless", get(endless))
+            .route(
+                "/big",
+                get(|| async {
+                    // 64 MiB of valid, distinct series, announced as such.
+                    let lines: String = (0..1_500_000)
+                        .map(|i| format!("s{{i=\"{i}\"}} 1\n"))
+                        .collect();
+                    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], lines)
+                }),
             )
             .route(
                 "/loop",
@@ -82,6 +99,14 @@ impl TestServer {
 
     pub fn methods_seen(&self) -> Vec<Method> {
         self.state.methods.lock().unwrap().clone()
+    }
+
+    /// Bytes `/endless` has produced (at most a socket's buffers more than
+    /// its client read).
+    pub fn endless_bytes(&self) -> u64 {
+        self.state
+            .endless_bytes
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The most requests this server was answering at the same time.
@@ -109,6 +134,23 @@ async fn answer(State(state): State<ServerState>, method: Method, _h: HeaderMap)
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         reply.body,
+    )
+        .into_response()
+}
+
+/// Valid, distinct series in 64 KiB chunks, forever.
+async fn endless(State(state): State<ServerState>) -> Response {
+    let counter = state.endless_bytes.clone();
+    let chunks = futures_util::stream::iter(0u64..).map(move |n| {
+        let chunk: String = (0..2000)
+            .map(|i| format!("endless{{chunk=\"{n}\",line=\"{i}\"}} 1\n"))
+            .collect();
+        counter.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::SeqCst);
+        Ok::<_, std::convert::Infallible>(chunk)
+    });
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        axum::body::Body::from_stream(chunks),
     )
         .into_response()
 }
