@@ -231,7 +231,7 @@ def test_the_rate_limit_trace_reads_discords_headers_from_a_real_session() -> No
     assert twi_probe_companion.http_trace() is twi_probe_companion.http_trace(), "one trace per process"
 
 
-def test_without_the_trace_the_rate_limit_families_are_absent_not_reassuring() -> None:
+def test_without_the_trace_the_rate_limit_families_are_absent_not_reassuring(caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> None:
         registry = CollectorRegistry()
         bot = new_bot()
@@ -240,6 +240,7 @@ def test_without_the_trace_the_rate_limit_families_are_absent_not_reassuring() -
         names = scrape(registry).names()
         assert "discord_ratelimit_remaining_ratio" not in names
         assert "discord_ratelimited_total" not in names
+        assert any("http_trace=twi_probe_companion.http_trace()" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
         await bot.remove_cog(cog.qualified_name)
 
     asyncio.run(main())
