@@ -116,7 +116,9 @@ def test_other_bots_are_still_ignored_and_people_are_answered_once(
     before = bot.scrape()
     from_bot = sandbox.send("otherbot", "probes", "!help")
     from_person = sandbox.send("erin", "probes", "!help")
+    from_prober = prober.send("probes", "!help")
     prober.wait_reply(int(from_person["id"]), bot.user_id)
+    prober.wait_reply(from_prober.id, bot.user_id)
     # A later command's answer: by then the others' messages were handled
     # (each was dispatched to the bot before this one).
     barrier = prober.send("probes", "!ping")
@@ -125,7 +127,8 @@ def test_other_bots_are_still_ignored_and_people_are_answered_once(
 
     assert prober.replies_to(int(from_bot["id"]), bot.user_id) == []
     assert len(prober.replies_to(int(from_person["id"]), bot.user_id)) == 1
-    assert commands_total(after, "help") - commands_total(before, "help") == 1, "erin's only"
+    assert len(prober.replies_to(from_prober.id, bot.user_id)) == 1
+    assert commands_total(after, "help") - commands_total(before, "help") == 2, "erin's and the prober's"
     assert after.value("bot_active_users") >= 1, "erin ran a command"
     assert not [l for l in bot.log_lines() if l.get("request_id") == from_bot["id"]]
 
