@@ -39,7 +39,11 @@ fi
 
 # The companion is installed on every run, so the installed copy is this
 # tree's (its dependencies are already there, from the lines above).
+# (its dependencies are already there, from the lines above). The build's
+# leftovers are removed, so no stale module of an earlier build gets in.
+rm -rf companion/build companion/src/twi_probe_companion.egg-info
 python3 -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall ./companion
+rm -rf companion/build companion/src/twi_probe_companion.egg-info
 
 cargo test --locked --all-targets
 

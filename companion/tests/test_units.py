@@ -168,6 +168,26 @@ def test_bots_are_not_active_users() -> None:
     asyncio.run(main())
 
 
+def test_a_sharded_bot_reports_each_shard_and_ignores_the_unsharded_events() -> None:
+    async def main() -> None:
+        registry = CollectorRegistry()
+        bot = commands.AutoShardedBot(command_prefix="!", intents=discord.Intents.none(), shard_count=2)
+        cog = ProbeCompanion(bot, port=None, registry=registry)
+        await bot.add_cog(cog)
+        await cog.on_shard_connect(0)
+        await cog.on_shard_ready(1)
+        await cog.on_disconnect()  # also dispatched per shard, without its id
+        await cog.on_shard_disconnect(1)
+        s = scrape(registry)
+        assert s.value("discord_gateway_connected", shard="0") == 1
+        assert s.value("discord_gateway_connected", shard="1") == 0
+        await cog.on_shard_resumed(1)
+        assert scrape(registry).value("discord_gateway_connected", shard="1") == 1
+        await bot.remove_cog(cog.qualified_name)
+
+    asyncio.run(main())
+
+
 def test_active_users_are_distinct_and_forgotten_after_5_minutes() -> None:
     now = [1000.0]
     users = ActiveUsers(clock=lambda: now[0])
@@ -181,6 +201,11 @@ def test_active_users_are_distinct_and_forgotten_after_5_minutes() -> None:
     assert users.count() == 1
     now[0] += 300
     assert users.count() == 0
+    # Sightings alone (no scrape) forget old ids too.
+    users.saw(4)
+    now[0] += 301
+    users.saw(5)
+    assert list(users._last_seen) == [5]
 
 
 def test_the_rate_limit_trace_reads_discords_headers_from_a_real_session() -> None:

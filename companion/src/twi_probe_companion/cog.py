@@ -74,6 +74,7 @@ class ProbeCompanion(commands.Cog):
         self._counted: "OrderedDict[int, None]" = OrderedDict()
         self._previous_tree_error: Any = None
         self._sharded = isinstance(bot, discord.AutoShardedClient)
+        self._guilds = 0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -81,7 +82,7 @@ class ProbeCompanion(commands.Cog):
         self.metrics = CompanionMetrics(
             self.registry,
             gateway_latencies=self._gateway_latencies,
-            guilds=lambda: len(self.bot.guilds),
+            guilds=self._guild_count,
             watch=self.watch,
             active_users=self.active_users,
         )
@@ -236,6 +237,14 @@ class ProbeCompanion(commands.Cog):
             return [(str(self.bot.shard_id or 0), float(self.bot.latency))]
         except RuntimeError:  # the shard map changed while being read
             return []
+
+    def _guild_count(self) -> int:
+        # Read on the exporter's thread while the loop may add a guild.
+        try:
+            self._guilds = len(self.bot.guilds)
+        except RuntimeError:
+            pass
+        return self._guilds
 
     def _set_connected(self, shard: Optional[int], value: int) -> None:
         if self.metrics is not None:

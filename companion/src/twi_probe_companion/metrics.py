@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 import threading
 import time
-from typing import Callable, Dict, Iterable, Iterator, List, Tuple
+from collections import OrderedDict
+from typing import Callable, Iterable, Iterator, List, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -29,23 +30,32 @@ ACTIVE_WINDOW_SECONDS = 300.0
 
 class ActiveUsers:
     """Distinct users who ran a command recently. Ids stay in memory only,
-    and only for the window."""
+    and only for the window: each sighting drops those that fell out."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._lock = threading.Lock()
-        self._last_seen: Dict[int, float] = {}
+        # Oldest sighting first.
+        self._last_seen: "OrderedDict[int, float]" = OrderedDict()
+
+    def _forget_old(self, now: float) -> None:
+        horizon = now - ACTIVE_WINDOW_SECONDS
+        while self._last_seen:
+            user, seen = next(iter(self._last_seen.items()))
+            if seen >= horizon:
+                break
+            del self._last_seen[user]
 
     def saw(self, user_id: int) -> None:
         with self._lock:
-            self._last_seen[user_id] = self._clock()
+            now = self._clock()
+            self._last_seen[user_id] = now
+            self._last_seen.move_to_end(user_id)
+            self._forget_old(now)
 
     def count(self) -> int:
         with self._lock:
-            horizon = self._clock() - ACTIVE_WINDOW_SECONDS
-            for user, seen in list(self._last_seen.items()):
-                if seen < horizon:
-                    del self._last_seen[user]
+            self._forget_old(self._clock())
             return len(self._last_seen)
 
 
