@@ -63,11 +63,10 @@ def test_the_probers_prefix_command_is_answered_counted_and_timed_by_discords_cl
 def test_command_latency_is_the_sandboxs_truth_within_5_ms(sandbox: Sandbox, bot: BotProcess, prober: Prober) -> None:
     """From the command's snowflake to its completion, against the sandbox's
     ground truth (the command's and the reply's creation). Completion comes
-    a little after the reply's creation: its REST answer travels back, and
-    discord.py reports the completion to listeners on its next turn, late
-    by however long the CPU is busy elsewhere. So: never before the reply
-    existed, and the closest of four within 5 ms (the offset that is the
-    method's own; the rest is the machine's noise, which only adds).
+    a little after the reply's creation: its REST answer travels back and
+    discord.py parses it (2-4 ms on a busy 2-core machine). So: never
+    before the reply existed, and the median of four within 5 ms (a busy
+    machine's scheduling noise only adds, now and then).
 
     Four commands in a channel of their own, so the bot's bucket (5
     messages per 5 s) never runs dry: then discord.py waits for the reset
@@ -85,7 +84,9 @@ def test_command_latency_is_the_sandboxs_truth_within_5_ms(sandbox: Sandbox, bot
         differences.append(round(measured_ms - truth_ms, 3))
     # Never before the reply existed (1 ms: the snowflake's resolution).
     assert min(differences) >= -1.0, differences
-    assert min(differences) <= 5.0, f"companion minus truth, ms: {differences}"
+    differences.sort()
+    median = (differences[1] + differences[2]) / 2
+    assert median <= 5.0, f"companion minus truth, ms: {differences}"
 
 
 def test_a_mention_command_from_the_prober_is_processed(sandbox: Sandbox, bot: BotProcess, prober: Prober) -> None:

@@ -36,8 +36,12 @@ AT = 1_700_000_000.0
 SNOWFLAKE = (int(AT * 1000) - 1420070400000) << 22
 
 
-def new_bot() -> commands.Bot:
-    return commands.Bot(command_prefix="!", intents=discord.Intents.none())
+async def new_bot(cls: Any = commands.Bot, **options: Any) -> commands.Bot:
+    """A bot that never connects, set up as `async with bot:` does (which
+    gives it its event loop)."""
+    bot = cls(command_prefix="!", intents=discord.Intents.none(), **options)
+    await bot.__aenter__()
+    return bot
 
 
 def scrape(registry: CollectorRegistry) -> Samples:
@@ -53,7 +57,7 @@ def test_the_cog_registers_serves_and_unregisters_so_the_extension_can_be_reload
     async def main() -> None:
         registry = CollectorRegistry()
         for _ in range(2):  # a second load after unload must not clash
-            bot = new_bot()
+            bot = await new_bot()
             cog = ProbeCompanion(bot, allow_ids=[1], port=0, addr="127.0.0.1", registry=registry)
             await bot.add_cog(cog)
             assert cog.exporter_address is not None
@@ -76,11 +80,11 @@ def test_the_cog_registers_serves_and_unregisters_so_the_extension_can_be_reload
 def test_a_port_in_use_is_an_error_that_names_it() -> None:
     async def main() -> None:
         registry = CollectorRegistry()
-        first = new_bot()
+        first = await new_bot()
         cog = ProbeCompanion(first, port=0, addr="127.0.0.1", registry=registry)
         await first.add_cog(cog)
         _, port = cog.exporter_address  # type: ignore[misc]
-        second = new_bot()
+        second = await new_bot()
         with pytest.raises(RuntimeError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
             await second.add_cog(ProbeCompanion(second, port=port, addr="127.0.0.1", registry=CollectorRegistry()))
         await first.remove_cog(cog.qualified_name)
@@ -98,7 +102,7 @@ def test_slash_commands_are_counted_and_timed_from_the_interactions_snowflake() 
 
     async def main() -> None:
         registry = CollectorRegistry()
-        bot = new_bot()
+        bot = await new_bot()
         handled: List[Exception] = []
 
         @bot.tree.error
@@ -107,9 +111,8 @@ def test_slash_commands_are_counted_and_timed_from_the_interactions_snowflake() 
 
         cog = ProbeCompanion(bot, port=None, registry=registry, clock=lambda: AT + 0.25)
         await bot.add_cog(cog)
-        assert "on_app_command_completion" in {name for name, _ in cog.get_listeners()}
         ping = SimpleNamespace(qualified_name="ping", name="ping")
-        await cog.on_app_command_completion(interaction(command=ping), ping)
+        bot.dispatch("app_command_completion", interaction(command=ping), ping)
         # A failed slash command reaches CommandTree.on_error; the bot's own
         # handler still runs after the companion counted it.
         error = app_commands.AppCommandError("boom")
@@ -124,6 +127,7 @@ def test_slash_commands_are_counted_and_timed_from_the_interactions_snowflake() 
         assert s.value("bot_active_users") == 1
         await bot.remove_cog(cog.qualified_name)
         assert bot.tree.on_error == bots_own_handler, "the bot's handler is back"
+        assert "bot_commands_total" not in generate_latest(registry).decode()
 
     asyncio.run(main())
 
@@ -133,17 +137,17 @@ def test_a_hybrid_command_run_as_a_slash_command_counts_once() -> None:
 
     async def main() -> None:
         registry = CollectorRegistry()
-        bot = new_bot()
+        bot = await new_bot()
         cog = ProbeCompanion(bot, port=None, registry=registry, clock=lambda: AT + 0.1)
         await bot.add_cog(cog)
         inter = interaction(command=SimpleNamespace(qualified_name="help", name="help"))
         ctx = SimpleNamespace(
             command=SimpleNamespace(qualified_name="help"), interaction=inter, message=SimpleNamespace(id=SNOWFLAKE), author=inter.user, guild=None
         )
-        await cog.on_command_completion(ctx)  # type: ignore[arg-type]
-        await cog.on_app_command_completion(inter, inter.command)
+        bot.dispatch("command_completion", ctx)
+        bot.dispatch("app_command_completion", inter, inter.command)
         # And an unknown command (CommandNotFound) is no command at all.
-        await cog.on_command_error(SimpleNamespace(command=None), commands.CommandNotFound())  # type: ignore[arg-type]
+        bot.dispatch("command_error", SimpleNamespace(command=None), commands.CommandNotFound())
         s = scrape(registry)
         assert s.value("bot_commands_total", command="help", success="true") == 1
         assert s.get("bot_commands_total", command="help", success="false") is None
@@ -155,11 +159,11 @@ def test_a_hybrid_command_run_as_a_slash_command_counts_once() -> None:
 def test_bots_are_not_active_users() -> None:
     async def main() -> None:
         registry = CollectorRegistry()
-        bot = new_bot()
+        bot = await new_bot()
         cog = ProbeCompanion(bot, port=None, registry=registry, clock=lambda: AT)
         await bot.add_cog(cog)
         cmd = SimpleNamespace(qualified_name="help", name="help")
-        await cog.on_app_command_completion(interaction(user_bot=True, command=cmd), cmd)
+        bot.dispatch("app_command_completion", interaction(user_bot=True, command=cmd), cmd)
         s = scrape(registry)
         assert s.value("bot_commands_total", command="help", success="true") == 1
         assert s.value("bot_active_users") == 0
@@ -171,7 +175,7 @@ def test_bots_are_not_active_users() -> None:
 def test_a_sharded_bot_reports_each_shard_and_ignores_the_unsharded_events() -> None:
     async def main() -> None:
         registry = CollectorRegistry()
-        bot = commands.AutoShardedBot(command_prefix="!", intents=discord.Intents.none(), shard_count=2)
+        bot = await new_bot(commands.AutoShardedBot, shard_count=2)
         cog = ProbeCompanion(bot, port=None, registry=registry)
         await bot.add_cog(cog)
         await cog.on_shard_connect(0)
@@ -259,7 +263,7 @@ def test_the_rate_limit_trace_reads_discords_headers_from_a_real_session() -> No
 def test_without_the_trace_the_rate_limit_families_are_absent_not_reassuring(caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> None:
         registry = CollectorRegistry()
-        bot = new_bot()
+        bot = await new_bot()
         cog = ProbeCompanion(bot, port=None, registry=registry, watch=RateLimitWatch())
         await bot.add_cog(cog)
         names = scrape(registry).names()
@@ -272,7 +276,7 @@ def test_without_the_trace_the_rate_limit_families_are_absent_not_reassuring(cap
 
 
 def test_the_extension_is_configured_from_the_environment() -> None:
-    bot = new_bot()
+    bot = commands.Bot(command_prefix="!", intents=discord.Intents.none())
     cog = from_environment(
         bot, {"TWI_PROBE_ALLOW_IDS": " 1020304050607080901, 42 ,", "TWI_PROBE_EXPORTER_PORT": "9100", "TWI_PROBE_EXPORTER_ADDR": "127.0.0.1"}
     )

@@ -75,6 +75,7 @@ class ProbeCompanion(commands.Cog):
         self._previous_tree_error: Any = None
         self._sharded = isinstance(bot, discord.AutoShardedClient)
         self._guilds = 0
+        self._hooks: List["asyncio.Future[Any]"] = []
 
     # ------------------------------------------------------------ lifecycle
 
@@ -95,6 +96,17 @@ class ProbeCompanion(commands.Cog):
         connected = 1 if self.bot.is_ready() and not self.bot.is_closed() else 0
         for shard in self._shard_ids():
             self.metrics.gateway_connected.labels(shard=shard).set(connected)
+        # Commands are counted the moment discord.py dispatches their end,
+        # not a loop turn later in a listener (by then the CPU may have
+        # done other work for milliseconds, which would count as latency):
+        # wait_for calls its check inside dispatch. The checks never accept,
+        # so they stay registered until cog_unload cancels them.
+        for event, handler in (
+            ("command_completion", lambda ctx: self._record_ctx(ctx, True)),
+            ("command_error", lambda ctx, _error: self._record_ctx(ctx, False)),
+            ("app_command_completion", lambda interaction, command: self._record_interaction(interaction, command, True)),
+        ):
+            self._hooks.append(asyncio.ensure_future(self.bot.wait_for(event, check=_never_accepts(handler))))
         tree = getattr(self.bot, "tree", None)
         if isinstance(tree, app_commands.CommandTree):
             self._previous_tree_error = tree.on_error
@@ -118,6 +130,8 @@ class ProbeCompanion(commands.Cog):
         )
 
     async def cog_unload(self) -> None:
+        while self._hooks:
+            self._hooks.pop().cancel()
         tree = getattr(self.bot, "tree", None)
         if isinstance(tree, app_commands.CommandTree) and tree.on_error == self._on_tree_error:
             tree.on_error = self._previous_tree_error  # type: ignore[method-assign]
@@ -204,18 +218,6 @@ class ProbeCompanion(commands.Cog):
         name = getattr(command, "qualified_name", None) or command.name
         self._record(name, ok, interaction.id, interaction.user, interaction.guild_id)
 
-    @commands.Cog.listener()
-    async def on_command_completion(self, ctx: commands.Context[Any]) -> None:
-        self._record_ctx(ctx, True)
-
-    @commands.Cog.listener()
-    async def on_command_error(self, ctx: commands.Context[Any], _error: Exception) -> None:
-        self._record_ctx(ctx, False)
-
-    @commands.Cog.listener()
-    async def on_app_command_completion(self, interaction: discord.Interaction[Any], command: Any) -> None:
-        self._record_interaction(interaction, command, True)
-
     async def _on_tree_error(self, interaction: discord.Interaction[Any], error: app_commands.AppCommandError) -> None:
         # CommandTree.on_error is the one place every failed slash command
         # reaches; the bot's own handler (or discord.py's default) still runs.
@@ -293,6 +295,21 @@ class ProbeCompanion(commands.Cog):
         # Every dispatch Discord sends (MESSAGE_CREATE, GUILD_CREATE, ...).
         if self.metrics is not None:
             self.metrics.events.labels(event=event_type).inc()
+
+
+def _never_accepts(handler: Callable[..., None]) -> Callable[..., bool]:
+    """A wait_for check that runs `handler` and never ends the wait. An
+    exception would end it (discord.py hands it to the waiting future), so
+    none escapes."""
+
+    def check(*args: Any) -> bool:
+        try:
+            handler(*args)
+        except Exception:  # noqa: BLE001 - a metrics bug must not stop the counting
+            log.exception("twi_probe_companion: recording a command failed")
+        return False
+
+    return check
 
 
 async def process_commands(bot: commands.Bot, message: discord.Message) -> None:
