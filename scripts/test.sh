@@ -6,8 +6,10 @@
 # package `prometheus-alertmanager`) for monitoring/alertmanager.yml and the
 # end-to-end test; node_exporter, postgres_exporter and PostgreSQL (Debian
 # packages `prometheus-node-exporter`, `prometheus-postgres-exporter`,
-# `postgresql`) for the system and database end-to-end test; and
-# discord.py with zstandard (PyPI) for the compatibility tests.
+# `postgresql`) for the system and database end-to-end test; discord.py with
+# zstandard (PyPI) for the compatibility tests; and, for the discord.py
+# companion (companion/) and its pytest suite, prometheus_client and pytest
+# (PyPI) and the companion itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,9 +37,30 @@ py_need=()
 python3 -c 'import sys, discord; sys.exit(discord.version_info < (2, 7))' >/dev/null 2>&1 ||
   py_need+=('discord.py>=2.7,<3')
 python3 -c 'import zstandard' >/dev/null 2>&1 || py_need+=('zstandard>=0.23')
+python3 -c 'import prometheus_client' >/dev/null 2>&1 || py_need+=('prometheus_client>=0.20')
+python3 -c 'import pytest' >/dev/null 2>&1 || py_need+=('pytest>=8')
 if [ ${#py_need[@]} -gt 0 ]; then
   echo "installing with pip: ${py_need[*]}" >&2
   python3 -m pip install --quiet --disable-pip-version-check "${py_need[@]}"
 fi
 
+# The companion is installed on every run, so the installed copy is this
+# tree's (its dependencies are already there, from the lines above).
+# (its dependencies are already there, from the lines above). The build's
+# leftovers are removed, so no stale module of an earlier build gets in.
+rm -rf companion/build companion/src/twi_probe_companion.egg-info
+python3 -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall ./companion
+rm -rf companion/build companion/src/twi_probe_companion.egg-info
+
 cargo test --locked --all-targets
+
+# The companion's suite runs a real discord.py bot against `probe sandbox`,
+# with the debug `probe` that cargo test just built.
+target_dir="${CARGO_TARGET_DIR:-target}"
+status=0
+PROBE_BIN="$(cd "$target_dir" && pwd)/debug/probe" python3 -m pytest companion/tests -p no:cacheprovider || status=$?
+case $status in
+  0) ;;
+  5) echo "scripts/test.sh: pytest collected no tests in companion/tests" >&2; exit 1 ;;
+  *) echo "scripts/test.sh: the companion's tests failed (pytest exit $status)" >&2; exit "$status" ;;
+esac
