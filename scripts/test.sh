@@ -22,7 +22,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # discord.py, the real bot's library, for the compatibility tests
-# (tests/compat/, tests/integration/compat.rs), and zstandard, which
+# (sandbox/tests/compat/, sandbox/tests/integration/compat.rs), and zstandard, which
 # discord.py[speed] adds and which makes discord.py ask the gateway for
 # compress=zstd-stream instead of zlib-stream.
 py_need=()
@@ -34,4 +34,5 @@ if [ ${#py_need[@]} -gt 0 ]; then
   python3 -m pip install --quiet --disable-pip-version-check "${py_need[@]}"
 fi
 
+# The workspace's default members: the prober and the sandbox crate.
 cargo test --locked --all-targets

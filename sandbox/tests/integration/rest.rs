@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use reqwest::{Client, Method, Response, StatusCode};
 use serde_json::{Value, json};
-use twi_probe::sandbox::{HttpFault, Sandbox};
+use twi_sandbox::{HttpFault, Sandbox};
 
 use crate::discord::{quiet_config, start_sandbox};
 
@@ -51,11 +51,11 @@ async fn json_of(r: Response) -> (StatusCode, Value) {
     (status, r.json().await.unwrap())
 }
 
-fn sandbox_with_restricted_channels() -> twi_probe::sandbox::SandboxConfig {
+fn sandbox_with_restricted_channels() -> twi_sandbox::SandboxConfig {
     let mut cfg = quiet_config();
     cfg.guilds[0]
         .channels
-        .push(twi_probe::sandbox::config::ChannelConfig {
+        .push(twi_sandbox::config::ChannelConfig {
             name: "staff".into(),
             id: None,
             hidden_from: vec!["prober".into()],
@@ -63,7 +63,7 @@ fn sandbox_with_restricted_channels() -> twi_probe::sandbox::SandboxConfig {
         });
     cfg.guilds[0]
         .channels
-        .push(twi_probe::sandbox::config::ChannelConfig {
+        .push(twi_sandbox::config::ChannelConfig {
             name: "announcements".into(),
             id: None,
             hidden_from: vec![],

@@ -56,7 +56,7 @@ async fn serenity_gets_ready_and_guild_create_and_exchanges_messages() {
     assert_eq!(got.guild_id.map(|g| g.get()), Some(guild.id.get()));
     // The snowflake's time is when the sandbox created the message.
     let age = std::time::SystemTime::now()
-        .duration_since(twi_probe::snowflake::timestamp(sent.id.get()))
+        .duration_since(twi_sandbox::snowflake::timestamp(sent.id.get()))
         .unwrap();
     assert!(age < Duration::from_secs(5), "{age:?}");
 

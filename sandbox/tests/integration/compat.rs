@@ -1,6 +1,7 @@
 //! Real Discord libraries against the sandbox, as separate processes:
-//! discord.py (the library of the real Twi Bot Shard) logs in to `probe
-//! sandbox` with nothing changed but its base URL, probes `!help` and gets
+//! discord.py (the library of the real Twi Bot Shard) logs in to the
+//! sandbox (its default world, as `probe sandbox` serves it) with nothing
+//! changed but its base URL, probes `!help` and gets
 //! the simulated bot's answer, over both gateway compressions it may choose.
 //!
 //! These tests need python3 with discord.py and zstandard; they fail (never
@@ -9,12 +10,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
+use twi_sandbox::{Sandbox, SandboxConfig};
 
 use crate::discord::{quiet_config, start_sandbox};
 
@@ -22,96 +22,45 @@ const SETUP_HINT: &str = "run scripts/test.sh, which installs them with pip";
 /// The script bounds itself to 30 s; this only guards against a hung interpreter.
 const CLIENT_DEADLINE: Duration = Duration::from_secs(90);
 
-/// `probe sandbox` as a process, with its description file in a temporary
-/// directory (removed on drop). The child is killed if the test panics.
-struct SandboxProcess {
-    child: Child,
-    dir: PathBuf,
+/// A sandbox with its default world (as `probe sandbox` runs it) and its
+/// description file, which the client scripts read, in a temporary
+/// directory (removed on drop).
+struct DescribedSandbox {
+    sb: Sandbox,
+    _dir: TempDir,
     describe: PathBuf,
-    /// Everything it printed on stderr, for failure messages.
-    log: Arc<Mutex<Vec<String>>>,
 }
 
-impl SandboxProcess {
-    async fn start() -> SandboxProcess {
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl DescribedSandbox {
+    async fn start() -> DescribedSandbox {
         use std::sync::atomic::{AtomicU64, Ordering};
         static N: AtomicU64 = AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
-            "twi-probe-compat-{}-{}",
+            "twi-sandbox-compat-{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let describe = dir.join("sandbox.json");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_probe"))
-            .args(["sandbox", "--listen", "127.0.0.1:0", "--describe"])
-            .arg(&describe)
-            .env_remove("PROBE_CONFIG")
-            .env_remove("PROBE_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the probe binary starts");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        // The banner comes after the description is written.
-        loop {
-            let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-                .await
-                .expect("the sandbox starts in time")
-                .unwrap();
-            let Some(line) = line else {
-                panic!(
-                    "the sandbox exited before its banner:\n{}",
-                    log.lock().unwrap().join("\n")
-                );
-            };
-            let banner = line.starts_with("sandbox: REST ");
-            log.lock().unwrap().push(line);
-            if banner {
-                break;
-            }
-        }
-        // Keep draining stderr so the sandbox never blocks on a full pipe.
-        let sink = log.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        SandboxProcess {
-            child,
-            dir,
+        let sb = start_sandbox(SandboxConfig::default()).await;
+        std::fs::write(
+            &describe,
+            serde_json::to_string_pretty(sb.description()).unwrap(),
+        )
+        .unwrap();
+        DescribedSandbox {
+            sb,
+            _dir: TempDir(dir),
             describe,
-            log,
         }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    /// SIGTERM, then the exit status must be success.
-    async fn stop(mut self) {
-        let pid = self.child.id().expect("still running").to_string();
-        let killed = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        assert!(killed.success());
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("the sandbox exits after SIGTERM")
-            .unwrap();
-        assert!(status.success(), "{status:?}\n{}", self.log());
-    }
-}
-
-impl Drop for SandboxProcess {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -135,7 +84,7 @@ async fn require_python(modules: &str, what: &str) {
 
 /// Runs `tests/compat/discordpy_client.py` against the sandbox and returns its
 /// JSON result line after checking that it succeeded.
-async fn discordpy_client(sb: &SandboxProcess, compress: &str) -> Value {
+async fn discordpy_client(sb: &DescribedSandbox, compress: &str) -> Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compat/discordpy_client.py");
     let run = Command::new("python3")
         .arg(&script)
@@ -156,9 +105,8 @@ async fn discordpy_client(sb: &SandboxProcess, compress: &str) -> Value {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let context = || {
         format!(
-            "exit {:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- sandbox\n{}",
-            out.status.code(),
-            sb.log()
+            "exit {:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+            out.status.code()
         )
     };
     if out.status.code() == Some(2) {
@@ -193,9 +141,8 @@ async fn discordpy_round_trip(compress: &str) {
         )
         .await;
     }
-    let sb = SandboxProcess::start().await;
-    let d: twi_probe::sandbox::Description =
-        serde_json::from_str(&std::fs::read_to_string(&sb.describe).unwrap()).unwrap();
+    let sb = DescribedSandbox::start().await;
+    let d = sb.sb.description().clone();
     let result = discordpy_client(&sb, compress).await;
 
     assert_eq!(result["ok"], true, "{result}");
@@ -212,7 +159,7 @@ async fn discordpy_round_trip(compress: &str) {
     assert_help_answer(&result, "help_after_resume");
     assert_eq!(result["closed_cleanly"], true, "{result}");
     assert_eq!(result["library_warnings"], json!([]), "{result}");
-    sb.stop().await;
+    sb.sb.shutdown().await;
 }
 
 #[tokio::test]
@@ -345,7 +292,7 @@ struct Rest {
 }
 
 impl Rest {
-    fn new(sb: &twi_probe::sandbox::Sandbox, account: &str) -> Rest {
+    fn new(sb: &Sandbox, account: &str) -> Rest {
         Rest {
             base: sb.description().api_base.clone(),
             token: format!("Bot {}", sb.account(account).unwrap().token),

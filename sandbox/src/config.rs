@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::sandbox::bot::BotBehaviour;
+use crate::bot::BotBehaviour;
 
 /// A sandbox configuration. Every field has a default, so `{}` is valid and
 /// gives: a guild "The Wandering Inn" with a `#probes` channel, a `prober`
