@@ -96,6 +96,15 @@ pub struct GatewayConfig {
     pub recommended_shards: u32,
     /// Dispatches kept per session for RESUME replay.
     pub replay_buffer: usize,
+    /// The network round trip a client sees between a heartbeat and its
+    /// HEARTBEAT_ACK (on Discord, tens of milliseconds). Only the ACK waits
+    /// for it: dispatches go out as soon as they exist, so ground truth is
+    /// untouched. discord.py 2.7 records a heartbeat's send time after the
+    /// send completes, in another thread; an ACK faster than that is
+    /// measured from the previous heartbeat (`bot.latency` of 41 s and
+    /// "Can't keep up" warnings), which real Discord never causes.
+    #[serde(with = "humantime_serde_compat")]
+    pub heartbeat_round_trip: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -105,6 +114,7 @@ impl Default for GatewayConfig {
             resume_window: Duration::from_secs(60),
             recommended_shards: 1,
             replay_buffer: 1000,
+            heartbeat_round_trip: Duration::from_millis(40),
         }
     }
 }

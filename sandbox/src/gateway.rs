@@ -1,7 +1,7 @@
 //! Gateway v10 over WebSocket: HELLO, IDENTIFY, READY, heartbeats, RESUME,
 //! presence, sharding, intents, and `compress=zlib-stream` / `zstd-stream`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;
@@ -233,6 +233,9 @@ async fn connection(core: Arc<Core>, stream: TcpStream, shutdown: CancellationTo
     // Discord closes a connection whose heartbeats stop; allow 1.5 intervals.
     let allowance = heartbeat + heartbeat / 2;
     let mut deadline = tokio::time::Instant::now() + allowance;
+    // HEARTBEAT_ACKs waiting out the configured round trip, oldest first.
+    let round_trip = core.cfg.gateway.heartbeat_round_trip;
+    let mut acks_due: VecDeque<tokio::time::Instant> = VecDeque::new();
 
     let end = loop {
         tokio::select! {
@@ -289,12 +292,10 @@ async fn connection(core: Arc<Core>, stream: TcpStream, shutdown: CancellationTo
                             }
                         }
                         Ok(Reply::Heartbeat(ack)) => {
-                            deadline = tokio::time::Instant::now() + allowance;
+                            let now = tokio::time::Instant::now();
+                            deadline = now + allowance;
                             if ack {
-                                let ack = json!({"op": 11, "d": null, "s": null, "t": null});
-                                if writer.send(&ack.to_string()).await.is_err() {
-                                    break End::Dropped;
-                                }
+                                acks_due.push_back(now + round_trip);
                             }
                         }
                         Err(Close(code, reason)) => {
@@ -315,6 +316,13 @@ async fn connection(core: Arc<Core>, stream: TcpStream, shutdown: CancellationTo
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => break End::Dropped,
             },
+            _ = tokio::time::sleep_until(acks_due.front().copied().unwrap_or(deadline)), if !acks_due.is_empty() => {
+                acks_due.pop_front();
+                let ack = json!({"op": 11, "d": null, "s": null, "t": null});
+                if writer.send(&ack.to_string()).await.is_err() {
+                    break End::Dropped;
+                }
+            }
             _ = tokio::time::sleep_until(deadline) => {
                 writer.close(4009, "Session timed out").await;
                 break End::ServerClosed(4009);

@@ -21,6 +21,7 @@ use crate::discord::{quiet_config, start_sandbox};
 const SETUP_HINT: &str = "run scripts/test.sh, which installs them with pip";
 /// The script bounds itself to 30 s; this only guards against a hung interpreter.
 const CLIENT_DEADLINE: Duration = Duration::from_secs(90);
+const HEARTBEAT: Duration = Duration::from_millis(700);
 
 /// A sandbox with its default world (as `probe sandbox` runs it) and its
 /// description file, which the client scripts read, in a temporary
@@ -50,7 +51,10 @@ impl DescribedSandbox {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let describe = dir.join("sandbox.json");
-        let sb = start_sandbox(SandboxConfig::default()).await;
+        let mut cfg = SandboxConfig::default();
+        // Short enough that the script sees several keep-alive heartbeats.
+        cfg.gateway.heartbeat_interval = HEARTBEAT;
+        let sb = start_sandbox(cfg).await;
         std::fs::write(
             &describe,
             serde_json::to_string_pretty(sb.description()).unwrap(),
@@ -159,6 +163,25 @@ async fn discordpy_round_trip(compress: &str) {
     assert_help_answer(&result, "help_after_resume");
     assert_eq!(result["closed_cleanly"], true, "{result}");
     assert_eq!(result["library_warnings"], json!([]), "{result}");
+    // bot.latency is the gateway's round trip, as on Discord. (An instant
+    // ACK can beat discord.py 2.7's bookkeeping of the send, which runs in
+    // its keep-alive thread after the send completes, when a busy event loop
+    // holds the GIL: bot.latency then reads a whole heartbeat interval. That
+    // race is not reproducible on demand; the round trip rules it out.)
+    let round_trip = SandboxConfig::default()
+        .gateway
+        .heartbeat_round_trip
+        .as_secs_f64();
+    let latencies = result["heartbeat_latencies"].as_array().expect("latencies");
+    assert_eq!(latencies.len(), 3, "{result}");
+    for l in latencies {
+        let l = l.as_f64().unwrap();
+        assert!(
+            // discord.py notes the send up to a GIL switch (5 ms) late.
+            l >= round_trip - 0.01 && l < round_trip + 0.2,
+            "bot.latency {l} s, expected the {round_trip} s round trip: {result}"
+        );
+    }
     sb.sb.shutdown().await;
 }
 

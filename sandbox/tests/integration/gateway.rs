@@ -1,6 +1,6 @@
 //! The sandbox's gateway, as serenity and a raw client see it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use serenity::all::{CreateMessage, Event, GatewayIntents, OnlineStatus};
@@ -198,6 +198,41 @@ async fn zlib_stream_frames_are_one_stream_with_sync_flush() {
     }
     gw.send(json!({"op": 1, "d": 2})).await;
     assert_eq!(gw.recv().await.unwrap()["op"], 11);
+    sb.shutdown().await;
+}
+
+/// The heartbeat ACK comes a network round trip after the heartbeat, as on
+/// Discord; dispatches do not wait for it.
+#[tokio::test]
+async fn heartbeat_acks_wait_the_round_trip_and_dispatches_do_not() {
+    let mut cfg = quiet_config();
+    cfg.gateway.heartbeat_round_trip = Duration::from_millis(800);
+    let sb = start_sandbox(cfg).await;
+    let token = sb.account("prober").unwrap().token.clone();
+    let mut gw = RawGateway::connect(&sb, "v=10&encoding=json").await;
+    assert_eq!(gw.recv().await.unwrap()["op"], 10);
+    gw.identify(&token, 1 | (1 << 9), None).await;
+    gw.until_dispatch("GUILD_CREATE").await;
+
+    let beat = Instant::now();
+    gw.send(json!({"op": 1, "d": 2})).await;
+    let channel = sb.channel_id("probes").unwrap();
+    let sent = reqwest::Client::new()
+        .post(format!(
+            "{}/channels/{channel}/messages",
+            sb.description().api_base
+        ))
+        .header("Authorization", format!("Bot {token}"))
+        .json(&json!({"content": "during the round trip"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 200);
+    let first = gw.recv().await.unwrap();
+    assert_eq!(first["t"], "MESSAGE_CREATE", "{first}");
+    assert!(beat.elapsed() < Duration::from_millis(800));
+    assert_eq!(gw.recv().await.unwrap()["op"], 11);
+    assert!(beat.elapsed() >= Duration::from_millis(800));
     sb.shutdown().await;
 }
 
