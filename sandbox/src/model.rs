@@ -326,7 +326,30 @@ pub fn message(world: &World, m: &Message, show_content: bool, in_dispatch: bool
     v
 }
 
-/// `GET /applications/@me` and `/oauth2/applications/@me`.
+/// Embeds as Discord stores them: it fills in `type` ("rich" for what a
+/// client sends) and each field's `inline` (false), which discord.js
+/// compares against when it checks an edit.
+pub fn normalise_embeds(embeds: &[Value]) -> Vec<Value> {
+    embeds
+        .iter()
+        .map(|e| {
+            let mut e = e.clone();
+            if let Some(o) = e.as_object_mut() {
+                o.entry("type").or_insert_with(|| json!("rich"));
+                if let Some(fields) = o.get_mut("fields").and_then(Value::as_array_mut) {
+                    for f in fields.iter_mut().filter_map(Value::as_object_mut) {
+                        f.entry("inline").or_insert(json!(false));
+                    }
+                }
+            }
+            e
+        })
+        .collect()
+}
+
+/// `GET /applications/@me` and `/oauth2/applications/@me`. Optional fields
+/// Discord omits when unset (`install_params`) are left out, not null:
+/// discord.js reads `install_params.scopes` whenever the key is present.
 pub fn application(a: &Account, owner: &Account) -> Value {
     json!({
         "id": a.id.to_string(),
@@ -346,7 +369,6 @@ pub fn application(a: &Account, owner: &Account) -> Value {
         "interactions_endpoint_url": null,
         "role_connections_verification_url": null,
         "tags": [],
-        "install_params": null,
         "approximate_guild_count": 1,
         "bot": user(a),
     })

@@ -250,15 +250,7 @@ impl Rest {
         {
             return too_many_requests(&headers, retry_after, true);
         }
-        let (limit, per) =
-            if route == "POST /channels/{id}/messages" || route == "POST /webhooks/{id}/{token}" {
-                (
-                    self.core.cfg.rate_limits.messages_per_channel,
-                    self.core.cfg.rate_limits.messages_window,
-                )
-            } else {
-                DEFAULT_ROUTE_LIMIT
-            };
+        let (limit, per) = self.route_limit(&route);
         let rate =
             match self
                 .limiter
@@ -283,10 +275,26 @@ impl Rest {
         response
     }
 
+    /// The limit and window of a route's bucket.
+    fn route_limit(&self, route: &str) -> (u32, Duration) {
+        if route == "POST /channels/{id}/messages" || route == "POST /webhooks/{id}/{token}" {
+            (
+                self.core.cfg.rate_limits.messages_per_channel,
+                self.core.cfg.rate_limits.messages_window,
+            )
+        } else {
+            DEFAULT_ROUTE_LIMIT
+        }
+    }
+
     fn forced(&self, status: u16, route: &str) -> Response {
         if status == 429 {
+            // The route's own bucket, as a real 429 names it: libraries key
+            // their queues by X-RateLimit-Bucket (discord.js) and size them
+            // by X-RateLimit-Limit.
+            let (limit, _) = self.route_limit(route);
             let h = Headers {
-                limit: 5,
+                limit,
                 remaining: 0,
                 reset: SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -294,7 +302,7 @@ impl Rest {
                     .as_secs_f64()
                     + 1.0,
                 reset_after: 1.0,
-                bucket: route.to_string(),
+                bucket: super::ratelimit::bucket_hash(route),
             };
             return too_many_requests(&h, 1.0, false);
         }
@@ -582,7 +590,7 @@ impl Rest {
             guild_id,
             author,
             content,
-            embeds,
+            embeds: model::normalise_embeds(&embeds),
             mentions,
             reference,
             tts: body["tts"].as_bool().unwrap_or(false),
@@ -902,7 +910,7 @@ impl Rest {
             m.content = c.to_string();
         }
         if let Some(e) = req.body["embeds"].as_array() {
-            m.embeds = e.clone();
+            m.embeds = model::normalise_embeds(e);
         }
         m.edited = Some(SystemTime::now());
         let message = m.clone();

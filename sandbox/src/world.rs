@@ -302,6 +302,11 @@ impl World {
     /// Whether `viewer` may read the content of `msg` without MESSAGE_CONTENT:
     /// its own messages, and messages that mention it or reply to it.
     pub fn content_visible_without_intent(&self, msg: &Message, viewer: u64) -> bool {
+        // The message-content restriction is for apps: a user account
+        // always sees content and embeds.
+        if self.account(viewer).is_some_and(|a| !a.bot) {
+            return true;
+        }
         if msg.author == Author::Account(viewer) || msg.mentions.contains(&viewer) {
             return true;
         }

@@ -319,7 +319,9 @@ async fn message_rate_limit_is_real_with_discords_headers() {
 
 #[tokio::test]
 async fn forced_faults_answer_429_and_5xx_then_stop() {
-    let sb = start_sandbox(quiet_config()).await;
+    let mut cfg = quiet_config();
+    cfg.rate_limits.messages_per_channel = 7;
+    let sb = start_sandbox(cfg).await;
     let api = Api::new(&sb, "prober");
     let path = format!("/channels/{}/messages", sb.channel_id("probes").unwrap());
     sb.control()
@@ -337,12 +339,18 @@ async fn forced_faults_answer_429_and_5xx_then_stop() {
     )
     .await;
     assert_eq!(s, 503);
-    assert_eq!(
-        api.call(Method::POST, &path, Some(json!({"content": "x"})))
-            .await
-            .status(),
-        200
-    );
+    let real = api
+        .call(Method::POST, &path, Some(json!({"content": "x"})))
+        .await;
+    assert_eq!(real.status(), 200);
+    let header = |r: &Response, name: &str| {
+        r.headers()
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name}"))
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
 
     // The same over the control API.
     let control = format!("{}/faults/http", sb.description().control_url);
@@ -357,6 +365,12 @@ async fn forced_faults_answer_429_and_5xx_then_stop() {
         .call(Method::POST, &path, Some(json!({"content": "x"})))
         .await;
     assert_eq!(r.status(), 429);
+    // A forced 429 names the route's real bucket and limit, as Discord's do.
+    for name in ["x-ratelimit-bucket", "x-ratelimit-limit"] {
+        assert_eq!(header(&r, name), header(&real, name), "{name}");
+    }
+    assert_eq!(header(&r, "x-ratelimit-limit"), "7");
+    assert_eq!(header(&r, "x-ratelimit-remaining"), "0");
     let (_, v) = json_of(r).await;
     assert_eq!(v["message"], "You are being rate limited.");
     sb.control().clear_faults();
@@ -420,10 +434,62 @@ async fn webhooks_execute_with_wait_and_the_app_endpoints_answer() {
         ] {
             assert!(v.get(field).is_some(), "{path} lacks {field}");
         }
+        // Omitted when unset, never null: discord.js reads its scopes.
+        assert!(v.get("install_params").is_none(), "{path}: {v}");
     }
     let (_, gw) = json_of(api.call(Method::GET, "/gateway/bot", None).await).await;
     assert_eq!(gw["url"], sb.description().gateway_url);
     assert_eq!(gw["session_start_limit"]["max_concurrency"], 1);
+    sb.shutdown().await;
+}
+
+/// Discord fills in an embed's `type` and its fields' `inline`; a user
+/// account (not an app) reads content and embeds without any intent.
+#[tokio::test]
+async fn embeds_are_normalised_and_users_read_content() {
+    let sb = start_sandbox(quiet_config()).await;
+    let api = Api::new(&sb, "prober");
+    let path = format!("/channels/{}/messages", sb.channel_id("probes").unwrap());
+    let embed = json!({"title": "t", "fields": [{"name": "a", "value": "b"}, {"name": "c", "value": "d", "inline": true}]});
+    let (s, created) = json_of(
+        api.call(
+            Method::POST,
+            &path,
+            Some(json!({"content": "hello", "embeds": [embed]})),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let e = &created["embeds"][0];
+    assert_eq!(e["type"], "rich");
+    assert_eq!(e["fields"][0]["inline"], false);
+    assert_eq!(e["fields"][1]["inline"], true);
+    let id = created["id"].as_str().unwrap();
+    let (_, edited) = json_of(
+        api.call(
+            Method::PATCH,
+            &format!("{path}/{id}"),
+            Some(json!({"embeds": [{"title": "u", "fields": [{"name": "x", "value": "y"}]}]})),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(edited["embeds"][0]["type"], "rich");
+    assert_eq!(edited["embeds"][0]["fields"][0]["inline"], false);
+
+    // erin is a human account: no MESSAGE_CONTENT restriction.
+    let human = Api::new(&sb, "erin");
+    let (s, listed) = json_of(human.call(Method::GET, &path, None).await).await;
+    assert_eq!(s, 200);
+    let m = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == id)
+        .expect("listed");
+    assert_eq!(m["content"], "hello");
+    assert_eq!(m["embeds"][0]["title"], "u");
     sb.shutdown().await;
 }
 
