@@ -244,7 +244,32 @@ pub fn guild_create(world: &World, g: &Guild, presences: Option<Vec<Value>>) -> 
     v
 }
 
-pub fn presence(account: u64, status: &str) -> Value {
+/// Activities as Discord relays them in presences: what a bot may set (name,
+/// type, url, state) plus `created_at`, when it was set (unix ms). Anything
+/// else a client sends is dropped, as Discord drops it for bots.
+pub fn activities(sent: &Value, now_ms: u64) -> Value {
+    let list = sent.as_array().map(Vec::as_slice).unwrap_or_default();
+    Value::Array(
+        list.iter()
+            .filter(|a| a["name"].is_string())
+            .map(|a| {
+                let mut out = json!({
+                    "name": a["name"],
+                    "type": a["type"].as_u64().unwrap_or(0),
+                    "created_at": now_ms,
+                });
+                for key in ["url", "state"] {
+                    if let Some(v) = a.get(key).filter(|v| !v.is_null()) {
+                        out[key] = v.clone();
+                    }
+                }
+                out
+            })
+            .collect(),
+    )
+}
+
+pub fn presence(account: u64, status: &str, activities: &Value) -> Value {
     let client_status = if status == "offline" {
         json!({})
     } else {
@@ -253,13 +278,13 @@ pub fn presence(account: u64, status: &str) -> Value {
     json!({
         "user": {"id": account.to_string()},
         "status": status,
-        "activities": [],
+        "activities": activities,
         "client_status": client_status,
     })
 }
 
-pub fn presence_update(guild_id: u64, account: u64, status: &str) -> Value {
-    let mut p = presence(account, status);
+pub fn presence_update(guild_id: u64, account: u64, status: &str, activities: &Value) -> Value {
+    let mut p = presence(account, status, activities);
     p["guild_id"] = json!(guild_id.to_string());
     p
 }

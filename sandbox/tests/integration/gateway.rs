@@ -65,6 +65,57 @@ async fn serenity_gets_ready_and_guild_create_and_exchanges_messages() {
     sb.shutdown().await;
 }
 
+/// Activities set in IDENTIFY and op 3 reach others, as Discord relays
+/// them (what bots may set, with `created_at`).
+#[tokio::test]
+async fn presence_activities_are_relayed() {
+    let sb = start_sandbox(quiet_config()).await;
+    let bot_id: u64 = sb.account("twi-bot-shard").unwrap().id.parse().unwrap();
+    let mut prober = TestClient::connect(&sb, "prober", all_intents()).await;
+    prober.ready().await;
+    let mut presence = async |what: &str| {
+        prober
+            .wait_for(what, |e| match e {
+                Event::PresenceUpdate(p) if p.presence.user.id.get() == bot_id => {
+                    Some(p.presence.clone())
+                }
+                _ => None,
+            })
+            .await
+    };
+
+    let token = sb.account("twi-bot-shard").unwrap().token.clone();
+    let mut bot = RawGateway::connect(&sb, "v=10&encoding=json").await;
+    assert_eq!(bot.recv().await.unwrap()["op"], 10);
+    bot.send(json!({"op": 2, "d": {
+        "token": token, "intents": 1,
+        "properties": {"os": "linux", "browser": "test", "device": "test"},
+        "presence": {"status": "online", "since": null, "afk": false,
+                     "activities": [{"name": "the inn", "type": 3}]},
+    }}))
+    .await;
+    bot.until_dispatch("READY").await;
+    let p = presence("online with an activity").await;
+    assert_eq!(p.status, OnlineStatus::Online);
+    assert_eq!(p.activities.len(), 1);
+    assert_eq!(p.activities[0].name, "the inn");
+    assert_eq!(p.activities[0].kind, serenity::all::ActivityType::Watching);
+
+    bot.send(
+        json!({"op": 3, "d": {"status": "idle", "since": null, "afk": false,
+        "activities": [{"name": "!help", "type": 0}]}}),
+    )
+    .await;
+    let p = presence("idle with a new activity").await;
+    assert_eq!(p.status, OnlineStatus::Idle);
+    assert_eq!(p.activities[0].name, "!help");
+    assert_eq!(p.activities[0].kind, serenity::all::ActivityType::Playing);
+    assert!(p.activities[0].created_at > 0);
+    bot.close(1000).await;
+    prober.stop().await;
+    sb.shutdown().await;
+}
+
 #[tokio::test]
 async fn presence_changes_are_seen_by_others() {
     let sb = start_sandbox(quiet_config()).await;
