@@ -292,7 +292,13 @@ pub fn presence_update(guild_id: u64, account: u64, status: &str, activities: &V
 /// A message as `viewer` sees it. Without MESSAGE_CONTENT (and unless the
 /// message is the viewer's own, mentions it or replies to it), content,
 /// embeds, attachments and components are empty, as on Discord.
-pub fn message(world: &World, m: &Message, show_content: bool, in_dispatch: bool) -> Value {
+pub fn message(
+    world: &World,
+    m: &Message,
+    viewer: u64,
+    show_content: bool,
+    in_dispatch: bool,
+) -> Value {
     let author = match m.author {
         Author::Account(id) => world.account(id).map(user),
         Author::Webhook(id) => world.webhooks.get(&id).map(webhook_user),
@@ -323,6 +329,23 @@ pub fn message(world: &World, m: &Message, show_content: bool, in_dispatch: bool
         "components": [],
     });
     let o = v.as_object_mut().expect("object");
+    if !m.reactions.is_empty() {
+        let reactions: Vec<Value> = m
+            .reactions
+            .iter()
+            .map(|r| {
+                json!({
+                    "emoji": {"id": null, "name": r.emoji},
+                    "count": r.users.len(),
+                    "count_details": {"burst": 0, "normal": r.users.len()},
+                    "me": r.users.contains(&viewer),
+                    "me_burst": false,
+                    "burst_colors": [],
+                })
+            })
+            .collect();
+        o.insert("reactions".into(), Value::Array(reactions));
+    }
     if let Author::Webhook(id) = m.author {
         o.insert("webhook_id".into(), json!(id.to_string()));
     }
@@ -338,7 +361,7 @@ pub fn message(world: &World, m: &Message, show_content: bool, in_dispatch: bool
         );
         let referenced = world
             .message(m.channel_id, reference)
-            .map(|r| message(world, r, show_content, false))
+            .map(|r| message(world, r, viewer, show_content, false))
             .unwrap_or(Value::Null);
         o.insert("referenced_message".into(), referenced);
     }
@@ -349,6 +372,28 @@ pub fn message(world: &World, m: &Message, show_content: bool, in_dispatch: bool
         }
     }
     v
+}
+
+/// MESSAGE_REACTION_ADD / MESSAGE_REACTION_REMOVE (a normal reaction,
+/// not a burst one); ADD carries the reacting member and the message's author.
+pub fn reaction_event(world: &World, m: &Message, user_id: u64, emoji: &str, added: bool) -> Value {
+    let mut d = json!({
+        "user_id": user_id.to_string(),
+        "channel_id": m.channel_id.to_string(),
+        "message_id": m.id.to_string(),
+        "guild_id": m.guild_id.to_string(),
+        "emoji": {"id": null, "name": emoji},
+        "burst": false,
+        "type": 0,
+    });
+    if added {
+        if let (Some(g), Some(a)) = (world.guild(m.guild_id), world.account(user_id)) {
+            d["member"] = member(g, a);
+        }
+        d["message_author_id"] = json!(m.author.id().to_string());
+        d["burst_colors"] = json!([]);
+    }
+    d
 }
 
 /// Embeds as Discord stores them: it fills in `type` ("rich" for what a

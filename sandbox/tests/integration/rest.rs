@@ -493,6 +493,90 @@ async fn embeds_are_normalised_and_users_read_content() {
     sb.shutdown().await;
 }
 
+/// Reactions as discord.js's `message.react()` uses them: PUT/DELETE
+/// `@me`, the reaction list, the message's `reactions`, and the gateway's
+/// MESSAGE_REACTION_ADD / REMOVE (GUILD_MESSAGE_REACTIONS intent).
+#[tokio::test]
+async fn reactions_are_added_listed_removed_and_dispatched() {
+    let sb = start_sandbox(quiet_config()).await;
+    let api = Api::new(&sb, "prober");
+    let prober = sb.account("prober").unwrap().clone();
+    let mut gw = crate::discord::RawGateway::connect(&sb, "v=10&encoding=json").await;
+    gw.recv().await.unwrap();
+    gw.identify(&prober.token, 1 | (1 << 10), None).await;
+    gw.until_dispatch("GUILD_CREATE").await;
+
+    let path = format!("/channels/{}/messages", sb.channel_id("probes").unwrap());
+    let (_, m) = json_of(
+        api.call(Method::POST, &path, Some(json!({"content": "react to me"})))
+            .await,
+    )
+    .await;
+    let id = m["id"].as_str().unwrap();
+    let thumbs = "%F0%9F%91%8D"; // 👍, percent-encoded as clients send it
+    let me = format!("{path}/{id}/reactions/{thumbs}/@me");
+    assert_eq!(api.call(Method::PUT, &me, None).await.status(), 204);
+    let add = gw.until_dispatch("MESSAGE_REACTION_ADD").await;
+    assert_eq!(add["d"]["user_id"], prober.id.as_str());
+    assert_eq!(add["d"]["message_id"], id);
+    assert_eq!(add["d"]["emoji"], json!({"id": null, "name": "👍"}));
+    assert_eq!(add["d"]["member"]["user"]["id"], prober.id.as_str());
+    assert_eq!(add["d"]["message_author_id"], prober.id.as_str());
+    assert_eq!(add["d"]["burst"], false);
+    // Reacting twice changes nothing.
+    assert_eq!(api.call(Method::PUT, &me, None).await.status(), 204);
+
+    let (_, seen) = json_of(api.call(Method::GET, &format!("{path}/{id}"), None).await).await;
+    let r = &seen["reactions"][0];
+    assert_eq!(
+        (r["count"].clone(), r["me"].clone()),
+        (json!(1), json!(true))
+    );
+    assert_eq!(r["emoji"]["name"], "👍");
+    let human = Api::new(&sb, "erin");
+    let (_, seen) = json_of(human.call(Method::GET, &format!("{path}/{id}"), None).await).await;
+    assert_eq!(seen["reactions"][0]["me"], false);
+    let (_, users) = json_of(
+        api.call(
+            Method::GET,
+            &format!("{path}/{id}/reactions/{thumbs}"),
+            None,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(users[0]["id"], prober.id.as_str());
+
+    assert_eq!(api.call(Method::DELETE, &me, None).await.status(), 204);
+    let removed = gw.until_dispatch("MESSAGE_REACTION_REMOVE").await;
+    assert_eq!(removed["d"]["user_id"], prober.id.as_str());
+    assert_eq!(removed["d"]["emoji"]["name"], "👍");
+    let (_, seen) = json_of(api.call(Method::GET, &format!("{path}/{id}"), None).await).await;
+    assert!(seen.get("reactions").is_none(), "{seen}");
+
+    let (s, v) = json_of(
+        api.call(
+            Method::PUT,
+            &format!("{path}/{id}/reactions/thumbsup/@me"),
+            None,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!((s.as_u16(), v["code"].clone()), (400, json!(10014)));
+    let (s, v) = json_of(
+        api.call(
+            Method::PUT,
+            &format!("{path}/1/reactions/{thumbs}/@me"),
+            None,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!((s.as_u16(), v["code"].clone()), (404, json!(10008)));
+    sb.shutdown().await;
+}
+
 #[tokio::test]
 async fn ground_truth_orders_arrival_creation_and_dispatch() {
     let sb = start_sandbox(quiet_config()).await;
