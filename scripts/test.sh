@@ -4,14 +4,16 @@
 # our metrics output and monitoring/ (rules, their unit tests, dashboards'
 # PromQL, and the end-to-end alert test); amtool and alertmanager (Debian
 # package `prometheus-alertmanager`) for monitoring/alertmanager.yml and the
-# end-to-end test; and discord.py with zstandard (PyPI) for the
-# compatibility tests.
+# end-to-end test; discord.py with zstandard (PyPI) and discord.js 14 (npm,
+# pinned by sandbox/tests/compat/discordjs/package-lock.json) for the
+# sandbox's compatibility tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 { command -v promtool && command -v prometheus; } >/dev/null 2>&1 || need+=(prometheus)
 { command -v amtool && command -v prometheus-alertmanager; } >/dev/null 2>&1 || need+=(prometheus-alertmanager)
+{ command -v node && command -v npm; } >/dev/null 2>&1 || need+=(nodejs npm)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
   SUDO=""
@@ -32,6 +34,16 @@ python3 -c 'import zstandard' >/dev/null 2>&1 || py_need+=('zstandard>=0.23')
 if [ ${#py_need[@]} -gt 0 ]; then
   echo "installing with pip: ${py_need[*]}" >&2
   python3 -m pip install --quiet --disable-pip-version-check "${py_need[@]}"
+fi
+
+# discord.js for sandbox/tests/integration/compat.rs, installed exactly as
+# locked into the package's own node_modules (ignored by git); again when
+# the lock file changes.
+js=sandbox/tests/compat/discordjs
+if ! cmp -s "$js/package-lock.json" "$js/node_modules/.package-lock.json.installed" 2>/dev/null; then
+  echo "installing with npm ci: discord.js (in $js)" >&2
+  (cd "$js" && npm ci --no-audit --no-fund --loglevel=error)
+  cp "$js/package-lock.json" "$js/node_modules/.package-lock.json.installed"
 fi
 
 # The workspace's default members: the prober and the sandbox crate.

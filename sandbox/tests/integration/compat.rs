@@ -1,11 +1,13 @@
-//! Real Discord libraries against the sandbox, as separate processes:
-//! discord.py (the library of the real Twi Bot Shard) logs in to the
-//! sandbox (its default world, as `probe sandbox` serves it) with nothing
-//! changed but its base URL, probes `!help` and gets
-//! the simulated bot's answer, over both gateway compressions it may choose.
+//! Real Discord libraries against the sandbox, as separate processes, with
+//! nothing changed but their base URL: discord.py (the library of the real
+//! Twi Bot Shard) probes `!help` and gets the simulated bot's answer over
+//! both gateway compressions it may choose; discord.js 14 goes through what
+//! a bot does with a message, a presence, a resume, a 429 and its
+//! application. (serenity is the sandbox's in-process client everywhere.)
 //!
-//! These tests need python3 with discord.py and zstandard; they fail (never
-//! skip) without them. `scripts/test.sh` installs both. The wire details
+//! These tests need python3 with discord.py and zstandard, and node with
+//! discord.js installed in `tests/compat/discordjs`; they fail (never skip)
+//! without them. `scripts/test.sh` installs all of it. The wire details
 //! discord.py relies on are also checked in-process at the end.
 
 use std::path::{Path, PathBuf};
@@ -21,7 +23,9 @@ use crate::discord::{quiet_config, start_sandbox};
 const SETUP_HINT: &str = "run scripts/test.sh, which installs them with pip";
 /// The script bounds itself to 30 s; this only guards against a hung interpreter.
 const CLIENT_DEADLINE: Duration = Duration::from_secs(90);
-const HEARTBEAT: Duration = Duration::from_millis(700);
+// (The sandbox closes a session after 1.5 intervals without a heartbeat: not
+// so short that a loaded machine trips it.)
+const HEARTBEAT: Duration = Duration::from_millis(1500);
 
 /// A sandbox with its default world (as `probe sandbox` runs it) and its
 /// description file, which the client scripts read, in a temporary
@@ -42,6 +46,13 @@ impl Drop for TempDir {
 
 impl DescribedSandbox {
     async fn start() -> DescribedSandbox {
+        let mut cfg = SandboxConfig::default();
+        // Short enough that the script sees several keep-alive heartbeats.
+        cfg.gateway.heartbeat_interval = HEARTBEAT;
+        DescribedSandbox::with(cfg).await
+    }
+
+    async fn with(cfg: SandboxConfig) -> DescribedSandbox {
         use std::sync::atomic::{AtomicU64, Ordering};
         static N: AtomicU64 = AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
@@ -51,9 +62,6 @@ impl DescribedSandbox {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let describe = dir.join("sandbox.json");
-        let mut cfg = SandboxConfig::default();
-        // Short enough that the script sees several keep-alive heartbeats.
-        cfg.gateway.heartbeat_interval = HEARTBEAT;
         let sb = start_sandbox(cfg).await;
         std::fs::write(
             &describe,
@@ -195,6 +203,113 @@ async fn discordpy_logs_in_and_probes_help_over_zlib_stream() {
 #[tokio::test]
 async fn discordpy_logs_in_and_probes_help_over_zstd_stream() {
     discordpy_round_trip("zstd-stream").await;
+}
+
+/// Fails the test, with what to do, unless discord.js is installed in
+/// `tests/compat/discordjs` (by `npm ci` there; scripts/test.sh does it).
+fn require_discordjs(dir: &Path) {
+    let installed = dir.join("node_modules/discord.js/package.json");
+    assert!(
+        installed.is_file(),
+        "{} is missing; these tests need node and discord.js 14: run scripts/test.sh, \
+         which runs npm ci in {}",
+        installed.display(),
+        dir.display()
+    );
+}
+
+/// discord.js 14 (its own REST queue and @discordjs/ws, without zlib-sync)
+/// logs in, replies with an embed, reacts, edits, deletes, sets an activity,
+/// resumes after a 4000 close, retries through a forced 429 and fetches its
+/// application, with nothing changed but `rest.api`.
+#[tokio::test]
+async fn discordjs_round_trip() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compat/discordjs");
+    require_discordjs(&dir);
+    let mut cfg = SandboxConfig::default();
+    // A bot that watches presences, to see the activity discord.js sets.
+    cfg.accounts.push(twi_sandbox::config::AccountConfig {
+        name: "observer".into(),
+        bot: true,
+        id: None,
+        token: None,
+        privileged_intents: vec!["GUILD_PRESENCES".into()],
+    });
+    let sb = DescribedSandbox::with(cfg).await;
+    let mut observer = crate::discord::TestClient::connect(
+        &sb.sb,
+        "observer",
+        serenity::all::GatewayIntents::GUILDS | serenity::all::GatewayIntents::GUILD_PRESENCES,
+    )
+    .await;
+    observer.ready().await;
+
+    let run = Command::new("node")
+        .arg(dir.join("client.js"))
+        .arg(&sb.describe)
+        .arg("prober")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(CLIENT_DEADLINE, run)
+        .await
+        .expect("the discord.js client ends in time")
+        .unwrap_or_else(|e| panic!("node cannot be run ({e}): install nodejs"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "discord.js failed against the sandbox: exit {:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status.code()
+    );
+    let result: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: not a JSON line\n{stdout}\n{stderr}"));
+    let prober = sb.sb.account("prober").unwrap().clone();
+    assert_eq!(result["ok"], true, "{result}");
+    assert!(
+        result["discord_js"].as_str().unwrap().starts_with("14."),
+        "{result}"
+    );
+    assert_eq!(result["help_title"], "Interactive Help System", "{result}");
+    assert_eq!(
+        result["reply_embed"],
+        json!({"fields": [{"inline": false, "name": "latency", "value": "fine"}], "title": "Seen", "type": "rich"}),
+        "{result}"
+    );
+    assert_eq!(
+        result["reaction"],
+        json!({"emoji": "👍", "count": 1, "me": true}),
+        "{result}"
+    );
+    assert_eq!(result["reaction_removed"], true, "{result}");
+    assert_eq!(result["edited"], "edited", "{result}");
+    assert_eq!(result["deleted"], true, "{result}");
+    assert_eq!(result["resumed"], true, "{result}");
+    assert_eq!(result["sent_after_resume"], "after the resume", "{result}");
+    assert_eq!(
+        result["statuses_for_that_send"],
+        json!(["POST 429", "POST 200"]),
+        "{result}"
+    );
+    assert_eq!(result["sent_after_429"], "after a 429", "{result}");
+    assert_eq!(result["application"]["id"], prober.id.as_str(), "{result}");
+    assert_eq!(result["library_warnings"], json!([]), "{result}");
+
+    // The activity discord.js set reached others.
+    let activity = observer
+        .wait_for("the prober's activity", |e| match e {
+            serenity::all::Event::PresenceUpdate(p)
+                if p.presence.user.id.to_string() == prober.id
+                    && !p.presence.activities.is_empty() =>
+            {
+                Some(p.presence.activities[0].name.clone())
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(activity, "the sandbox");
+    observer.stop().await;
+    sb.sb.shutdown().await;
 }
 
 // The wire behaviour above that discord.py depends on, checked in-process
