@@ -89,7 +89,16 @@ pub struct GatewayConfig {
     /// HELLO's heartbeat_interval. Discord uses 41.25 s.
     #[serde(with = "humantime_serde_compat")]
     pub heartbeat_interval: Duration,
-    /// How long a dropped session stays resumable.
+    /// How long a session whose connection dropped (or closed with a code
+    /// other than 1000/1001) stays resumable, and its account online.
+    /// Discord's Gateway documentation ("Initiating a disconnect"): "If you
+    /// simply close the TCP connection or use a different close code, the
+    /// session will remain active and timeout after a few minutes"; a
+    /// 1000/1001 close makes the bot "appear offline" at once. A Discord
+    /// engineer on the same (Just-Some-Bots/MusicBot#209): Discord "holds
+    /// onto the session expecting a resume", so the bot stays in the member
+    /// list; Discord.Net#2569 reports it online "for a few minutes". Discord
+    /// publishes no exact figure: 3 minutes stands for "a few".
     #[serde(with = "humantime_serde_compat")]
     pub resume_window: Duration,
     /// The shard count `GET /gateway/bot` recommends.
@@ -111,7 +120,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             heartbeat_interval: Duration::from_millis(41_250),
-            resume_window: Duration::from_secs(60),
+            resume_window: Duration::from_secs(180),
             recommended_shards: 1,
             replay_buffer: 1000,
             heartbeat_round_trip: Duration::from_millis(40),

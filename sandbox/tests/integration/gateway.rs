@@ -116,6 +116,47 @@ async fn presence_activities_are_relayed() {
     sb.shutdown().await;
 }
 
+/// A connection that drops without a close keeps its session, and so its
+/// presence, until the session can no longer be resumed (Discord: "a few
+/// minutes"; here the configured resume window).
+#[tokio::test]
+async fn a_dropped_connection_stays_online_for_the_resume_window() {
+    let mut cfg = quiet_config();
+    let window = Duration::from_millis(1500);
+    cfg.gateway.resume_window = window;
+    let sb = start_sandbox(cfg).await;
+    let bot_id: u64 = sb.account("twi-bot-shard").unwrap().id.parse().unwrap();
+    let mut prober = TestClient::connect(&sb, "prober", all_intents()).await;
+    prober.ready().await;
+    let token = sb.account("twi-bot-shard").unwrap().token.clone();
+    let mut bot = RawGateway::connect(&sb, "v=10&encoding=json").await;
+    bot.recv().await.unwrap();
+    bot.identify(&token, 1, None).await;
+    bot.until_dispatch("READY").await;
+    let mut status = async |what: &str| {
+        prober
+            .wait_for(what, |e| match e {
+                Event::PresenceUpdate(p) if p.presence.user.id.get() == bot_id => {
+                    Some(p.presence.status)
+                }
+                _ => None,
+            })
+            .await
+    };
+    assert_eq!(status("online").await, OnlineStatus::Online);
+
+    drop(bot); // the TCP connection ends without a close frame
+    let dropped = Instant::now();
+    assert_eq!(status("offline").await, OnlineStatus::Offline);
+    assert!(
+        dropped.elapsed() >= window - Duration::from_millis(50),
+        "offline after {:?}, before the {window:?} resume window ended",
+        dropped.elapsed()
+    );
+    prober.stop().await;
+    sb.shutdown().await;
+}
+
 #[tokio::test]
 async fn presence_changes_are_seen_by_others() {
     let sb = start_sandbox(quiet_config()).await;
