@@ -287,3 +287,34 @@ pub(crate) mod opt_humantime {
         .transpose()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example in README.md is a valid configuration whose gateway
+    /// and rate-limit values are the defaults it claims they are.
+    #[test]
+    fn the_readme_example_parses_and_states_the_defaults() {
+        let readme = include_str!("../README.md");
+        let yaml = readme
+            .split("```yaml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("a yaml block in README.md");
+        let cfg: SandboxConfig = serde_saphyr::from_str(yaml).unwrap();
+        let defaults = SandboxConfig::default();
+        let g = (&cfg.gateway, &defaults.gateway);
+        assert_eq!(g.0.heartbeat_interval, g.1.heartbeat_interval);
+        assert_eq!(g.0.heartbeat_round_trip, g.1.heartbeat_round_trip);
+        assert_eq!(g.0.resume_window, g.1.resume_window);
+        assert_eq!(g.0.recommended_shards, g.1.recommended_shards);
+        assert_eq!(g.0.replay_buffer, g.1.replay_buffer);
+        let r = (&cfg.rate_limits, &defaults.rate_limits);
+        assert_eq!(r.0.messages_per_channel, r.1.messages_per_channel);
+        assert_eq!(r.0.messages_window, r.1.messages_window);
+        assert_eq!(r.0.global_per_second, r.1.global_per_second);
+        assert_eq!(cfg.bot.account, defaults.bot.account);
+        assert_eq!(cfg.bot.allowed_bots, defaults.bot.allowed_bots);
+    }
+}
