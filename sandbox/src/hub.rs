@@ -119,7 +119,7 @@ impl Core {
     }
 
     pub fn log_event(&self, what: &str) {
-        tracing::info!(target: "twi_probe::sandbox", "{what}");
+        tracing::info!(target: "twi_sandbox", "{what}");
     }
 }
 
