@@ -49,7 +49,7 @@ use clap::Parser;
 use twi_probe::config::{Config, Secret};
 use twi_probe::discord::DiscordSession;
 use twi_probe::probe::{Outcome, Probe, ProbeResult, run_once};
-use twi_probe::sandbox::{BotBehaviour, Latency, Sandbox, SandboxConfig};
+use twi_sandbox::{BotBehaviour, Latency, Sandbox, SandboxConfig};
 
 use common::{
     Mem, build_probe_binary, channel_name, load_average, read_mem, sandbox_with_channels,

@@ -37,7 +37,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message as Ws;
-use twi_probe::sandbox::{Sandbox, SandboxConfig};
+use twi_sandbox::{Sandbox, SandboxConfig};
 
 use common::{channel_name, sandbox_with_channels};
 

@@ -7,9 +7,10 @@
 # end-to-end test; node_exporter, postgres_exporter and PostgreSQL (Debian
 # packages `prometheus-node-exporter`, `prometheus-postgres-exporter`,
 # `postgresql`) for the system and database end-to-end test; discord.py with
-# zstandard (PyPI) for the compatibility tests; and, for the discord.py
-# companion (companion/) and its pytest suite, prometheus_client and pytest
-# (PyPI) and the companion itself.
+# zstandard (PyPI) and discord.js 14 (npm, pinned by
+# sandbox/tests/compat/discordjs/package-lock.json) for the compatibility
+# tests; and, for the discord.py companion (companion/) and its pytest
+# suite, prometheus_client and pytest (PyPI) and the companion itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,7 @@ command -v prometheus-node-exporter >/dev/null 2>&1 || need+=(prometheus-node-ex
 command -v prometheus-postgres-exporter >/dev/null 2>&1 || need+=(prometheus-postgres-exporter)
 # initdb, pg_ctl, postgres, psql, pgbench and pg_stat_statements.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
+{ command -v node && command -v npm; } >/dev/null 2>&1 || need+=(nodejs npm)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
   SUDO=""
@@ -30,7 +32,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # discord.py, the real bot's library, for the compatibility tests
-# (tests/compat/, tests/integration/compat.rs), and zstandard, which
+# (sandbox/tests/compat/, sandbox/tests/integration/compat.rs), and zstandard, which
 # discord.py[speed] adds and which makes discord.py ask the gateway for
 # compress=zstd-stream instead of zlib-stream.
 py_need=()
@@ -45,13 +47,23 @@ if [ ${#py_need[@]} -gt 0 ]; then
 fi
 
 # The companion is installed on every run, so the installed copy is this
-# tree's (its dependencies are already there, from the lines above).
-# (its dependencies are already there, from the lines above). The build's
+# tree's (its dependencies are already there, from the lines above). The build's
 # leftovers are removed, so no stale module of an earlier build gets in.
 rm -rf companion/build companion/src/twi_probe_companion.egg-info
 python3 -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall ./companion
 rm -rf companion/build companion/src/twi_probe_companion.egg-info
 
+# discord.js for sandbox/tests/integration/compat.rs, installed exactly as
+# locked into the package's own node_modules (ignored by git); again when
+# the lock file changes.
+js=sandbox/tests/compat/discordjs
+if ! cmp -s "$js/package-lock.json" "$js/node_modules/.package-lock.json.installed" 2>/dev/null; then
+  echo "installing with npm ci: discord.js (in $js)" >&2
+  (cd "$js" && npm ci --no-audit --no-fund --loglevel=error)
+  cp "$js/package-lock.json" "$js/node_modules/.package-lock.json.installed"
+fi
+
+# The workspace's default members: the prober and the sandbox crate.
 cargo test --locked --all-targets
 
 # The companion's suite runs a real discord.py bot against `probe sandbox`,

@@ -169,8 +169,8 @@ fn serve_command(path: PathBuf, listen: Option<std::net::SocketAddr>, sandbox: b
         let mut sandbox_handle = None;
         if sandbox {
             let mut sb_config = crate::sandbox::sandbox_for(&config);
-            sb_config.bot.behaviour = crate::sandbox::BotBehaviour::realistic();
-            let sb = crate::sandbox::Sandbox::start(
+            sb_config.bot.behaviour = twi_sandbox::BotBehaviour::realistic();
+            let sb = twi_sandbox::Sandbox::start(
                 sb_config,
                 std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             )
@@ -192,7 +192,7 @@ fn serve_command(path: PathBuf, listen: Option<std::net::SocketAddr>, sandbox: b
                 config.target.name,
                 description.exporter_url.clone().unwrap_or_default()
             );
-            crate::sandbox::occasional_outages(sb.control().clone());
+            twi_sandbox::occasional_outages(sb.control().clone());
             sandbox_handle = Some(sb);
         }
         let addr = listen.unwrap_or(config.serve.listen);
@@ -267,14 +267,14 @@ fn sandbox_command(
     describe: Option<&std::path::Path>,
 ) -> ExitCode {
     let cfg = match config {
-        Some(path) => match crate::sandbox::SandboxConfig::load(path) {
+        Some(path) => match twi_sandbox::SandboxConfig::load(path) {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("{e}");
                 return ExitCode::FAILURE;
             }
         },
-        None => crate::sandbox::SandboxConfig::default(),
+        None => twi_sandbox::SandboxConfig::default(),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -287,7 +287,7 @@ fn sandbox_command(
         }
     };
     runtime.block_on(async {
-        let sandbox = match crate::sandbox::Sandbox::start(cfg, listen).await {
+        let sandbox = match twi_sandbox::Sandbox::start(cfg, listen).await {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("{e}");
@@ -403,7 +403,7 @@ fn run_command(path: &std::path::Path, options: &RunOptions, sandbox: bool) -> S
         }
         let sb_config = crate::sandbox::sandbox_for(&config);
         let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-        let sb = crate::sandbox::Sandbox::start(sb_config, listen).await?;
+        let sb = twi_sandbox::Sandbox::start(sb_config, listen).await?;
         let description = sb.description().clone();
         eprintln!(
             "sandbox: running {} against an in-process Discord stand-in at {} (simulated {})",

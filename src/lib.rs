@@ -15,4 +15,5 @@ pub mod sandbox;
 pub mod schedule;
 pub mod scrape;
 pub mod serve;
-pub mod snowflake;
+/// Snowflakes live in the sandbox crate (the dependency points one way).
+pub use twi_sandbox::snowflake;

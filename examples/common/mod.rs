@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, ensure};
-use twi_probe::sandbox::SandboxConfig;
-use twi_probe::sandbox::config::ChannelConfig;
+use twi_sandbox::SandboxConfig;
+use twi_sandbox::config::ChannelConfig;
 
 /// Builds `target/release/probe` next to the running example (same target
 /// directory, so `CARGO_TARGET_DIR` is honoured) and returns its path.

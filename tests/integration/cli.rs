@@ -366,7 +366,7 @@ async fn sandbox_describe_parses_its_urls_answer_and_sigterm_stops_it() {
             break;
         }
     }
-    let d: twi_probe::sandbox::Description =
+    let d: twi_sandbox::Description =
         serde_json::from_str(&std::fs::read_to_string(&describe).unwrap()).unwrap();
     assert_eq!(d.accounts.len(), 3);
     let gateway: serde_json::Value = reqwest::get(format!("{}/gateway", d.api_base))
@@ -376,13 +376,12 @@ async fn sandbox_describe_parses_its_urls_answer_and_sigterm_stops_it() {
         .await
         .unwrap();
     assert_eq!(gateway["url"], d.gateway_url);
-    let control: twi_probe::sandbox::Description =
-        reqwest::get(format!("{}/describe", d.control_url))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let control: twi_sandbox::Description = reqwest::get(format!("{}/describe", d.control_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(control, d);
     let metrics = reqwest::get(d.exporter_url.clone().unwrap()).await.unwrap();
     assert_eq!(metrics.status(), 200);

@@ -11,7 +11,7 @@ use twi_probe::discord::{ConnectError, DiscordSession, SessionEvent};
 use twi_probe::exposition;
 use twi_probe::metrics::Metrics;
 use twi_probe::probe::{Outcome, Probe, ProbeResult, run_once};
-use twi_probe::sandbox::{BotBehaviour, HttpFault, Latency, Sandbox, SandboxConfig};
+use twi_sandbox::{BotBehaviour, HttpFault, Latency, Sandbox, SandboxConfig};
 
 use crate::discord::{EVENT_WAIT, TestClient, start_sandbox};
 
@@ -26,14 +26,13 @@ fn sandbox_config(behaviour: BotBehaviour) -> SandboxConfig {
     let mut cfg = SandboxConfig::default();
     cfg.bot.behaviour = behaviour;
     cfg.bot.started_ago = Duration::from_secs(3600);
-    cfg.accounts
-        .push(twi_probe::sandbox::config::AccountConfig {
-            name: "impostor".into(),
-            bot: true,
-            id: None,
-            token: None,
-            privileged_intents: vec!["MESSAGE_CONTENT".into()],
-        });
+    cfg.accounts.push(twi_sandbox::config::AccountConfig {
+        name: "impostor".into(),
+        bot: true,
+        id: None,
+        token: None,
+        privileged_intents: vec!["MESSAGE_CONTENT".into()],
+    });
     cfg
 }
 
@@ -132,7 +131,7 @@ impl Rig {
         run_once(self.probe(name)).await
     }
 
-    fn bot(&self) -> &Arc<twi_probe::sandbox::bot::SimBot> {
+    fn bot(&self) -> &Arc<twi_sandbox::bot::SimBot> {
         self.sb.control().bot().unwrap()
     }
 
@@ -578,7 +577,7 @@ async fn missing_access_and_permissions_are_unreachable_naming_the_fix() {
     for (name, hidden, read_only) in [("staff", true, false), ("announcements", false, true)] {
         cfg.guilds[0]
             .channels
-            .push(twi_probe::sandbox::config::ChannelConfig {
+            .push(twi_sandbox::config::ChannelConfig {
                 name: name.into(),
                 id: None,
                 hidden_from: if hidden {

@@ -1,8 +1,10 @@
 //! Integration tests: one binary; every server runs on 127.0.0.1.
 
 mod cli;
-mod compat;
 mod config_files;
+// The serenity test client is the sandbox crate's: a client of a Discord.
+#[allow(dead_code)]
+#[path = "../../sandbox/tests/integration/discord.rs"]
 mod discord;
 mod discord_probes;
 mod exporter_probe;
@@ -10,9 +12,6 @@ mod http_probe;
 mod metrics;
 mod monitoring;
 mod monitoring_db;
-mod sandbox_bot;
-mod sandbox_gateway;
-mod sandbox_rest;
 mod serve;
 mod shared_channels;
 mod support;

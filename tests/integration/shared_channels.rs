@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use twi_probe::config::{Config, Secret};
 use twi_probe::discord::DiscordSession;
 use twi_probe::probe::{Outcome, Probe, ProbeResult, run_once};
-use twi_probe::sandbox::config::ChannelConfig;
-use twi_probe::sandbox::{BotBehaviour, Latency, Sandbox, SandboxConfig};
+use twi_sandbox::config::ChannelConfig;
+use twi_sandbox::{BotBehaviour, Latency, Sandbox, SandboxConfig};
 
 use crate::discord::start_sandbox;
 

@@ -87,6 +87,23 @@ pub enum Author {
     Webhook(u64),
 }
 
+impl Author {
+    /// The user id the author shows as (a webhook's own id for webhooks).
+    pub fn id(&self) -> u64 {
+        match *self {
+            Author::Account(id) | Author::Webhook(id) => id,
+        }
+    }
+}
+
+/// One emoji's reactions on a message, in the order they were added.
+#[derive(Debug, Clone)]
+pub struct Reaction {
+    /// A Unicode emoji (the sandbox's guilds have no custom emojis).
+    pub emoji: String,
+    pub users: Vec<u64>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Message {
     pub id: u64,
@@ -101,6 +118,7 @@ pub struct Message {
     pub tts: bool,
     pub nonce: Option<Value>,
     pub edited: Option<SystemTime>,
+    pub reactions: Vec<Reaction>,
 }
 
 impl Message {
@@ -302,6 +320,11 @@ impl World {
     /// Whether `viewer` may read the content of `msg` without MESSAGE_CONTENT:
     /// its own messages, and messages that mention it or reply to it.
     pub fn content_visible_without_intent(&self, msg: &Message, viewer: u64) -> bool {
+        // The message-content restriction is for apps: a user account
+        // always sees content and embeds.
+        if self.account(viewer).is_some_and(|a| !a.bot) {
+            return true;
+        }
         if msg.author == Author::Account(viewer) || msg.mentions.contains(&viewer) {
             return true;
         }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use reqwest::{Client, Method, Response, StatusCode};
 use serde_json::{Value, json};
-use twi_probe::sandbox::{HttpFault, Sandbox};
+use twi_sandbox::{HttpFault, Sandbox};
 
 use crate::discord::{quiet_config, start_sandbox};
 
@@ -51,11 +51,11 @@ async fn json_of(r: Response) -> (StatusCode, Value) {
     (status, r.json().await.unwrap())
 }
 
-fn sandbox_with_restricted_channels() -> twi_probe::sandbox::SandboxConfig {
+fn sandbox_with_restricted_channels() -> twi_sandbox::SandboxConfig {
     let mut cfg = quiet_config();
     cfg.guilds[0]
         .channels
-        .push(twi_probe::sandbox::config::ChannelConfig {
+        .push(twi_sandbox::config::ChannelConfig {
             name: "staff".into(),
             id: None,
             hidden_from: vec!["prober".into()],
@@ -63,7 +63,7 @@ fn sandbox_with_restricted_channels() -> twi_probe::sandbox::SandboxConfig {
         });
     cfg.guilds[0]
         .channels
-        .push(twi_probe::sandbox::config::ChannelConfig {
+        .push(twi_sandbox::config::ChannelConfig {
             name: "announcements".into(),
             id: None,
             hidden_from: vec![],
@@ -319,7 +319,9 @@ async fn message_rate_limit_is_real_with_discords_headers() {
 
 #[tokio::test]
 async fn forced_faults_answer_429_and_5xx_then_stop() {
-    let sb = start_sandbox(quiet_config()).await;
+    let mut cfg = quiet_config();
+    cfg.rate_limits.messages_per_channel = 7;
+    let sb = start_sandbox(cfg).await;
     let api = Api::new(&sb, "prober");
     let path = format!("/channels/{}/messages", sb.channel_id("probes").unwrap());
     sb.control()
@@ -337,12 +339,18 @@ async fn forced_faults_answer_429_and_5xx_then_stop() {
     )
     .await;
     assert_eq!(s, 503);
-    assert_eq!(
-        api.call(Method::POST, &path, Some(json!({"content": "x"})))
-            .await
-            .status(),
-        200
-    );
+    let real = api
+        .call(Method::POST, &path, Some(json!({"content": "x"})))
+        .await;
+    assert_eq!(real.status(), 200);
+    let header = |r: &Response, name: &str| {
+        r.headers()
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name}"))
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
 
     // The same over the control API.
     let control = format!("{}/faults/http", sb.description().control_url);
@@ -357,6 +365,12 @@ async fn forced_faults_answer_429_and_5xx_then_stop() {
         .call(Method::POST, &path, Some(json!({"content": "x"})))
         .await;
     assert_eq!(r.status(), 429);
+    // A forced 429 names the route's real bucket and limit, as Discord's do.
+    for name in ["x-ratelimit-bucket", "x-ratelimit-limit"] {
+        assert_eq!(header(&r, name), header(&real, name), "{name}");
+    }
+    assert_eq!(header(&r, "x-ratelimit-limit"), "7");
+    assert_eq!(header(&r, "x-ratelimit-remaining"), "0");
     let (_, v) = json_of(r).await;
     assert_eq!(v["message"], "You are being rate limited.");
     sb.control().clear_faults();
@@ -420,10 +434,146 @@ async fn webhooks_execute_with_wait_and_the_app_endpoints_answer() {
         ] {
             assert!(v.get(field).is_some(), "{path} lacks {field}");
         }
+        // Omitted when unset, never null: discord.js reads its scopes.
+        assert!(v.get("install_params").is_none(), "{path}: {v}");
     }
     let (_, gw) = json_of(api.call(Method::GET, "/gateway/bot", None).await).await;
     assert_eq!(gw["url"], sb.description().gateway_url);
     assert_eq!(gw["session_start_limit"]["max_concurrency"], 1);
+    sb.shutdown().await;
+}
+
+/// Discord fills in an embed's `type` and its fields' `inline`; a user
+/// account (not an app) reads content and embeds without any intent.
+#[tokio::test]
+async fn embeds_are_normalised_and_users_read_content() {
+    let sb = start_sandbox(quiet_config()).await;
+    let api = Api::new(&sb, "prober");
+    let path = format!("/channels/{}/messages", sb.channel_id("probes").unwrap());
+    let embed = json!({"title": "t", "fields": [{"name": "a", "value": "b"}, {"name": "c", "value": "d", "inline": true}]});
+    let (s, created) = json_of(
+        api.call(
+            Method::POST,
+            &path,
+            Some(json!({"content": "hello", "embeds": [embed]})),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let e = &created["embeds"][0];
+    assert_eq!(e["type"], "rich");
+    assert_eq!(e["fields"][0]["inline"], false);
+    assert_eq!(e["fields"][1]["inline"], true);
+    let id = created["id"].as_str().unwrap();
+    let (_, edited) = json_of(
+        api.call(
+            Method::PATCH,
+            &format!("{path}/{id}"),
+            Some(json!({"embeds": [{"title": "u", "fields": [{"name": "x", "value": "y"}]}]})),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(edited["embeds"][0]["type"], "rich");
+    assert_eq!(edited["embeds"][0]["fields"][0]["inline"], false);
+
+    // erin is a human account: no MESSAGE_CONTENT restriction.
+    let human = Api::new(&sb, "erin");
+    let (s, listed) = json_of(human.call(Method::GET, &path, None).await).await;
+    assert_eq!(s, 200);
+    let m = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == id)
+        .expect("listed");
+    assert_eq!(m["content"], "hello");
+    assert_eq!(m["embeds"][0]["title"], "u");
+    sb.shutdown().await;
+}
+
+/// Reactions as discord.js's `message.react()` uses them: PUT/DELETE
+/// `@me`, the reaction list, the message's `reactions`, and the gateway's
+/// MESSAGE_REACTION_ADD / REMOVE (GUILD_MESSAGE_REACTIONS intent).
+#[tokio::test]
+async fn reactions_are_added_listed_removed_and_dispatched() {
+    let sb = start_sandbox(quiet_config()).await;
+    let api = Api::new(&sb, "prober");
+    let prober = sb.account("prober").unwrap().clone();
+    let mut gw = crate::discord::RawGateway::connect(&sb, "v=10&encoding=json").await;
+    gw.recv().await.unwrap();
+    gw.identify(&prober.token, 1 | (1 << 10), None).await;
+    gw.until_dispatch("GUILD_CREATE").await;
+
+    let path = format!("/channels/{}/messages", sb.channel_id("probes").unwrap());
+    let (_, m) = json_of(
+        api.call(Method::POST, &path, Some(json!({"content": "react to me"})))
+            .await,
+    )
+    .await;
+    let id = m["id"].as_str().unwrap();
+    let thumbs = "%F0%9F%91%8D"; // 👍, percent-encoded as clients send it
+    let me = format!("{path}/{id}/reactions/{thumbs}/@me");
+    assert_eq!(api.call(Method::PUT, &me, None).await.status(), 204);
+    let add = gw.until_dispatch("MESSAGE_REACTION_ADD").await;
+    assert_eq!(add["d"]["user_id"], prober.id.as_str());
+    assert_eq!(add["d"]["message_id"], id);
+    assert_eq!(add["d"]["emoji"], json!({"id": null, "name": "👍"}));
+    assert_eq!(add["d"]["member"]["user"]["id"], prober.id.as_str());
+    assert_eq!(add["d"]["message_author_id"], prober.id.as_str());
+    assert_eq!(add["d"]["burst"], false);
+    // Reacting twice changes nothing.
+    assert_eq!(api.call(Method::PUT, &me, None).await.status(), 204);
+
+    let (_, seen) = json_of(api.call(Method::GET, &format!("{path}/{id}"), None).await).await;
+    let r = &seen["reactions"][0];
+    assert_eq!(
+        (r["count"].clone(), r["me"].clone()),
+        (json!(1), json!(true))
+    );
+    assert_eq!(r["emoji"]["name"], "👍");
+    let human = Api::new(&sb, "erin");
+    let (_, seen) = json_of(human.call(Method::GET, &format!("{path}/{id}"), None).await).await;
+    assert_eq!(seen["reactions"][0]["me"], false);
+    let (_, users) = json_of(
+        api.call(
+            Method::GET,
+            &format!("{path}/{id}/reactions/{thumbs}"),
+            None,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(users[0]["id"], prober.id.as_str());
+
+    assert_eq!(api.call(Method::DELETE, &me, None).await.status(), 204);
+    let removed = gw.until_dispatch("MESSAGE_REACTION_REMOVE").await;
+    assert_eq!(removed["d"]["user_id"], prober.id.as_str());
+    assert_eq!(removed["d"]["emoji"]["name"], "👍");
+    let (_, seen) = json_of(api.call(Method::GET, &format!("{path}/{id}"), None).await).await;
+    assert!(seen.get("reactions").is_none(), "{seen}");
+
+    let (s, v) = json_of(
+        api.call(
+            Method::PUT,
+            &format!("{path}/{id}/reactions/thumbsup/@me"),
+            None,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!((s.as_u16(), v["code"].clone()), (400, json!(10014)));
+    let (s, v) = json_of(
+        api.call(
+            Method::PUT,
+            &format!("{path}/1/reactions/{thumbs}/@me"),
+            None,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!((s.as_u16(), v["code"].clone()), (404, json!(10008)));
     sb.shutdown().await;
 }
 

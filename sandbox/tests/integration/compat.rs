@@ -1,117 +1,78 @@
-//! Real Discord libraries against the sandbox, as separate processes:
-//! discord.py (the library of the real Twi Bot Shard) logs in to `probe
-//! sandbox` with nothing changed but its base URL, probes `!help` and gets
-//! the simulated bot's answer, over both gateway compressions it may choose.
+//! Real Discord libraries against the sandbox, as separate processes, with
+//! nothing changed but their base URL: discord.py (the library of the real
+//! Twi Bot Shard) probes `!help` and gets the simulated bot's answer over
+//! both gateway compressions it may choose; discord.js 14 goes through what
+//! a bot does with a message, a presence, a resume, a 429 and its
+//! application. (serenity is the sandbox's in-process client everywhere.)
 //!
-//! These tests need python3 with discord.py and zstandard; they fail (never
-//! skip) without them. `scripts/test.sh` installs both. The wire details
+//! These tests need python3 with discord.py and zstandard, and node with
+//! discord.js installed in `tests/compat/discordjs`; they fail (never skip)
+//! without them. `scripts/test.sh` installs all of it. The wire details
 //! discord.py relies on are also checked in-process at the end.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
+use twi_sandbox::{Sandbox, SandboxConfig};
 
 use crate::discord::{quiet_config, start_sandbox};
 
 const SETUP_HINT: &str = "run scripts/test.sh, which installs them with pip";
 /// The script bounds itself to 30 s; this only guards against a hung interpreter.
 const CLIENT_DEADLINE: Duration = Duration::from_secs(90);
+// (The sandbox closes a session after 1.5 intervals without a heartbeat: not
+// so short that a loaded machine trips it.)
+const HEARTBEAT: Duration = Duration::from_millis(1500);
 
-/// `probe sandbox` as a process, with its description file in a temporary
-/// directory (removed on drop). The child is killed if the test panics.
-struct SandboxProcess {
-    child: Child,
-    dir: PathBuf,
+/// A sandbox with its default world (as `probe sandbox` runs it) and its
+/// description file, which the client scripts read, in a temporary
+/// directory (removed on drop).
+struct DescribedSandbox {
+    sb: Sandbox,
+    _dir: TempDir,
     describe: PathBuf,
-    /// Everything it printed on stderr, for failure messages.
-    log: Arc<Mutex<Vec<String>>>,
 }
 
-impl SandboxProcess {
-    async fn start() -> SandboxProcess {
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl DescribedSandbox {
+    async fn start() -> DescribedSandbox {
+        let mut cfg = SandboxConfig::default();
+        // Short enough that the script sees several keep-alive heartbeats.
+        cfg.gateway.heartbeat_interval = HEARTBEAT;
+        DescribedSandbox::with(cfg).await
+    }
+
+    async fn with(cfg: SandboxConfig) -> DescribedSandbox {
         use std::sync::atomic::{AtomicU64, Ordering};
         static N: AtomicU64 = AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
-            "twi-probe-compat-{}-{}",
+            "twi-sandbox-compat-{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let describe = dir.join("sandbox.json");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_probe"))
-            .args(["sandbox", "--listen", "127.0.0.1:0", "--describe"])
-            .arg(&describe)
-            .env_remove("PROBE_CONFIG")
-            .env_remove("PROBE_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the probe binary starts");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        // The banner comes after the description is written.
-        loop {
-            let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-                .await
-                .expect("the sandbox starts in time")
-                .unwrap();
-            let Some(line) = line else {
-                panic!(
-                    "the sandbox exited before its banner:\n{}",
-                    log.lock().unwrap().join("\n")
-                );
-            };
-            let banner = line.starts_with("sandbox: REST ");
-            log.lock().unwrap().push(line);
-            if banner {
-                break;
-            }
-        }
-        // Keep draining stderr so the sandbox never blocks on a full pipe.
-        let sink = log.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        SandboxProcess {
-            child,
-            dir,
+        let sb = start_sandbox(cfg).await;
+        std::fs::write(
+            &describe,
+            serde_json::to_string_pretty(sb.description()).unwrap(),
+        )
+        .unwrap();
+        DescribedSandbox {
+            sb,
+            _dir: TempDir(dir),
             describe,
-            log,
         }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    /// SIGTERM, then the exit status must be success.
-    async fn stop(mut self) {
-        let pid = self.child.id().expect("still running").to_string();
-        let killed = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        assert!(killed.success());
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("the sandbox exits after SIGTERM")
-            .unwrap();
-        assert!(status.success(), "{status:?}\n{}", self.log());
-    }
-}
-
-impl Drop for SandboxProcess {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -135,7 +96,7 @@ async fn require_python(modules: &str, what: &str) {
 
 /// Runs `tests/compat/discordpy_client.py` against the sandbox and returns its
 /// JSON result line after checking that it succeeded.
-async fn discordpy_client(sb: &SandboxProcess, compress: &str) -> Value {
+async fn discordpy_client(sb: &DescribedSandbox, compress: &str) -> Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compat/discordpy_client.py");
     let run = Command::new("python3")
         .arg(&script)
@@ -156,9 +117,8 @@ async fn discordpy_client(sb: &SandboxProcess, compress: &str) -> Value {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let context = || {
         format!(
-            "exit {:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- sandbox\n{}",
-            out.status.code(),
-            sb.log()
+            "exit {:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+            out.status.code()
         )
     };
     if out.status.code() == Some(2) {
@@ -193,9 +153,8 @@ async fn discordpy_round_trip(compress: &str) {
         )
         .await;
     }
-    let sb = SandboxProcess::start().await;
-    let d: twi_probe::sandbox::Description =
-        serde_json::from_str(&std::fs::read_to_string(&sb.describe).unwrap()).unwrap();
+    let sb = DescribedSandbox::start().await;
+    let d = sb.sb.description().clone();
     let result = discordpy_client(&sb, compress).await;
 
     assert_eq!(result["ok"], true, "{result}");
@@ -212,7 +171,26 @@ async fn discordpy_round_trip(compress: &str) {
     assert_help_answer(&result, "help_after_resume");
     assert_eq!(result["closed_cleanly"], true, "{result}");
     assert_eq!(result["library_warnings"], json!([]), "{result}");
-    sb.stop().await;
+    // bot.latency is the gateway's round trip, as on Discord. (An instant
+    // ACK can beat discord.py 2.7's bookkeeping of the send, which runs in
+    // its keep-alive thread after the send completes, when a busy event loop
+    // holds the GIL: bot.latency then reads a whole heartbeat interval. That
+    // race is not reproducible on demand; the round trip rules it out.)
+    let round_trip = SandboxConfig::default()
+        .gateway
+        .heartbeat_round_trip
+        .as_secs_f64();
+    let latencies = result["heartbeat_latencies"].as_array().expect("latencies");
+    assert_eq!(latencies.len(), 3, "{result}");
+    for l in latencies {
+        let l = l.as_f64().unwrap();
+        assert!(
+            // discord.py notes the send up to a GIL switch (5 ms) late.
+            l >= round_trip - 0.01 && l < round_trip + 0.2,
+            "bot.latency {l} s, expected the {round_trip} s round trip: {result}"
+        );
+    }
+    sb.sb.shutdown().await;
 }
 
 #[tokio::test]
@@ -225,6 +203,113 @@ async fn discordpy_logs_in_and_probes_help_over_zlib_stream() {
 #[tokio::test]
 async fn discordpy_logs_in_and_probes_help_over_zstd_stream() {
     discordpy_round_trip("zstd-stream").await;
+}
+
+/// Fails the test, with what to do, unless discord.js is installed in
+/// `tests/compat/discordjs` (by `npm ci` there; scripts/test.sh does it).
+fn require_discordjs(dir: &Path) {
+    let installed = dir.join("node_modules/discord.js/package.json");
+    assert!(
+        installed.is_file(),
+        "{} is missing; these tests need node and discord.js 14: run scripts/test.sh, \
+         which runs npm ci in {}",
+        installed.display(),
+        dir.display()
+    );
+}
+
+/// discord.js 14 (its own REST queue and @discordjs/ws, without zlib-sync)
+/// logs in, replies with an embed, reacts, edits, deletes, sets an activity,
+/// resumes after a 4000 close, retries through a forced 429 and fetches its
+/// application, with nothing changed but `rest.api`.
+#[tokio::test]
+async fn discordjs_round_trip() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compat/discordjs");
+    require_discordjs(&dir);
+    let mut cfg = SandboxConfig::default();
+    // A bot that watches presences, to see the activity discord.js sets.
+    cfg.accounts.push(twi_sandbox::config::AccountConfig {
+        name: "observer".into(),
+        bot: true,
+        id: None,
+        token: None,
+        privileged_intents: vec!["GUILD_PRESENCES".into()],
+    });
+    let sb = DescribedSandbox::with(cfg).await;
+    let mut observer = crate::discord::TestClient::connect(
+        &sb.sb,
+        "observer",
+        serenity::all::GatewayIntents::GUILDS | serenity::all::GatewayIntents::GUILD_PRESENCES,
+    )
+    .await;
+    observer.ready().await;
+
+    let run = Command::new("node")
+        .arg(dir.join("client.js"))
+        .arg(&sb.describe)
+        .arg("prober")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(CLIENT_DEADLINE, run)
+        .await
+        .expect("the discord.js client ends in time")
+        .unwrap_or_else(|e| panic!("node cannot be run ({e}): install nodejs"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "discord.js failed against the sandbox: exit {:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status.code()
+    );
+    let result: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: not a JSON line\n{stdout}\n{stderr}"));
+    let prober = sb.sb.account("prober").unwrap().clone();
+    assert_eq!(result["ok"], true, "{result}");
+    assert!(
+        result["discord_js"].as_str().unwrap().starts_with("14."),
+        "{result}"
+    );
+    assert_eq!(result["help_title"], "Interactive Help System", "{result}");
+    assert_eq!(
+        result["reply_embed"],
+        json!({"fields": [{"inline": false, "name": "latency", "value": "fine"}], "title": "Seen", "type": "rich"}),
+        "{result}"
+    );
+    assert_eq!(
+        result["reaction"],
+        json!({"emoji": "👍", "count": 1, "me": true}),
+        "{result}"
+    );
+    assert_eq!(result["reaction_removed"], true, "{result}");
+    assert_eq!(result["edited"], "edited", "{result}");
+    assert_eq!(result["deleted"], true, "{result}");
+    assert_eq!(result["resumed"], true, "{result}");
+    assert_eq!(result["sent_after_resume"], "after the resume", "{result}");
+    assert_eq!(
+        result["statuses_for_that_send"],
+        json!(["POST 429", "POST 200"]),
+        "{result}"
+    );
+    assert_eq!(result["sent_after_429"], "after a 429", "{result}");
+    assert_eq!(result["application"]["id"], prober.id.as_str(), "{result}");
+    assert_eq!(result["library_warnings"], json!([]), "{result}");
+
+    // The activity discord.js set reached others.
+    let activity = observer
+        .wait_for("the prober's activity", |e| match e {
+            serenity::all::Event::PresenceUpdate(p)
+                if p.presence.user.id.to_string() == prober.id
+                    && !p.presence.activities.is_empty() =>
+            {
+                Some(p.presence.activities[0].name.clone())
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(activity, "the sandbox");
+    observer.stop().await;
+    sb.sb.shutdown().await;
 }
 
 // The wire behaviour above that discord.py depends on, checked in-process
@@ -345,7 +430,7 @@ struct Rest {
 }
 
 impl Rest {
-    fn new(sb: &twi_probe::sandbox::Sandbox, account: &str) -> Rest {
+    fn new(sb: &Sandbox, account: &str) -> Rest {
         Rest {
             base: sb.description().api_base.clone(),
             token: format!("Bot {}", sb.account(account).unwrap().token),

@@ -1,6 +1,6 @@
 //! The sandbox's gateway, as serenity and a raw client see it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use serenity::all::{CreateMessage, Event, GatewayIntents, OnlineStatus};
@@ -56,12 +56,104 @@ async fn serenity_gets_ready_and_guild_create_and_exchanges_messages() {
     assert_eq!(got.guild_id.map(|g| g.get()), Some(guild.id.get()));
     // The snowflake's time is when the sandbox created the message.
     let age = std::time::SystemTime::now()
-        .duration_since(twi_probe::snowflake::timestamp(sent.id.get()))
+        .duration_since(twi_sandbox::snowflake::timestamp(sent.id.get()))
         .unwrap();
     assert!(age < Duration::from_secs(5), "{age:?}");
 
     prober.stop().await;
     other.stop().await;
+    sb.shutdown().await;
+}
+
+/// Activities set in IDENTIFY and op 3 reach others, as Discord relays
+/// them (what bots may set, with `created_at`).
+#[tokio::test]
+async fn presence_activities_are_relayed() {
+    let sb = start_sandbox(quiet_config()).await;
+    let bot_id: u64 = sb.account("twi-bot-shard").unwrap().id.parse().unwrap();
+    let mut prober = TestClient::connect(&sb, "prober", all_intents()).await;
+    prober.ready().await;
+    let mut presence = async |what: &str| {
+        prober
+            .wait_for(what, |e| match e {
+                Event::PresenceUpdate(p) if p.presence.user.id.get() == bot_id => {
+                    Some(p.presence.clone())
+                }
+                _ => None,
+            })
+            .await
+    };
+
+    let token = sb.account("twi-bot-shard").unwrap().token.clone();
+    let mut bot = RawGateway::connect(&sb, "v=10&encoding=json").await;
+    assert_eq!(bot.recv().await.unwrap()["op"], 10);
+    bot.send(json!({"op": 2, "d": {
+        "token": token, "intents": 1,
+        "properties": {"os": "linux", "browser": "test", "device": "test"},
+        "presence": {"status": "online", "since": null, "afk": false,
+                     "activities": [{"name": "the inn", "type": 3}]},
+    }}))
+    .await;
+    bot.until_dispatch("READY").await;
+    let p = presence("online with an activity").await;
+    assert_eq!(p.status, OnlineStatus::Online);
+    assert_eq!(p.activities.len(), 1);
+    assert_eq!(p.activities[0].name, "the inn");
+    assert_eq!(p.activities[0].kind, serenity::all::ActivityType::Watching);
+
+    bot.send(
+        json!({"op": 3, "d": {"status": "idle", "since": null, "afk": false,
+        "activities": [{"name": "!help", "type": 0}]}}),
+    )
+    .await;
+    let p = presence("idle with a new activity").await;
+    assert_eq!(p.status, OnlineStatus::Idle);
+    assert_eq!(p.activities[0].name, "!help");
+    assert_eq!(p.activities[0].kind, serenity::all::ActivityType::Playing);
+    assert!(p.activities[0].created_at > 0);
+    bot.close(1000).await;
+    prober.stop().await;
+    sb.shutdown().await;
+}
+
+/// A connection that drops without a close keeps its session, and so its
+/// presence, until the session can no longer be resumed (Discord: "a few
+/// minutes"; here the configured resume window).
+#[tokio::test]
+async fn a_dropped_connection_stays_online_for_the_resume_window() {
+    let mut cfg = quiet_config();
+    let window = Duration::from_millis(1500);
+    cfg.gateway.resume_window = window;
+    let sb = start_sandbox(cfg).await;
+    let bot_id: u64 = sb.account("twi-bot-shard").unwrap().id.parse().unwrap();
+    let mut prober = TestClient::connect(&sb, "prober", all_intents()).await;
+    prober.ready().await;
+    let token = sb.account("twi-bot-shard").unwrap().token.clone();
+    let mut bot = RawGateway::connect(&sb, "v=10&encoding=json").await;
+    bot.recv().await.unwrap();
+    bot.identify(&token, 1, None).await;
+    bot.until_dispatch("READY").await;
+    let mut status = async |what: &str| {
+        prober
+            .wait_for(what, |e| match e {
+                Event::PresenceUpdate(p) if p.presence.user.id.get() == bot_id => {
+                    Some(p.presence.status)
+                }
+                _ => None,
+            })
+            .await
+    };
+    assert_eq!(status("online").await, OnlineStatus::Online);
+
+    drop(bot); // the TCP connection ends without a close frame
+    let dropped = Instant::now();
+    assert_eq!(status("offline").await, OnlineStatus::Offline);
+    assert!(
+        dropped.elapsed() >= window - Duration::from_millis(50),
+        "offline after {:?}, before the {window:?} resume window ended",
+        dropped.elapsed()
+    );
+    prober.stop().await;
     sb.shutdown().await;
 }
 
@@ -198,6 +290,41 @@ async fn zlib_stream_frames_are_one_stream_with_sync_flush() {
     }
     gw.send(json!({"op": 1, "d": 2})).await;
     assert_eq!(gw.recv().await.unwrap()["op"], 11);
+    sb.shutdown().await;
+}
+
+/// The heartbeat ACK comes a network round trip after the heartbeat, as on
+/// Discord; dispatches do not wait for it.
+#[tokio::test]
+async fn heartbeat_acks_wait_the_round_trip_and_dispatches_do_not() {
+    let mut cfg = quiet_config();
+    cfg.gateway.heartbeat_round_trip = Duration::from_millis(800);
+    let sb = start_sandbox(cfg).await;
+    let token = sb.account("prober").unwrap().token.clone();
+    let mut gw = RawGateway::connect(&sb, "v=10&encoding=json").await;
+    assert_eq!(gw.recv().await.unwrap()["op"], 10);
+    gw.identify(&token, 1 | (1 << 9), None).await;
+    gw.until_dispatch("GUILD_CREATE").await;
+
+    let beat = Instant::now();
+    gw.send(json!({"op": 1, "d": 2})).await;
+    let channel = sb.channel_id("probes").unwrap();
+    let sent = reqwest::Client::new()
+        .post(format!(
+            "{}/channels/{channel}/messages",
+            sb.description().api_base
+        ))
+        .header("Authorization", format!("Bot {token}"))
+        .json(&json!({"content": "during the round trip"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 200);
+    let first = gw.recv().await.unwrap();
+    assert_eq!(first["t"], "MESSAGE_CREATE", "{first}");
+    assert!(beat.elapsed() < Duration::from_millis(800));
+    assert_eq!(gw.recv().await.unwrap()["op"], 11);
+    assert!(beat.elapsed() >= Duration::from_millis(800));
     sb.shutdown().await;
 }
 

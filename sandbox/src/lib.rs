@@ -1,5 +1,6 @@
-//! The sandbox: a local Discord stand-in (REST v10 + Gateway v10) with a
-//! simulated Twi Bot Shard, fault injection and ground truth.
+//! twi-sandbox: a local Discord stand-in (REST v10 + Gateway v10) with a
+//! simulated Twi Bot Shard, fault injection and ground truth. It uses
+//! nothing of the prober; see README.md beside this crate.
 //!
 //! [`Sandbox::start`] binds its listeners on the address given (port 0 in
 //! tests) and returns a handle with every URL and a control API as methods;
@@ -9,13 +10,13 @@ pub mod bot;
 pub mod config;
 mod control;
 mod faults;
-mod from_probes;
 mod gateway;
 mod hub;
 mod intents;
 mod model;
 mod ratelimit;
 mod rest;
+pub mod snowflake;
 mod truth;
 mod world;
 
@@ -32,7 +33,6 @@ pub use bot::{BotBehaviour, Latency};
 pub use config::SandboxConfig;
 pub use control::Controls;
 pub use faults::HttpFault;
-pub use from_probes::{point_at_sandbox, sandbox_for};
 pub use truth::{DispatchTruth, MessageTruth, MessageTruthJson};
 
 use hub::Core;

@@ -299,7 +299,7 @@ impl SimBot {
         let shard_manager = client.shard_manager.clone();
         let task = tokio::spawn(async move {
             if let Err(e) = client.start().await {
-                tracing::warn!(target: "twi_probe::sandbox", "simulated bot stopped: {e}");
+                tracing::warn!(target: "twi_sandbox", "simulated bot stopped: {e}");
             }
         });
         *running = Some(Running {
@@ -488,7 +488,7 @@ fn error_embed() -> CreateEmbed {
 #[async_trait]
 impl EventHandler for Handler {
     async fn ready(&self, _ctx: Context, ready: Ready) {
-        tracing::info!(target: "twi_probe::sandbox", "simulated bot {} is ready", ready.user.name);
+        tracing::info!(target: "twi_sandbox", "simulated bot {} is ready", ready.user.name);
     }
 
     async fn message(&self, ctx: Context, msg: Message) {
@@ -514,7 +514,7 @@ impl EventHandler for Handler {
             )
         };
         if drop {
-            tracing::info!(target: "twi_probe::sandbox", "simulated bot drops !{command} (drop_rate)");
+            tracing::info!(target: "twi_sandbox", "simulated bot drops !{command} (drop_rate)");
             return;
         }
         if behaviour.typing {
@@ -571,7 +571,7 @@ impl EventHandler for Handler {
                 bot.record(&command, !error, msg.author.id.get(), started.elapsed())
             }
             Err(e) => {
-                tracing::warn!(target: "twi_probe::sandbox", "simulated bot could not answer !{command}: {e}")
+                tracing::warn!(target: "twi_sandbox", "simulated bot could not answer !{command}: {e}")
             }
         }
     }

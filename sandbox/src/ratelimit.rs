@@ -89,7 +89,7 @@ impl RateLimiter {
 }
 
 /// An opaque, stable bucket id, like Discord's.
-fn bucket_hash(bucket: &str) -> String {
+pub(crate) fn bucket_hash(bucket: &str) -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     bucket.hash(&mut h);
     format!("{:016x}", h.finish())

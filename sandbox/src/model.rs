@@ -244,7 +244,32 @@ pub fn guild_create(world: &World, g: &Guild, presences: Option<Vec<Value>>) -> 
     v
 }
 
-pub fn presence(account: u64, status: &str) -> Value {
+/// Activities as Discord relays them in presences: what a bot may set (name,
+/// type, url, state) plus `created_at`, when it was set (unix ms). Anything
+/// else a client sends is dropped, as Discord drops it for bots.
+pub fn activities(sent: &Value, now_ms: u64) -> Value {
+    let list = sent.as_array().map(Vec::as_slice).unwrap_or_default();
+    Value::Array(
+        list.iter()
+            .filter(|a| a["name"].is_string())
+            .map(|a| {
+                let mut out = json!({
+                    "name": a["name"],
+                    "type": a["type"].as_u64().unwrap_or(0),
+                    "created_at": now_ms,
+                });
+                for key in ["url", "state"] {
+                    if let Some(v) = a.get(key).filter(|v| !v.is_null()) {
+                        out[key] = v.clone();
+                    }
+                }
+                out
+            })
+            .collect(),
+    )
+}
+
+pub fn presence(account: u64, status: &str, activities: &Value) -> Value {
     let client_status = if status == "offline" {
         json!({})
     } else {
@@ -253,13 +278,13 @@ pub fn presence(account: u64, status: &str) -> Value {
     json!({
         "user": {"id": account.to_string()},
         "status": status,
-        "activities": [],
+        "activities": activities,
         "client_status": client_status,
     })
 }
 
-pub fn presence_update(guild_id: u64, account: u64, status: &str) -> Value {
-    let mut p = presence(account, status);
+pub fn presence_update(guild_id: u64, account: u64, status: &str, activities: &Value) -> Value {
+    let mut p = presence(account, status, activities);
     p["guild_id"] = json!(guild_id.to_string());
     p
 }
@@ -267,7 +292,13 @@ pub fn presence_update(guild_id: u64, account: u64, status: &str) -> Value {
 /// A message as `viewer` sees it. Without MESSAGE_CONTENT (and unless the
 /// message is the viewer's own, mentions it or replies to it), content,
 /// embeds, attachments and components are empty, as on Discord.
-pub fn message(world: &World, m: &Message, show_content: bool, in_dispatch: bool) -> Value {
+pub fn message(
+    world: &World,
+    m: &Message,
+    viewer: u64,
+    show_content: bool,
+    in_dispatch: bool,
+) -> Value {
     let author = match m.author {
         Author::Account(id) => world.account(id).map(user),
         Author::Webhook(id) => world.webhooks.get(&id).map(webhook_user),
@@ -298,6 +329,23 @@ pub fn message(world: &World, m: &Message, show_content: bool, in_dispatch: bool
         "components": [],
     });
     let o = v.as_object_mut().expect("object");
+    if !m.reactions.is_empty() {
+        let reactions: Vec<Value> = m
+            .reactions
+            .iter()
+            .map(|r| {
+                json!({
+                    "emoji": {"id": null, "name": r.emoji},
+                    "count": r.users.len(),
+                    "count_details": {"burst": 0, "normal": r.users.len()},
+                    "me": r.users.contains(&viewer),
+                    "me_burst": false,
+                    "burst_colors": [],
+                })
+            })
+            .collect();
+        o.insert("reactions".into(), Value::Array(reactions));
+    }
     if let Author::Webhook(id) = m.author {
         o.insert("webhook_id".into(), json!(id.to_string()));
     }
@@ -313,7 +361,7 @@ pub fn message(world: &World, m: &Message, show_content: bool, in_dispatch: bool
         );
         let referenced = world
             .message(m.channel_id, reference)
-            .map(|r| message(world, r, show_content, false))
+            .map(|r| message(world, r, viewer, show_content, false))
             .unwrap_or(Value::Null);
         o.insert("referenced_message".into(), referenced);
     }
@@ -326,7 +374,52 @@ pub fn message(world: &World, m: &Message, show_content: bool, in_dispatch: bool
     v
 }
 
-/// `GET /applications/@me` and `/oauth2/applications/@me`.
+/// MESSAGE_REACTION_ADD / MESSAGE_REACTION_REMOVE (a normal reaction,
+/// not a burst one); ADD carries the reacting member and the message's author.
+pub fn reaction_event(world: &World, m: &Message, user_id: u64, emoji: &str, added: bool) -> Value {
+    let mut d = json!({
+        "user_id": user_id.to_string(),
+        "channel_id": m.channel_id.to_string(),
+        "message_id": m.id.to_string(),
+        "guild_id": m.guild_id.to_string(),
+        "emoji": {"id": null, "name": emoji},
+        "burst": false,
+        "type": 0,
+    });
+    if added {
+        if let (Some(g), Some(a)) = (world.guild(m.guild_id), world.account(user_id)) {
+            d["member"] = member(g, a);
+        }
+        d["message_author_id"] = json!(m.author.id().to_string());
+        d["burst_colors"] = json!([]);
+    }
+    d
+}
+
+/// Embeds as Discord stores them: it fills in `type` ("rich" for what a
+/// client sends) and each field's `inline` (false), which discord.js
+/// compares against when it checks an edit.
+pub fn normalise_embeds(embeds: &[Value]) -> Vec<Value> {
+    embeds
+        .iter()
+        .map(|e| {
+            let mut e = e.clone();
+            if let Some(o) = e.as_object_mut() {
+                o.entry("type").or_insert_with(|| json!("rich"));
+                if let Some(fields) = o.get_mut("fields").and_then(Value::as_array_mut) {
+                    for f in fields.iter_mut().filter_map(Value::as_object_mut) {
+                        f.entry("inline").or_insert(json!(false));
+                    }
+                }
+            }
+            e
+        })
+        .collect()
+}
+
+/// `GET /applications/@me` and `/oauth2/applications/@me`. Optional fields
+/// Discord omits when unset (`install_params`) are left out, not null:
+/// discord.js reads `install_params.scopes` whenever the key is present.
 pub fn application(a: &Account, owner: &Account) -> Value {
     json!({
         "id": a.id.to_string(),
@@ -346,7 +439,6 @@ pub fn application(a: &Account, owner: &Account) -> Value {
         "interactions_endpoint_url": null,
         "role_connections_verification_url": null,
         "tags": [],
-        "install_params": null,
         "approximate_guild_count": 1,
         "bot": user(a),
     })

@@ -1,7 +1,7 @@
 //! Gateway v10 over WebSocket: HELLO, IDENTIFY, READY, heartbeats, RESUME,
 //! presence, sharding, intents, and `compress=zlib-stream` / `zstd-stream`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;
@@ -233,6 +233,9 @@ async fn connection(core: Arc<Core>, stream: TcpStream, shutdown: CancellationTo
     // Discord closes a connection whose heartbeats stop; allow 1.5 intervals.
     let allowance = heartbeat + heartbeat / 2;
     let mut deadline = tokio::time::Instant::now() + allowance;
+    // HEARTBEAT_ACKs waiting out the configured round trip, oldest first.
+    let round_trip = core.cfg.gateway.heartbeat_round_trip;
+    let mut acks_due: VecDeque<tokio::time::Instant> = VecDeque::new();
 
     let end = loop {
         tokio::select! {
@@ -289,12 +292,10 @@ async fn connection(core: Arc<Core>, stream: TcpStream, shutdown: CancellationTo
                             }
                         }
                         Ok(Reply::Heartbeat(ack)) => {
-                            deadline = tokio::time::Instant::now() + allowance;
+                            let now = tokio::time::Instant::now();
+                            deadline = now + allowance;
                             if ack {
-                                let ack = json!({"op": 11, "d": null, "s": null, "t": null});
-                                if writer.send(&ack.to_string()).await.is_err() {
-                                    break End::Dropped;
-                                }
+                                acks_due.push_back(now + round_trip);
                             }
                         }
                         Err(Close(code, reason)) => {
@@ -315,6 +316,13 @@ async fn connection(core: Arc<Core>, stream: TcpStream, shutdown: CancellationTo
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => break End::Dropped,
             },
+            _ = tokio::time::sleep_until(acks_due.front().copied().unwrap_or(deadline)), if !acks_due.is_empty() => {
+                acks_due.pop_front();
+                let ack = json!({"op": 11, "d": null, "s": null, "t": null});
+                if writer.send(&ack.to_string()).await.is_err() {
+                    break End::Dropped;
+                }
+            }
             _ = tokio::time::sleep_until(deadline) => {
                 writer.close(4009, "Session timed out").await;
                 break End::ServerClosed(4009);
@@ -380,7 +388,8 @@ fn on_payload(core: &Arc<Core>, ctx: &mut Ctx, text: &str) -> Result<Reply, Clos
                 .as_str()
                 .and_then(Status::parse)
                 .ok_or(Close(4002, "Decode error"))?;
-            set_status(core, &session, status);
+            let activities = model::activities(&d["activities"], unix_ms());
+            set_status(core, &session, status, activities);
             Ok(Reply::None)
         }
         6 => resume(core, ctx, d),
@@ -462,6 +471,7 @@ fn identify(core: &Arc<Core>, ctx: &mut Ctx, d: &Value) -> Result<(), Close> {
             shard,
             intents: wanted,
             status,
+            activities: model::activities(&d["presence"]["activities"], unix_ms()),
             seq: 0,
             replay: Default::default(),
             conn: Some(ctx.conn.clone()),
@@ -496,9 +506,9 @@ fn identify(core: &Arc<Core>, ctx: &mut Ctx, d: &Value) -> Result<(), Close> {
             let presences = (wanted & intents::GUILD_PRESENCES != 0).then(|| {
                 g.members
                     .iter()
-                    .map(|m| (*m, state.shown_status(*m, guild_id)))
-                    .filter(|(_, s)| *s != "offline")
-                    .map(|(m, s)| model::presence(m, s))
+                    .map(|m| (*m, state.shown(*m, guild_id)))
+                    .filter(|(_, s)| s.0 != "offline")
+                    .map(|(m, s)| model::presence(m, s.0, &s.1))
                     .collect()
             });
             let d = model::guild_create(&state.world, &g, presences);
@@ -579,7 +589,14 @@ fn resume(core: &Arc<Core>, ctx: &mut Ctx, d: &Value) -> Result<Reply, Close> {
     Ok(Reply::None)
 }
 
-fn set_status(core: &Arc<Core>, session_id: &str, status: Status) {
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+fn set_status(core: &Arc<Core>, session_id: &str, status: Status, activities: Value) {
     let mut state = core.state();
     let Some(account) = state.sessions.get(session_id).map(|s| s.account_id) else {
         return;
@@ -587,6 +604,7 @@ fn set_status(core: &Arc<Core>, session_id: &str, status: Status) {
     let before = state.presence_snapshot(account);
     if let Some(s) = state.sessions.get_mut(session_id) {
         s.status = status;
+        s.activities = activities;
     }
     state.broadcast_presence(account, before);
 }
@@ -659,9 +677,9 @@ fn request_members(core: &Arc<Core>, ctx: &Ctx, d: &Value) {
         let presences: Vec<Value> = ids
             .iter()
             .filter(|id| g.members.contains(id))
-            .map(|id| (*id, state.shown_status(*id, g.id)))
-            .filter(|(_, s)| *s != "offline")
-            .map(|(id, s)| model::presence(id, s))
+            .map(|id| (*id, state.shown(*id, g.id)))
+            .filter(|(_, s)| s.0 != "offline")
+            .map(|(id, s)| model::presence(id, s.0, &s.1))
             .collect();
         chunk["presences"] = Value::Array(presences);
     }

@@ -13,7 +13,7 @@ use super::hub::Core;
 use super::intents;
 use super::model;
 use super::ratelimit::{Decision, Headers, RateLimiter};
-use super::world::{Access, Author, Message};
+use super::world::{Access, Author, Message, Reaction};
 
 /// Discord's limit on message content, in characters.
 const MAX_CONTENT: usize = 2000;
@@ -250,15 +250,7 @@ impl Rest {
         {
             return too_many_requests(&headers, retry_after, true);
         }
-        let (limit, per) =
-            if route == "POST /channels/{id}/messages" || route == "POST /webhooks/{id}/{token}" {
-                (
-                    self.core.cfg.rate_limits.messages_per_channel,
-                    self.core.cfg.rate_limits.messages_window,
-                )
-            } else {
-                DEFAULT_ROUTE_LIMIT
-            };
+        let (limit, per) = self.route_limit(&route);
         let rate =
             match self
                 .limiter
@@ -283,10 +275,26 @@ impl Rest {
         response
     }
 
+    /// The limit and window of a route's bucket.
+    fn route_limit(&self, route: &str) -> (u32, Duration) {
+        if route == "POST /channels/{id}/messages" || route == "POST /webhooks/{id}/{token}" {
+            (
+                self.core.cfg.rate_limits.messages_per_channel,
+                self.core.cfg.rate_limits.messages_window,
+            )
+        } else {
+            DEFAULT_ROUTE_LIMIT
+        }
+    }
+
     fn forced(&self, status: u16, route: &str) -> Response {
         if status == 429 {
+            // The route's own bucket, as a real 429 names it: libraries key
+            // their queues by X-RateLimit-Bucket (discord.js) and size them
+            // by X-RateLimit-Limit.
+            let (limit, _) = self.route_limit(route);
             let h = Headers {
-                limit: 5,
+                limit,
                 remaining: 0,
                 reset: SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -294,7 +302,7 @@ impl Rest {
                     .as_secs_f64()
                     + 1.0,
                 reset_after: 1.0,
-                bucket: route.to_string(),
+                bucket: super::ratelimit::bucket_hash(route),
             };
             return too_many_requests(&h, 1.0, false);
         }
@@ -381,6 +389,7 @@ impl Rest {
                 ok(model::message(
                     &state.world,
                     m,
+                    me,
                     self.rest_shows_content(&state.world, m, me),
                     false,
                 ))
@@ -395,6 +404,35 @@ impl Rest {
                 let mid = parse_id(mid).ok_or_else(ApiError::unknown_message)?;
                 self.delete_message(cid, mid, me)?;
                 Ok(no_content())
+            }
+            (&Method::PUT, ["channels", id, "messages", mid, "reactions", emoji, "@me"]) => {
+                let (cid, mid) = channel_and_message(id, mid)?;
+                self.react(cid, mid, &decode_emoji(emoji)?, me, true)?;
+                Ok(no_content())
+            }
+            (&Method::DELETE, ["channels", id, "messages", mid, "reactions", emoji, "@me"]) => {
+                let (cid, mid) = channel_and_message(id, mid)?;
+                self.react(cid, mid, &decode_emoji(emoji)?, me, false)?;
+                Ok(no_content())
+            }
+            (&Method::GET, ["channels", id, "messages", mid, "reactions", emoji]) => {
+                let (cid, mid) = channel_and_message(id, mid)?;
+                let emoji = decode_emoji(emoji)?;
+                let state = self.core.state();
+                check_access(state.world.access(cid, me, false))?;
+                let m = state
+                    .world
+                    .message(cid, mid)
+                    .ok_or_else(ApiError::unknown_message)?;
+                let users: Vec<Value> = m
+                    .reactions
+                    .iter()
+                    .filter(|r| r.emoji == emoji)
+                    .flat_map(|r| r.users.iter())
+                    .filter_map(|u| state.world.account(*u))
+                    .map(model::user)
+                    .collect();
+                ok(Value::Array(users))
             }
             (&Method::POST, ["channels", id, "typing"]) => {
                 let cid = parse_id(id).ok_or_else(ApiError::unknown_channel)?;
@@ -553,7 +591,7 @@ impl Rest {
         {
             // Discord answers a repeated nonce with the message it already made.
             return Ok(with_nonce(
-                model::message(&state.world, earlier, true, false),
+                model::message(&state.world, earlier, author.id(), true, false),
                 earlier,
             ));
         }
@@ -582,12 +620,13 @@ impl Rest {
             guild_id,
             author,
             content,
-            embeds,
+            embeds: model::normalise_embeds(&embeds),
             mentions,
             reference,
             tts: body["tts"].as_bool().unwrap_or(false),
             nonce,
             edited: None,
+            reactions: Vec::new(),
         };
         let author_id = match author {
             Author::Account(a) | Author::Webhook(a) => a,
@@ -596,7 +635,7 @@ impl Rest {
             .truth
             .message_created(id, channel_id, author_id, req.arrived, created);
         let response = with_nonce(
-            model::message(&state.world, &message, true, false),
+            model::message(&state.world, &message, message.author.id(), true, false),
             &message,
         );
         state
@@ -616,7 +655,7 @@ impl Rest {
                 let show = s.intents & intents::MESSAGE_CONTENT != 0
                     || world.content_visible_without_intent(&message, s.account_id);
                 Some(with_nonce(
-                    model::message(world, &message, show, true),
+                    model::message(world, &message, s.account_id, show, true),
                     &message,
                 ))
             },
@@ -860,6 +899,7 @@ impl Rest {
                     model::message(
                         &state.world,
                         m,
+                        me,
                         self.rest_shows_content(&state.world, m, me),
                         false,
                     )
@@ -902,11 +942,11 @@ impl Rest {
             m.content = c.to_string();
         }
         if let Some(e) = req.body["embeds"].as_array() {
-            m.embeds = e.clone();
+            m.embeds = model::normalise_embeds(e);
         }
         m.edited = Some(SystemTime::now());
         let message = m.clone();
-        let response = model::message(&state.world, &message, true, false);
+        let response = model::message(&state.world, &message, message.author.id(), true, false);
         state.dispatch_guild(
             guild_id,
             "MESSAGE_UPDATE",
@@ -916,12 +956,73 @@ impl Rest {
                 let show = s.intents & intents::MESSAGE_CONTENT != 0
                     || world.content_visible_without_intent(&message, s.account_id);
                 Some(with_nonce(
-                    model::message(world, &message, show, true),
+                    model::message(world, &message, s.account_id, show, true),
                     &message,
                 ))
             },
         );
         Ok(response)
+    }
+
+    /// Adds (or removes) `me`'s reaction; repeating either is a no-op with
+    /// no event, as on Discord.
+    fn react(
+        &self,
+        channel_id: u64,
+        message_id: u64,
+        emoji: &str,
+        me: u64,
+        add: bool,
+    ) -> Result<(), ApiError> {
+        let mut state = self.core.state();
+        check_access(state.world.access(channel_id, me, false))?;
+        let m = state
+            .world
+            .channels
+            .get_mut(&channel_id)
+            .and_then(|c| c.messages.get_mut(&message_id))
+            .ok_or_else(ApiError::unknown_message)?;
+        let at = m.reactions.iter().position(|r| r.emoji == emoji);
+        let changed = match (add, at) {
+            (true, Some(i)) if m.reactions[i].users.contains(&me) => false,
+            (true, Some(i)) => {
+                m.reactions[i].users.push(me);
+                true
+            }
+            (true, None) => {
+                m.reactions.push(Reaction {
+                    emoji: emoji.to_string(),
+                    users: vec![me],
+                });
+                true
+            }
+            (false, Some(i)) if m.reactions[i].users.contains(&me) => {
+                m.reactions[i].users.retain(|u| *u != me);
+                if m.reactions[i].users.is_empty() {
+                    m.reactions.remove(i);
+                }
+                true
+            }
+            (false, _) => false,
+        };
+        if !changed {
+            return Ok(());
+        }
+        let message = m.clone();
+        let d = model::reaction_event(&state.world, &message, me, emoji, add);
+        let event = if add {
+            "MESSAGE_REACTION_ADD"
+        } else {
+            "MESSAGE_REACTION_REMOVE"
+        };
+        state.dispatch_guild(
+            message.guild_id,
+            event,
+            intents::GUILD_MESSAGE_REACTIONS,
+            None,
+            |_, _| Some(d.clone()),
+        );
+        Ok(())
     }
 
     fn delete_message(&self, channel_id: u64, message_id: u64, me: u64) -> Result<(), ApiError> {
@@ -1159,15 +1260,40 @@ fn mentioned_ids(content: &str, world: &super::world::World, guild_id: u64) -> V
     out
 }
 
+fn channel_and_message(channel: &str, message: &str) -> Result<(u64, u64), ApiError> {
+    let channel = parse_id(channel).ok_or_else(ApiError::unknown_channel)?;
+    let message = parse_id(message).ok_or_else(ApiError::unknown_message)?;
+    Ok((channel, message))
+}
+
+/// A reaction's emoji from its URL segment: a percent-encoded Unicode
+/// emoji. `name:id` (a custom emoji) and plain text are unknown emojis here,
+/// as the sandbox's guilds have none.
+fn decode_emoji(segment: &str) -> Result<String, ApiError> {
+    let decoded: String = url::form_urlencoded::parse(format!("e={segment}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    if decoded.is_empty() || decoded.contains(':') || decoded.is_ascii() {
+        return Err(ApiError::new(400, 10014, "Unknown Emoji"));
+    }
+    Ok(decoded)
+}
+
 /// The rate-limit route of a request and its major parameter.
 fn route_of(req: &Req<'_>) -> (String, String) {
     let s = &req.segments;
     let (template, major): (String, String) = match s.as_slice() {
         ["channels", id, rest @ ..] => {
+            // One bucket per route, whichever message or emoji.
             let rest: Vec<&str> = rest
                 .iter()
                 .enumerate()
-                .map(|(i, p)| if i == 1 { "{id}" } else { *p })
+                .map(|(i, p)| match i {
+                    1 => "{id}",
+                    3 if rest.get(2) == Some(&"reactions") => "{emoji}",
+                    _ => *p,
+                })
                 .collect();
             let tail = if rest.is_empty() {
                 String::new()

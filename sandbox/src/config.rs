@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::sandbox::bot::BotBehaviour;
+use crate::bot::BotBehaviour;
 
 /// A sandbox configuration. Every field has a default, so `{}` is valid and
 /// gives: a guild "The Wandering Inn" with a `#probes` channel, a `prober`
@@ -89,22 +89,41 @@ pub struct GatewayConfig {
     /// HELLO's heartbeat_interval. Discord uses 41.25 s.
     #[serde(with = "humantime_serde_compat")]
     pub heartbeat_interval: Duration,
-    /// How long a dropped session stays resumable.
+    /// How long a session whose connection dropped (or closed with a code
+    /// other than 1000/1001) stays resumable, and its account online.
+    /// Discord's Gateway documentation ("Initiating a disconnect"): "If you
+    /// simply close the TCP connection or use a different close code, the
+    /// session will remain active and timeout after a few minutes"; a
+    /// 1000/1001 close makes the bot "appear offline" at once. A Discord
+    /// engineer on the same (Just-Some-Bots/MusicBot#209): Discord "holds
+    /// onto the session expecting a resume", so the bot stays in the member
+    /// list; Discord.Net#2569 reports it online "for a few minutes". Discord
+    /// publishes no exact figure: 3 minutes stands for "a few".
     #[serde(with = "humantime_serde_compat")]
     pub resume_window: Duration,
     /// The shard count `GET /gateway/bot` recommends.
     pub recommended_shards: u32,
     /// Dispatches kept per session for RESUME replay.
     pub replay_buffer: usize,
+    /// The network round trip a client sees between a heartbeat and its
+    /// HEARTBEAT_ACK (on Discord, tens of milliseconds). Only the ACK waits
+    /// for it: dispatches go out as soon as they exist, so ground truth is
+    /// untouched. discord.py 2.7 records a heartbeat's send time after the
+    /// send completes, in another thread; an ACK faster than that is
+    /// measured from the previous heartbeat (`bot.latency` of 41 s and
+    /// "Can't keep up" warnings), which real Discord never causes.
+    #[serde(with = "humantime_serde_compat")]
+    pub heartbeat_round_trip: Duration,
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             heartbeat_interval: Duration::from_millis(41_250),
-            resume_window: Duration::from_secs(60),
+            resume_window: Duration::from_secs(180),
             recommended_shards: 1,
             replay_buffer: 1000,
+            heartbeat_round_trip: Duration::from_millis(40),
         }
     }
 }
@@ -266,5 +285,36 @@ pub(crate) mod opt_humantime {
                 .map_err(|e| serde::de::Error::custom(format!("invalid duration {t:?}: {e}")))
         })
         .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example in README.md is a valid configuration whose gateway
+    /// and rate-limit values are the defaults it claims they are.
+    #[test]
+    fn the_readme_example_parses_and_states_the_defaults() {
+        let readme = include_str!("../README.md");
+        let yaml = readme
+            .split("```yaml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("a yaml block in README.md");
+        let cfg: SandboxConfig = serde_saphyr::from_str(yaml).unwrap();
+        let defaults = SandboxConfig::default();
+        let g = (&cfg.gateway, &defaults.gateway);
+        assert_eq!(g.0.heartbeat_interval, g.1.heartbeat_interval);
+        assert_eq!(g.0.heartbeat_round_trip, g.1.heartbeat_round_trip);
+        assert_eq!(g.0.resume_window, g.1.resume_window);
+        assert_eq!(g.0.recommended_shards, g.1.recommended_shards);
+        assert_eq!(g.0.replay_buffer, g.1.replay_buffer);
+        let r = (&cfg.rate_limits, &defaults.rate_limits);
+        assert_eq!(r.0.messages_per_channel, r.1.messages_per_channel);
+        assert_eq!(r.0.messages_window, r.1.messages_window);
+        assert_eq!(r.0.global_per_second, r.1.global_per_second);
+        assert_eq!(cfg.bot.account, defaults.bot.account);
+        assert_eq!(cfg.bot.allowed_bots, defaults.bot.allowed_bots);
     }
 }

@@ -3,8 +3,9 @@
 
 use url::Url;
 
-use super::Description;
-use super::config::{ChannelConfig, GuildConfig, SandboxConfig, WebhookConfig};
+use twi_sandbox::Description;
+use twi_sandbox::config::{ChannelConfig, GuildConfig, SandboxConfig, WebhookConfig};
+
 use crate::config::{Config, ProbeKind};
 
 /// The sandbox for `config`: the target bot under its configured user id,

@@ -16,7 +16,7 @@ use serenity::all::{
 use serenity::async_trait;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as Ws;
-use twi_probe::sandbox::{Sandbox, SandboxConfig};
+use twi_sandbox::{Sandbox, SandboxConfig};
 
 /// How long a test waits for an event before failing. A bound, not a sleep.
 pub const EVENT_WAIT: Duration = Duration::from_secs(10);

@@ -9,7 +9,8 @@ as ACCOUNT (a bot account, normally "prober") with the intents a prober uses
 #probes channel are visible, sends "!help" in #probes and waits for the
 simulated Twi Bot Shard's reply (an embed titled "Interactive Help System",
 replying to the probe). It then has the sandbox send op 7 RECONNECT, waits for
-discord.py to RESUME, probes once more, and closes. It prints one JSON line of
+discord.py to RESUME, probes once more, reads ``client.latency`` after the
+next HEARTBEATS heartbeat ACKs, and closes. It prints one JSON line of
 results and exits 0 on success, 1 on failure (the reason in the JSON line and
 on stderr), 2 on bad usage or a missing dependency. The whole run is bounded
 by OVERALL_TIMEOUT.
@@ -52,6 +53,8 @@ import traceback
 from typing import Any
 
 OVERALL_TIMEOUT = 30.0
+# Heartbeat ACKs observed at the end (their latencies are in the result).
+HEARTBEATS = 3
 HELP_TITLE = "Interactive Help System"
 BOT_ACCOUNT = "twi-bot-shard"
 CHANNEL = "probes"
@@ -153,6 +156,23 @@ class Prober(discord.Client):
 
 
 STEP = ["starting"]
+
+
+async def heartbeat_latencies(client: discord.Client, runner: asyncio.Task[None], count: int) -> list[float]:
+    """``client.latency`` (what ``bot.latency`` and a ``/ping`` report) after
+    each of the next ``count`` HEARTBEAT_ACKs from discord.py's keep-alive
+    thread. Run the sandbox with a short heartbeat interval for this."""
+    keep_alive = client.ws._keep_alive  # noqa: SLF001 - read only: when the last ACK came
+    seen, latencies = keep_alive._last_ack, []  # noqa: SLF001
+    STEP[0] = f"waiting for {count} heartbeat ACKs"
+    while len(latencies) < count:
+        if runner.done():
+            raise CheckFailed(f"discord.py's gateway connection ended while {STEP[0]}")
+        await asyncio.sleep(0.01)  # polls a value discord.py's thread sets
+        if keep_alive._last_ack != seen:  # noqa: SLF001
+            seen = keep_alive._last_ack  # noqa: SLF001
+            latencies.append(round(client.latency, 4))
+    return latencies
 
 
 async def until(runner: asyncio.Task[None], what: str, aw: Any) -> Any:
@@ -261,6 +281,7 @@ async def run(describe: dict[str, Any], account_name: str, results: dict[str, An
             raise CheckFailed(f"session {session_before} was replaced by {client.ws.session_id}, not resumed")
         results["resumed"] = True
         results["help_after_resume"] = await probe_help(client, runner, channel, target_id)
+        results["heartbeat_latencies"] = await heartbeat_latencies(client, runner, HEARTBEATS)
     finally:
         await client.close()
         if runner is not None:

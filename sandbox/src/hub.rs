@@ -46,6 +46,9 @@ pub struct Session {
     pub shard: [u64; 2],
     pub intents: u64,
     pub status: Status,
+    /// The activities of its last IDENTIFY presence or op 3, as Discord
+    /// shows them (see `model::activities`).
+    pub activities: Value,
     pub seq: u64,
     /// Recent dispatches for RESUME: (seq, payload).
     pub replay: VecDeque<(u64, Arc<str>)>,
@@ -62,6 +65,9 @@ impl Session {
             && shard_of(guild_id, self.shard[1]) == self.shard[0]
     }
 }
+
+/// A status as shown to others, and the activities that go with it.
+pub type Shown = (&'static str, Value);
 
 pub struct State {
     pub world: World,
@@ -113,7 +119,7 @@ impl Core {
     }
 
     pub fn log_event(&self, what: &str) {
-        tracing::info!(target: "twi_probe::sandbox", "{what}");
+        tracing::info!(target: "twi_sandbox", "{what}");
     }
 }
 
@@ -153,37 +159,48 @@ impl State {
 
     /// How `account` shows in `guild`: its best live or resumable session.
     pub fn shown_status(&self, account: u64, guild_id: u64) -> &'static str {
-        let mut best = "offline";
+        self.shown(account, guild_id).0
+    }
+
+    /// The status and activities `account` shows in `guild`, from the
+    /// session that decides its status.
+    pub fn shown(&self, account: u64, guild_id: u64) -> Shown {
+        let mut best: Shown = ("offline", Value::Array(Vec::new()));
         for s in self.sessions.values() {
             if s.account_id == account && s.covers(&self.world, guild_id) {
                 let shown = s.status.shown();
-                if best == "offline" || shown == "online" {
-                    best = shown;
+                if best.0 == "offline" || (shown == "online" && best.0 != "online") {
+                    let activities = if shown == "offline" {
+                        Value::Array(Vec::new())
+                    } else {
+                        s.activities.clone()
+                    };
+                    best = (shown, activities);
                 }
             }
         }
         best
     }
 
-    /// The account's status in each of its guilds, to diff after a change.
-    pub fn presence_snapshot(&self, account: u64) -> Vec<(u64, &'static str)> {
+    /// The account's presence in each of its guilds, to diff after a change.
+    pub fn presence_snapshot(&self, account: u64) -> Vec<(u64, Shown)> {
         self.world
             .guilds
             .iter()
             .filter(|g| g.members.contains(&account))
-            .map(|g| (g.id, self.shown_status(account, g.id)))
+            .map(|g| (g.id, self.shown(account, g.id)))
             .collect()
     }
 
     /// Sends PRESENCE_UPDATE to the others in each guild where the account's
-    /// status changed since `before`.
-    pub fn broadcast_presence(&mut self, account: u64, before: Vec<(u64, &'static str)>) {
+    /// status or activities changed since `before`.
+    pub fn broadcast_presence(&mut self, account: u64, before: Vec<(u64, Shown)>) {
         for (guild_id, old) in before {
-            let new = self.shown_status(account, guild_id);
+            let new = self.shown(account, guild_id);
             if new == old {
                 continue;
             }
-            let d = model::presence_update(guild_id, account, new);
+            let d = model::presence_update(guild_id, account, new.0, &new.1);
             self.dispatch_guild(
                 guild_id,
                 "PRESENCE_UPDATE",

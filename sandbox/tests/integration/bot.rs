@@ -5,8 +5,7 @@ use std::time::Duration;
 use serenity::all::{
     ChannelId, CreateMessage, Event, GatewayIntents, Message, MessageId, OnlineStatus,
 };
-use twi_probe::exposition;
-use twi_probe::sandbox::{BotBehaviour, Latency, Sandbox, SandboxConfig};
+use twi_sandbox::{BotBehaviour, Latency, Sandbox, SandboxConfig};
 
 use crate::discord::{TestClient, start_sandbox};
 
@@ -182,8 +181,8 @@ async fn reply_latency_follows_the_setting_by_discords_clock() {
     .await;
     let probe = w.send("!help").await;
     let reply = w.bot_message().await;
-    let gap = twi_probe::snowflake::timestamp(reply.id.get())
-        .duration_since(twi_probe::snowflake::timestamp(probe.id.get()))
+    let gap = twi_sandbox::snowflake::timestamp(reply.id.get())
+        .duration_since(twi_sandbox::snowflake::timestamp(probe.id.get()))
         .unwrap();
     assert!(
         gap >= Duration::from_millis(300) && gap < Duration::from_secs(3),
@@ -244,17 +243,45 @@ async fn other_bots_and_webhooks_are_ignored_like_discord_py() {
     sb.shutdown().await;
 }
 
-async fn scrape(sb: &Sandbox) -> Vec<exposition::Sample> {
+/// One exposition sample. The prober parses the exporter strictly (its
+/// exporter probe runs against this bot in the prober's tests); here the
+/// values are enough.
+struct Sample {
+    name: String,
+    labels: String,
+    value: f64,
+}
+
+impl Sample {
+    fn label(&self, name: &str) -> Option<&str> {
+        let start = self.labels.find(&format!("{name}=\""))? + name.len() + 2;
+        let len = self.labels[start..].find('"')?;
+        Some(&self.labels[start..start + len])
+    }
+}
+
+async fn scrape(sb: &Sandbox) -> Vec<Sample> {
     let text = reqwest::get(sb.description().exporter_url.clone().unwrap())
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
-    exposition::parse(&text).unwrap()
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').expect("a sample line");
+            let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+            Sample {
+                name: name.to_string(),
+                labels: labels.to_string(),
+                value: value.parse().unwrap_or_else(|e| panic!("{l}: {e}")),
+            }
+        })
+        .collect()
 }
 
-fn value(samples: &[exposition::Sample], name: &str) -> Option<f64> {
+fn value(samples: &[Sample], name: &str) -> Option<f64> {
     samples.iter().find(|s| s.name == name).map(|s| s.value)
 }
 
