@@ -117,10 +117,13 @@ pub fn main() -> ExitCode {
         Command::Sandbox { .. } | Command::Serve { .. } => "info",
         _ => "error",
     };
-    logging::init(
+    if let Err(e) = logging::init(
         cli.log_format,
         cli.log_level.as_deref().unwrap_or(default_level),
-    );
+    ) {
+        eprintln!("error: {e}");
+        return ExitCode::from(3);
+    }
     match cli.command {
         Command::Validate { config } => validate(&config),
         Command::Run {

@@ -25,11 +25,38 @@ pub enum LogFormat {
     Json,
 }
 
+/// Crates that log wire traffic (frames, headers) at debug and trace: the
+/// prober's IDENTIFY frame and REST requests carry its token. They are
+/// capped at info whatever the filter asks, so no level shows a token.
+const WIRE_TARGETS: &[&str] = &[
+    "tungstenite",
+    "tokio_tungstenite",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "reqwest",
+    "rustls",
+];
+
+/// Whether a log line may be written at all (see [`WIRE_TARGETS`]).
+fn allowed(meta: &tracing::Metadata<'_>) -> bool {
+    *meta.level() <= Level::INFO
+        || !WIRE_TARGETS.iter().any(|t| {
+            meta.target()
+                .strip_prefix(t)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+        })
+}
+
 /// Installs the global subscriber. Logs go to stderr; stdout is for results.
-/// `filter` uses `RUST_LOG` syntax (e.g. `info`, `twi_probe=debug`).
-pub fn init(format: LogFormat, filter: &str) {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
+/// `filter` uses `RUST_LOG` syntax (e.g. `info`, `twi_probe=debug`); a
+/// filter that does not parse is an error, never silently `info`.
+pub fn init(format: LogFormat, filter: &str) -> Result<(), String> {
+    let filter =
+        EnvFilter::try_new(filter).map_err(|e| format!("invalid log level {filter:?}: {e}"))?;
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::filter::filter_fn(allowed));
     let result = match format {
         LogFormat::Text => registry
             .with(
@@ -42,6 +69,7 @@ pub fn init(format: LogFormat, filter: &str) {
     };
     // Already initialised (e.g. twice in one test process): keep the first.
     let _ = result;
+    Ok(())
 }
 
 /// Writes each event as one JSON object per line on stderr.

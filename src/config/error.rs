@@ -24,10 +24,28 @@ impl fmt::Display for ConfigError {
             write!(f, ":{}:{}", self.line, self.column)?;
         }
         if !self.path.is_empty() {
-            write!(f, ": {}", self.path)?;
+            write!(f, ": {}", escape_controls(&self.path))?;
         }
-        write!(f, ": {}", self.message)
+        write!(f, ": {}", escape_controls(&self.message))
     }
+}
+
+/// Control characters (a newline or ESC inside a YAML key or value) are
+/// shown escaped, so one error stays one line and never drives the terminal.
+fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return s.into();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// Every problem found in one configuration file, in the order of the file.
@@ -47,3 +65,23 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl std::error::Error for ConfigErrors {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let e = ConfigError {
+            file: "probes.yaml".into(),
+            line: 3,
+            column: 1,
+            path: "probes[0].na\nme".into(),
+            message: "unknown field `a\u{1b}[31mb`".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "probes.yaml:3:1: probes[0].na\\nme: unknown field `a\\u{1b}[31mb`"
+        );
+    }
+}

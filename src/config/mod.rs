@@ -13,6 +13,7 @@ pub mod turns;
 mod validate;
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,6 +25,9 @@ pub use secret::{Secret, TokenSource};
 
 use crate::probe::assertion::Assertion;
 use crate::probe::reply::ReplyMatch;
+
+/// The largest probes.yaml read (a config with a thousand probes is ~300 KiB).
+pub const MAX_CONFIG_SIZE: u64 = 4 * 1024 * 1024;
 
 /// Built-in defaults used when `defaults:` does not set them.
 pub const DEFAULT_EVERY: Duration = Duration::from_secs(30);
@@ -252,17 +256,47 @@ impl std::fmt::Display for StatusSet {
 
 impl Config {
     /// Reads and validates a probes.yaml. Every problem found is returned.
+    /// Only a regular file of at most [`MAX_CONFIG_SIZE`] is read: a device
+    /// such as /dev/zero would never end, and a FIFO with no writer would
+    /// block forever.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let fail = |message: String| {
             ConfigErrors(vec![ConfigError {
                 file: file.clone(),
                 line: 0,
                 column: 0,
                 path: String::new(),
-                message: format!("cannot read the file: {e}"),
+                message,
             }])
-        })?;
+        };
+        let meta =
+            std::fs::metadata(path).map_err(|e| fail(format!("cannot read the file: {e}")))?;
+        if !meta.is_file() {
+            return Err(fail(
+                "not a regular file (a directory, device or pipe): give the path of a probes.yaml"
+                    .into(),
+            ));
+        }
+        let too_big = || {
+            fail(format!(
+                "the file is larger than {} KiB; a probes.yaml is a few KiB",
+                MAX_CONFIG_SIZE / 1024
+            ))
+        };
+        if meta.len() > MAX_CONFIG_SIZE {
+            return Err(too_big());
+        }
+        // Bounded even if the file grows after the check.
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_CONFIG_SIZE + 1).read_to_end(&mut bytes))
+            .map_err(|e| fail(format!("cannot read the file: {e}")))?;
+        if bytes.len() as u64 > MAX_CONFIG_SIZE {
+            return Err(too_big());
+        }
+        let text = String::from_utf8(bytes)
+            .map_err(|e| fail(format!("the file is not UTF-8 text: {e}")))?;
         Self::from_yaml(&text, path)
     }
 

@@ -153,9 +153,35 @@ pub struct RawHttp {
     pub max_body_size: Option<Text>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+/// One `expect_status` item: a code or a class such as `"2xx"`. Written by
+/// hand so that a wrong item says what is expected (serde's untagged enums
+/// only say that no variant matched).
+#[derive(Debug)]
 pub enum StatusItem {
     Code(u64),
     Text(String),
+}
+
+impl<'de> Deserialize<'de> for StatusItem {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = StatusItem;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an HTTP status code (100-599) or a class such as \"2xx\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<StatusItem, E> {
+                Ok(StatusItem::Code(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<StatusItem, E> {
+                u64::try_from(v)
+                    .map(StatusItem::Code)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StatusItem, E> {
+                Ok(StatusItem::Text(v.to_string()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }

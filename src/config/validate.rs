@@ -423,6 +423,16 @@ fn check_discord(c: &mut Checker, d: &Spanned<raw::RawDiscord>) -> Option<Discor
                 );
                 return None;
             }
+            let name_re = Regex::new("^[A-Za-z_][A-Za-z0-9_]*$").expect("static regex");
+            if !name_re.is_match(env.value.trim()) {
+                // Never echoed: it may be the token itself, pasted here.
+                c.error(
+                    env,
+                    "discord.token_env",
+                    "this is not an environment variable name (letters, digits and _, not starting with a digit), so it is not shown: if it is the token itself, revoke it and put the variable's name here instead",
+                );
+                return None;
+            }
             TokenSource::Env(env.value.trim().to_string())
         }
         (None, Some(file)) => {

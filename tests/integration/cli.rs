@@ -431,3 +431,133 @@ async fn run_sandbox_shows_a_real_round_trip_with_the_shipped_config() {
         "{text}"
     );
 }
+
+/// The token in every form a log line could carry it: text, hex, and the
+/// decimal byte list of a `Debug`-printed payload.
+fn token_forms(token: &str) -> Vec<String> {
+    let hex: String = token.bytes().map(|b| format!("{b:02x}")).collect();
+    let decimal: Vec<String> = token.bytes().map(|b| b.to_string()).collect();
+    vec![token.to_string(), hex, decimal.join(", ")]
+}
+
+#[tokio::test]
+async fn no_token_in_any_log_at_trace_level_on_either_side() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let dir = ConfigDir::new("");
+    let describe = dir.0.join("sandbox.json");
+    let mut sandbox = probe_bin()
+        .args([
+            "sandbox",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "trace",
+            "--describe",
+        ])
+        .arg(&describe)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its whole log is kept; the banner comes after the description.
+    let (banner_tx, banner) = tokio::sync::oneshot::channel();
+    let mut lines = BufReader::new(sandbox.stderr.take().unwrap()).lines();
+    let reader = tokio::spawn(async move {
+        let mut log = String::new();
+        let mut banner_tx = Some(banner_tx);
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.starts_with("sandbox: REST ")
+                && let Some(tx) = banner_tx.take()
+            {
+                let _ = tx.send(());
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log
+    });
+    tokio::time::timeout(std::time::Duration::from_secs(30), banner)
+        .await
+        .expect("sandbox starts in time")
+        .expect("sandbox printed its banner");
+    let d: twi_sandbox::Description =
+        serde_json::from_str(&std::fs::read_to_string(&describe).unwrap()).unwrap();
+    let token = d
+        .accounts
+        .iter()
+        .find(|a| a.name == "prober")
+        .unwrap()
+        .token
+        .clone();
+    let bot = &d
+        .accounts
+        .iter()
+        .find(|a| a.name == "twi-bot-shard")
+        .unwrap()
+        .id;
+    let probes = dir.0.join("probes.yaml");
+    std::fs::write(
+        &probes,
+        format!(
+            "target: {{name: twi-bot-shard, user_id: \"{bot}\"}}\n\
+             discord: {{token_env: PROBER_DISCORD_TOKEN, api_base: \"{}\"}}\n\
+             probes:\n  - name: help\n    timeout: 5s\n    command:\n      \
+             channel_id: \"{}\"\n      message: \"!help\"\n",
+            d.rest_base, d.guilds[0].channels[0].id
+        ),
+    )
+    .unwrap();
+    let out = probe_bin()
+        .env("PROBER_DISCORD_TOKEN", &token)
+        .args(["run", "--log-level", "trace", "--config"])
+        .arg(&probes)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let _ = sandbox.kill().await;
+    let prober_log = stderr(&out);
+    let sandbox_log = tokio::time::timeout(std::time::Duration::from_secs(30), reader)
+        .await
+        .expect("the sandbox's log ends when it exits")
+        .unwrap();
+    for (side, log) in [("prober", &prober_log), ("sandbox", &sandbox_log)] {
+        assert!(
+            log.contains("TRACE"),
+            "{side}: the test must run at trace level"
+        );
+        for form in token_forms(&token) {
+            assert!(
+                !log.contains(&form),
+                "{side}'s log shows the token ({form})"
+            );
+        }
+        let wire = log.lines().find(|l| {
+            (l.contains("TRACE") || l.contains("DEBUG"))
+                && ["tungstenite", "hyper", "h2::", "reqwest", "rustls"]
+                    .iter()
+                    .any(|t| l.contains(&format!(" {t}")))
+        });
+        assert_eq!(wire, None, "{side}: wire-level lines are capped at info");
+    }
+}
+
+#[tokio::test]
+async fn an_invalid_log_level_is_an_error_not_silently_info() {
+    let out = probe(
+        &["validate", "--log-level", "twi_probe=loud"],
+        Path::new("."),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        stderr(&out).starts_with("error: invalid log level \"twi_probe=loud\""),
+        "{}",
+        stderr(&out)
+    );
+}

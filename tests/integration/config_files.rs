@@ -130,3 +130,30 @@ fn an_unreadable_file_is_named() {
         "{err}"
     );
 }
+
+#[test]
+fn only_regular_files_of_sane_size_are_read() {
+    let dir = std::env::temp_dir().join(format!("twi-probe-cfgfiles-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("fifo.yaml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let big = dir.join("big.yaml");
+    std::fs::write(&big, "#".repeat(5 << 20)).unwrap();
+    for (path, message) in [
+        (Path::new("/dev/zero"), "not a regular file"),
+        (dir.as_path(), "not a regular file"),
+        (fifo.as_path(), "not a regular file"),
+        (big.as_path(), "the file is larger than 4096 KiB"),
+    ] {
+        let err = Config::load(path).expect_err("refused").to_string();
+        assert!(
+            err.starts_with(&format!("{}: {message}", path.display())),
+            "{err}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
