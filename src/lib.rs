@@ -16,3 +16,4 @@ pub mod schedule;
 pub mod scrape;
 pub mod serve;
 pub mod snowflake;
+pub mod web;
