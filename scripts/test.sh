@@ -6,8 +6,10 @@
 # package `prometheus-alertmanager`) for monitoring/alertmanager.yml and the
 # end-to-end test; node_exporter, postgres_exporter and PostgreSQL (Debian
 # packages `prometheus-node-exporter`, `prometheus-postgres-exporter`,
-# `postgresql`) for the system and database end-to-end test; and
-# discord.py with zstandard (PyPI) for the compatibility tests.
+# `postgresql`) for the system and database end-to-end test; Chromium
+# (Debian package `chromium`), which loads the status page headless
+# (tests/integration/status_page.rs); and discord.py with zstandard (PyPI)
+# for the compatibility tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +20,7 @@ command -v prometheus-node-exporter >/dev/null 2>&1 || need+=(prometheus-node-ex
 command -v prometheus-postgres-exporter >/dev/null 2>&1 || need+=(prometheus-postgres-exporter)
 # initdb, pg_ctl, postgres, psql, pgbench and pg_stat_statements.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
   SUDO=""

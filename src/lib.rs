@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod discord;
 pub mod exposition;
+pub mod history;
 pub mod logging;
 pub mod metrics;
 pub mod probe;

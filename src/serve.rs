@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ProbeSpec, Secret};
 use crate::discord::{ConnectError, DiscordSession, intents_for};
+use crate::history::History;
 use crate::metrics::Metrics;
 use crate::probe::Probe;
 use crate::schedule::{self, SlotStats};
@@ -78,6 +79,8 @@ pub struct Service {
     discord_down: Mutex<Option<String>>,
     /// What `/metrics` serves.
     pub(crate) scrape: ScrapeCache,
+    /// Recent runs per probe and the last reload (the status page).
+    pub(crate) history: History,
 }
 
 impl Service {
@@ -99,6 +102,7 @@ impl Service {
             session_replaced: std::sync::atomic::AtomicBool::new(false),
             discord_down: Mutex::new(None),
             scrape: ScrapeCache::default(),
+            history: History::default(),
         });
         // Discord unreachable at start-up is not fatal: the Discord probes
         // run as `inconclusive` (the prober is blind, and says so) while the
@@ -193,6 +197,7 @@ impl Service {
         let _one_at_a_time = self.reloading.lock().await;
         let result = self.try_reload().await;
         let metrics = self.metrics();
+        self.history.record_reload(result.as_ref().err().cloned());
         match &result {
             Ok(()) => {
                 metrics.set_config_reload_ok(true);
@@ -347,6 +352,7 @@ impl Service {
                 });
             }
         }
+        self.history.retain(|name| wanted.contains_key(name));
         // Start what is new or changed.
         for (name, spec) in wanted {
             if scheduled.contains_key(&name) {
@@ -382,7 +388,7 @@ impl Service {
                 self.limit.clone(),
                 stop.clone(),
                 stats.clone(),
-                None,
+                Some(self.history.track(spec, config.serve.history)),
             ));
             scheduled.insert(
                 name,

@@ -15,4 +15,5 @@ mod sandbox_gateway;
 mod sandbox_rest;
 mod serve;
 mod shared_channels;
+mod status_page;
 mod support;
