@@ -191,6 +191,42 @@ mod tests {
         assert_eq!(ids, ["req-9", "req-8", "req-7"]);
     }
 
+    fn spec(min_uptime: &str) -> ProbeSpec {
+        let yaml = format!(
+            "target: {{name: bot, exporter_url: 'http://127.0.0.1:1/metrics'}}\n\
+             probes:\n  - name: up\n    exporter: {{min_uptime: {min_uptime}}}\n"
+        );
+        crate::config::Config::from_yaml(&yaml, std::path::Path::new("t.yaml"))
+            .unwrap()
+            .probes
+            .remove(0)
+    }
+
+    #[test]
+    fn tracking_an_unchanged_spec_keeps_its_runs_and_a_changed_one_starts_afresh() {
+        let history = History::default();
+        let sink = history.track(&spec("10m"), 5);
+        for n in 0..4 {
+            sink(&result(n, Outcome::Success));
+        }
+        let ids = |h: &History| h.with("up", |r| r.runs().len()).unwrap();
+        // Same spec (a restart, a reload that left it alone), smaller ring.
+        let _ = history.track(&spec("10m"), 2);
+        assert_eq!(ids(&history), 2);
+        // The old sink still feeds the kept ring.
+        sink(&result(9, Outcome::Success));
+        assert_eq!(
+            history.with("up", |r| r.runs()[0].request_id.clone()),
+            Some("req-9".into())
+        );
+        // A changed spec starts afresh; its predecessor's late run goes nowhere.
+        let _ = history.track(&spec("5m"), 2);
+        sink(&result(10, Outcome::Success));
+        assert_eq!(ids(&history), 0);
+        history.retain(|name| name != "up");
+        assert!(history.with("up", |_| ()).is_none());
+    }
+
     #[test]
     fn the_state_is_the_last_conclusive_outcome_since_its_first_run() {
         let mut ring = Ring::new(2);

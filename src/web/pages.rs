@@ -34,6 +34,7 @@ table { border-collapse:collapse; width:100%; }
 th, td { text-align:left; padding:.35rem .5rem; border-bottom:1px solid var(--line); vertical-align:top; }
 th { color:var(--muted); font-weight:600; font-size:.85rem; }
 td.detail { overflow-wrap:anywhere; min-width:12rem; }
+table.runs td { white-space:nowrap; } table.runs td.detail { white-space:normal; }
 .state { font-weight:600; white-space:nowrap; }
 .success { color:var(--ok); } .failure, .timeout, .unreachable { color:var(--bad); }
 .inconclusive, .none { color:var(--unk); }
@@ -294,4 +295,16 @@ pub fn not_found(name: &str) -> Markup {
             p { "No probe named " code { (name) } " is configured." }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn probe_links_percent_encode_shard_names() {
+        assert_eq!(
+            super::probe_href("presence[shard 1]"),
+            "/probes/presence%5Bshard%201%5D"
+        );
+        assert_eq!(super::probe_href("help-command"), "/probes/help-command");
+    }
 }

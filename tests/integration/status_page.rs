@@ -82,9 +82,9 @@ struct Page {
     log: String,
 }
 
-/// Loads `url` in a fresh headless Chromium; with `screenshot`, also writes
-/// a PNG at `size` (width, height).
-async fn chromium(url: &str, screenshot: Option<(&Path, (u32, u32))>) -> Page {
+/// Loads `url` in a fresh headless Chromium; with `screenshot`, writes a
+/// PNG at `size` (width, height) instead of dumping the DOM.
+async fn chromium(url: &str, screenshot: Option<(&Path, (u32, u32))>, extra: &[&str]) -> Page {
     let profile = std::env::temp_dir().join(format!(
         "twi-probe-chromium-{}-{}",
         std::process::id(),
@@ -102,6 +102,7 @@ async fn chromium(url: &str, screenshot: Option<(&Path, (u32, u32))>) -> Page {
         "--enable-logging=stderr",
         "--v=0",
     ])
+    .args(extra)
     .arg(format!("--user-data-dir={}", profile.display()))
     .kill_on_drop(true);
     match screenshot {
@@ -222,7 +223,7 @@ async fn the_status_page_shows_every_probe_escapes_replies_and_renders_in_chromi
     .await;
 
     // The overview: one row per configured probe, each with its state.
-    let index = chromium(&format!("{base}/"), None).await;
+    let index = chromium(&format!("{base}/"), None, &[]).await;
     for p in api["probes"].as_array().unwrap() {
         let name = p["name"].as_str().unwrap();
         let r = row(&index.dom, name);
@@ -246,7 +247,7 @@ async fn the_status_page_shows_every_probe_escapes_replies_and_renders_in_chromi
     assert!(row(&index.dom, "help-command").contains("class=\"state failure\""));
 
     // The probe page: its runs, each with its request id.
-    let page = chromium(&format!("{base}/probes/help-command"), None).await;
+    let page = chromium(&format!("{base}/probes/help-command"), None, &[]).await;
     let (_, runs) = get_json(&format!("{base}/api/v1/probes/help-command/runs")).await;
     let oldest = runs["runs"].as_array().unwrap().last().unwrap();
     assert!(
@@ -267,6 +268,22 @@ async fn the_status_page_shows_every_probe_escapes_replies_and_renders_in_chromi
         assert!(!p.dom.contains("id=\"pwn\""), "{}", p.dom);
         assert!(!p.dom.to_lowercase().contains("<script"), "{}", p.dom);
         assert!(!p.dom.contains("<title>pwned"), "{}", p.dom);
+        // Self-contained: nothing loaded from elsewhere; refreshes itself;
+        // sized for phones; light and dark.
+        assert!(!p.dom.contains("src="), "{}", p.dom);
+        assert!(!p.dom.contains("url("), "{}", p.dom);
+        assert_eq!(p.dom.matches("<link").count(), 1, "only the empty icon");
+        assert!(p.dom.contains(r#"<link rel="icon" href="data:,">"#));
+        assert!(
+            p.dom
+                .contains(r#"<meta http-equiv="refresh" content="10">"#)
+        );
+        assert!(
+            p.dom
+                .contains(r#"content="width=device-width, initial-scale=1""#)
+        );
+        assert!(p.dom.contains("@media (prefers-color-scheme: dark)"));
+        assert!(p.dom.contains("@media (max-width: 640px)"));
         assert_eq!(
             console_lines(&p.log),
             Vec::<&str>::new(),
@@ -277,24 +294,37 @@ async fn the_status_page_shows_every_probe_escapes_replies_and_renders_in_chromi
     let noisy = chromium(
         "data:text/html,<script>console.error('noisy')</script>",
         None,
+        &[],
     )
     .await;
     assert_eq!(console_lines(&noisy.log).len(), 1, "{}", noisy.log);
 
     // Screenshots, for a human: desktop, phone, and a probe's page.
     let dir = artefacts();
-    for (file, url, size) in [
-        ("index-desktop.png", format!("{base}/"), (1280, 900)),
-        ("index-phone.png", format!("{base}/"), (390, 844)),
+    // A reader who prefers dark.
+    const DARK: [&str; 2] = [
+        "--force-dark-mode",
+        "--blink-settings=preferredColorScheme=0",
+    ];
+    for (file, url, size, extra) in [
+        (
+            "index-desktop.png",
+            format!("{base}/"),
+            (1280, 900),
+            &[][..],
+        ),
+        ("index-phone.png", format!("{base}/"), (390, 844), &[]),
+        ("index-dark.png", format!("{base}/"), (1280, 900), &DARK),
         (
             "probe-help-command.png",
             format!("{base}/probes/help-command"),
             (1280, 900),
+            &[],
         ),
     ] {
         let path = dir.join(file);
         let _ = std::fs::remove_file(&path);
-        let shot = chromium(&url, Some((&path, size))).await;
+        let shot = chromium(&url, Some((&path, size)), extra).await;
         assert_eq!(console_lines(&shot.log), Vec::<&str>::new());
         let png = std::fs::read(&path).unwrap();
         assert!(png.starts_with(b"\x89PNG"), "{file} is not a PNG");
