@@ -6,8 +6,10 @@
 # package `prometheus-alertmanager`) for monitoring/alertmanager.yml and the
 # end-to-end test; node_exporter, postgres_exporter and PostgreSQL (Debian
 # packages `prometheus-node-exporter`, `prometheus-postgres-exporter`,
-# `postgresql`) for the system and database end-to-end test; discord.py with
-# zstandard (PyPI) and discord.js 14 (npm, pinned by
+# `postgresql`) for the system and database end-to-end test; Chromium
+# (Debian package `chromium`), which loads the status page headless
+# (tests/integration/status_page.rs); discord.py with zstandard (PyPI) and
+# discord.js 14 (npm, pinned by
 # sandbox/tests/compat/discordjs/package-lock.json) for the compatibility
 # tests; and, for the discord.py companion (companion/) and its pytest
 # suite, prometheus_client and pytest (PyPI) and the companion itself.
@@ -22,6 +24,7 @@ command -v prometheus-postgres-exporter >/dev/null 2>&1 || need+=(prometheus-pos
 # initdb, pg_ctl, postgres, psql, pgbench and pg_stat_statements.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 { command -v node && command -v npm; } >/dev/null 2>&1 || need+=(nodejs npm)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
   SUDO=""

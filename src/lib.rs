@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod discord;
 pub mod exposition;
+pub mod history;
 pub mod logging;
 pub mod metrics;
 pub mod probe;
@@ -17,3 +18,4 @@ pub mod scrape;
 pub mod serve;
 /// Snowflakes live in the sandbox crate (the dependency points one way).
 pub use twi_sandbox::snowflake;
+pub mod web;

@@ -30,9 +30,26 @@ pub struct SlotStats {
     pub slots: AtomicU64,
     pub runs: AtomicU64,
     pub skips: AtomicU64,
+    /// When the next slot is due, in unix milliseconds; 0 when there is none
+    /// (for the status page).
+    pub next_run_unix_ms: AtomicU64,
 }
 
 impl SlotStats {
+    pub fn next_run(&self) -> Option<std::time::SystemTime> {
+        match self.next_run_unix_ms.load(Ordering::SeqCst) {
+            0 => None,
+            ms => Some(std::time::UNIX_EPOCH + Duration::from_millis(ms)),
+        }
+    }
+
+    fn set_next_run(&self, at: Option<std::time::SystemTime>) {
+        let ms = at
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as u64);
+        self.next_run_unix_ms.store(ms, Ordering::SeqCst);
+    }
+
     pub fn snapshot(&self) -> (u64, u64, u64) {
         (
             self.slots.load(Ordering::SeqCst),
@@ -60,6 +77,7 @@ pub async fn run_probe(
         None => return,
     };
     metrics.set_next_run(&probe.spec, wall_time(next));
+    stats.set_next_run(Some(wall_time(next)));
     let mut inflight: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tokio::select! {
@@ -95,6 +113,7 @@ pub async fn run_probe(
             // No next occurrence (a cron date that never comes again): no
             // overdue slot to report either.
             metrics.clear_next_run(&probe.spec);
+            stats.set_next_run(None);
             break;
         };
         next = after;
@@ -115,6 +134,7 @@ pub async fn run_probe(
         if !stop.is_cancelled() {
             metrics.set_next_run(&probe.spec, wall_time(next));
         }
+        stats.set_next_run(Some(wall_time(next)));
     }
     if let Some(h) = inflight {
         let _ = h.await;

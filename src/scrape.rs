@@ -292,6 +292,7 @@ mod tests {
             serve: ServeSettings {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 max_concurrency: 1,
+                history: 1,
             },
             probes: vec![],
         };

@@ -1,5 +1,5 @@
-//! `probe serve`: probes on schedule, `/metrics` for Prometheus, reloads,
-//! and a draining shutdown.
+//! `probe serve`: probes on schedule, reloads, and a draining shutdown.
+//! The HTTP surface (`/metrics`, health, reload) is in src/web/.
 //!
 //! The caller binds the listener and owns shutdown (`run(listener, ...,
 //! shutdown)`), so tests bind port 0. Scrapes are served from snapshots
@@ -11,21 +11,17 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ProbeSpec, Secret};
 use crate::discord::{ConnectError, DiscordSession, intents_for};
+use crate::history::History;
 use crate::metrics::Metrics;
 use crate::probe::Probe;
 use crate::schedule::{self, SlotStats};
-use crate::scrape::{ScrapeCache, accepts_gzip};
+use crate::scrape::ScrapeCache;
 
 /// How often the prober checks its own gateway when no probe does.
 const LIVENESS_EVERY: Duration = Duration::from_secs(15);
@@ -82,7 +78,9 @@ pub struct Service {
     /// Why Discord is not connected, while the start-up connection is retried.
     discord_down: Mutex<Option<String>>,
     /// What `/metrics` serves.
-    scrape: ScrapeCache,
+    pub(crate) scrape: ScrapeCache,
+    /// Recent runs per probe and the last reload (the status page).
+    pub(crate) history: History,
 }
 
 impl Service {
@@ -104,6 +102,7 @@ impl Service {
             session_replaced: std::sync::atomic::AtomicBool::new(false),
             discord_down: Mutex::new(None),
             scrape: ScrapeCache::default(),
+            history: History::default(),
         });
         // Discord unreachable at start-up is not fatal: the Discord probes
         // run as `inconclusive` (the prober is blind, and says so) while the
@@ -198,6 +197,7 @@ impl Service {
         let _one_at_a_time = self.reloading.lock().await;
         let result = self.try_reload().await;
         let metrics = self.metrics();
+        self.history.record_reload(result.as_ref().err().cloned());
         match &result {
             Ok(()) => {
                 metrics.set_config_reload_ok(true);
@@ -352,6 +352,7 @@ impl Service {
                 });
             }
         }
+        self.history.retain(|name| wanted.contains_key(name));
         // Start what is new or changed.
         for (name, spec) in wanted {
             if scheduled.contains_key(&name) {
@@ -387,7 +388,7 @@ impl Service {
                 self.limit.clone(),
                 stop.clone(),
                 stats.clone(),
-                None,
+                Some(self.history.track(spec, config.serve.history)),
             ));
             scheduled.insert(
                 name,
@@ -464,62 +465,6 @@ fn load(path: &std::path::Path, options: &ServeOptions) -> Result<Config, String
     Ok(config)
 }
 
-/// The HTTP side: `/metrics`, `/healthz`, `/ready`, `POST /-/reload`.
-pub fn router(service: Arc<Service>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/ready", get(ready))
-        .route("/-/reload", post(reload))
-        .with_state(service)
-}
-
-async fn metrics(State(s): State<Arc<Service>>, headers: HeaderMap) -> Response {
-    let gzip = accepts_gzip(
-        headers
-            .get_all(header::ACCEPT_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok()),
-    );
-    let body = s.scrape.scrape(|| s.metrics(), gzip).await;
-    let mut response = (
-        [
-            (
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            ),
-            (header::VARY, "Accept-Encoding"),
-        ],
-        body.bytes,
-    )
-        .into_response();
-    if body.gzipped {
-        response.headers_mut().insert(
-            header::CONTENT_ENCODING,
-            header::HeaderValue::from_static("gzip"),
-        );
-    }
-    response
-}
-
-async fn ready(State(s): State<Arc<Service>>) -> Response {
-    match s.ready() {
-        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response(),
-    }
-}
-
-async fn reload(State(s): State<Arc<Service>>) -> Response {
-    match s.reload().await {
-        Ok(()) => (StatusCode::OK, "reloaded\n").into_response(),
-        Err(e) => (
-            StatusCode::BAD_REQUEST,
-            format!("reload failed, the previous configuration keeps running:\n{e}\n"),
-        )
-            .into_response(),
-    }
-}
-
 /// Serves until `shutdown`, then drains. SIGHUP handling is the caller's
 /// (it calls [`Service::reload`]).
 pub async fn run(
@@ -527,7 +472,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
-    let app = router(service.clone());
+    let app = crate::web::router(service.clone());
     let refresher = {
         let service = service.clone();
         let stop = shutdown.clone();

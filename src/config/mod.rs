@@ -60,6 +60,8 @@ pub struct Config {
 pub struct ServeSettings {
     pub listen: std::net::SocketAddr,
     pub max_concurrency: usize,
+    /// Recent runs kept in memory per probe (the status page, `/api/v1`).
+    pub history: usize,
 }
 
 /// The default address of `probe serve`'s `/metrics`: all interfaces (to be
@@ -67,6 +69,7 @@ pub struct ServeSettings {
 /// exporter (8000), Prometheus (9090) or blackbox_exporter (9115).
 pub const DEFAULT_SERVE_LISTEN: &str = "0.0.0.0:9477";
 pub const DEFAULT_MAX_CONCURRENCY: usize = 64;
+pub const DEFAULT_HISTORY: usize = 100;
 
 /// The bot being probed.
 #[derive(Debug, Clone)]

@@ -33,6 +33,8 @@ pub struct RawServe {
     pub listen: Option<Text>,
     /// Probe runs allowed at the same time.
     pub max_concurrency: Option<Spanned<u64>>,
+    /// Recent runs kept per probe for the status page and its API.
+    pub history: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

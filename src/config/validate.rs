@@ -336,6 +336,7 @@ fn check_serve(c: &mut Checker, raw: Option<&raw::RawServe>) -> ServeSettings {
     let mut s = ServeSettings {
         listen: DEFAULT_SERVE_LISTEN.parse().expect("static address"),
         max_concurrency: DEFAULT_MAX_CONCURRENCY,
+        history: DEFAULT_HISTORY,
     };
     let Some(raw) = raw else {
         return s;
@@ -358,6 +359,15 @@ fn check_serve(c: &mut Checker, raw: Option<&raw::RawServe>) -> ServeSettings {
             c.error(n, "serve.max_concurrency", "must be at least 1");
         } else {
             s.max_concurrency = n.value as usize;
+        }
+    }
+    if let Some(n) = &raw.history {
+        // Each run kept holds its detail (a short sentence): 10 000 runs of
+        // 20 probes stay within a few tens of MB.
+        if n.value == 0 || n.value > 10_000 {
+            c.error(n, "serve.history", "must be between 1 and 10000");
+        } else {
+            s.history = n.value as usize;
         }
     }
     s

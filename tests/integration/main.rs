@@ -14,4 +14,5 @@ mod monitoring;
 mod monitoring_db;
 mod serve;
 mod shared_channels;
+mod status_page;
 mod support;

@@ -15,7 +15,7 @@ use twi_probe::schedule::{SlotStats, run_probe};
 use crate::metrics::promtool_check_metrics;
 use crate::support::{Reply, TestServer, config, python_exporter_body, unix_now};
 
-fn total(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn total(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     exposition::parse(text)
         .unwrap()
         .iter()
@@ -74,10 +74,12 @@ async fn a_probe_never_overlaps_itself_and_every_slot_is_a_run_or_a_skip() {
     );
 }
 
-struct Serve {
-    child: tokio::process::Child,
-    base: String,
-    dir: std::path::PathBuf,
+pub(crate) struct Serve {
+    pub(crate) child: tokio::process::Child,
+    pub(crate) base: String,
+    pub(crate) dir: std::path::PathBuf,
+    /// The sandbox's control URL, with `--sandbox`.
+    pub(crate) control: Option<String>,
 }
 
 impl Serve {
@@ -86,7 +88,7 @@ impl Serve {
     }
 
     /// `probe serve` with `extra` arguments, on a free port; waits for its banner.
-    async fn start_with(yaml: &str, extra: &[&str]) -> Serve {
+    pub(crate) async fn start_with(yaml: &str, extra: &[&str]) -> Serve {
         let dir = std::env::temp_dir().join(format!(
             "twi-probe-serve-{}-{}",
             std::process::id(),
@@ -111,22 +113,31 @@ impl Serve {
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut control = None;
         let base = loop {
             let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
                 .await
                 .expect("serve starts in time")
                 .unwrap()
                 .expect("serve printed where it listens");
+            if let Some((_, rest)) = line.split_once("(control ") {
+                control = rest.split(')').next().map(str::to_string);
+            }
             if let Some(rest) = line.strip_prefix("serving http://") {
                 break format!("http://{}", rest.split('/').next().unwrap());
             }
         };
         // Keep draining stderr so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Serve { child, base, dir }
+        Serve {
+            child,
+            base,
+            dir,
+            control,
+        }
     }
 
-    async fn metrics(&self) -> String {
+    pub(crate) async fn metrics(&self) -> String {
         reqwest::get(format!("{}/metrics", self.base))
             .await
             .unwrap()
@@ -137,7 +148,7 @@ impl Serve {
 
     /// Polls /metrics until `ok` holds (bounded): there is no event to await
     /// across the process boundary.
-    async fn until(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    pub(crate) async fn until(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             let text = self.metrics().await;
@@ -152,11 +163,11 @@ impl Serve {
         }
     }
 
-    fn write_config(&self, yaml: &str) {
+    pub(crate) fn write_config(&self, yaml: &str) {
         std::fs::write(self.dir.join("probes.yaml"), yaml).unwrap();
     }
 
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let pid = self.child.id().unwrap().to_string();
         assert!(
             std::process::Command::new("kill")
