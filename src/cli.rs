@@ -401,6 +401,7 @@ fn run_command(path: &std::path::Path, options: &RunOptions, sandbox: bool) -> S
         if !sandbox {
             return run::run(&config, options, &mut stdout).await;
         }
+        run::check_selection(&config, &options.probes)?;
         let sb_config = crate::sandbox::sandbox_for(&config);
         let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
         let sb = crate::sandbox::Sandbox::start(sb_config, listen).await?;

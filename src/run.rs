@@ -136,6 +136,12 @@ pub async fn run_with_token(
     Ok(report::overall_status(&summaries))
 }
 
+/// Checks the `--probe` names before anything starts (such as `--sandbox`'s
+/// stand-in), so a typo is reported at once.
+pub fn check_selection(config: &Config, names: &[String]) -> Result<(), String> {
+    select(config, names).map(|_| ())
+}
+
 fn select<'a>(
     config: &'a Config,
     names: &[String],

@@ -432,3 +432,41 @@ async fn run_sandbox_shows_a_real_round_trip_with_the_shipped_config() {
         "{text}"
     );
 }
+
+/// `run --sandbox --probe nope` used to hang on most tries (the sandbox's
+/// bot was stopped while its client was still starting). It must exit 3
+/// with the name error every time, quickly.
+#[tokio::test]
+async fn run_sandbox_with_an_unknown_probe_exits_3_every_time() {
+    let dir = ConfigDir::new(SANDBOX_CONFIG);
+    for attempt in 0..20 {
+        let out = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            probe(&["run", "--sandbox", "--probe", "nope"], &dir.0),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("attempt {attempt}: still running after 20 s"));
+        assert_eq!(out.status.code(), Some(3), "attempt {attempt}: {out:?}");
+        assert!(
+            stderr(&out).contains("no probe named \"nope\" (configured: help-command, presence)"),
+            "attempt {attempt}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+/// A command and a presence probe, for `--sandbox` runs.
+const SANDBOX_CONFIG: &str = r#"
+target: {name: twi-bot-shard, user_id: "1020304050607080901"}
+discord: {token_env: PROBER_DISCORD_TOKEN}
+probes:
+  - name: help-command
+    timeout: 5s
+    command:
+      channel_id: "1020304050607080903"
+      guild_id: "1020304050607080902"
+      message: "!help"
+  - name: presence
+    timeout: 5s
+    presence: {guilds: ["1020304050607080902"]}
+"#;
