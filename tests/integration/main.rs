@@ -3,6 +3,7 @@
 mod cli;
 mod compat;
 mod config_files;
+mod deploy;
 mod discord;
 mod discord_probes;
 mod exporter_probe;
