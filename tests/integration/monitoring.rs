@@ -529,6 +529,44 @@ fn every_alert_is_labelled_documented_and_unit_tested_both_ways() {
 
 // ---------------------------------------------------------------- Alertmanager
 
+/// The README's local recipe for Alertmanager without root: its shell lines
+/// (all but starting Alertmanager), run as written with HOME in a temporary
+/// directory, give a config that amtool accepts and that posts to the URL.
+#[test]
+fn the_readme_local_alertmanager_recipe_works_without_root() {
+    let readme = read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"));
+    let after = readme
+        .split("render into a directory that has the templates beside it:\n```sh\n")
+        .nth(1)
+        .expect("the README's local Alertmanager recipe");
+    let script: String = after
+        .split("\n```")
+        .next()
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("prometheus-alertmanager "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let home = TempDir::new("home");
+    let url = "http://127.0.0.1:9/api/v10/webhooks/1/abc";
+    let out = std::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("HOME", home.path())
+        .env("WEBHOOK_URL", url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = home.path().join("twi-am/alertmanager.yml");
+    let check = run_ok(&amtool(), &["check-config", config.to_str().unwrap()]);
+    assert!(check.contains("1 templates"), "{check}");
+    assert!(read(&config).contains(&format!("webhook_url: '{url}'")));
+}
+
 #[test]
 fn alertmanager_config_keeps_the_guide_timing_and_the_webhook_out_of_the_file() {
     let config = yaml(&monitoring().join("alertmanager.yml"));
