@@ -280,7 +280,7 @@ async fn handle_signals(
 
 /// The stand-in runs on one thread: on this kind of machine a single
 /// scheduler writes dispatches sooner than two that hand work across (see
-/// README, Benchmarks), and the sandbox must not distort what it serves.
+/// docs/benchmarks.md), and the sandbox must not distort what it serves.
 fn sandbox_command(
     config: Option<&std::path::Path>,
     listen: std::net::SocketAddr,
