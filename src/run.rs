@@ -19,8 +19,8 @@ pub struct RunOptions {
     pub probes: Vec<String>,
     /// Runs per probe.
     pub count: u32,
-    /// Pause between two runs of the same probe.
-    pub interval: Duration,
+    /// Pause between two runs of the same probe; `None`: [`default_interval`].
+    pub interval: Option<Duration>,
     pub format: OutputFormat,
     /// Where to write the metrics of this run (Prometheus text format), e.g.
     /// for node_exporter's textfile collector.
@@ -81,6 +81,9 @@ pub async fn run_with_token(
         })
         .collect::<Result<_, _>>()?;
 
+    let interval = options
+        .interval
+        .unwrap_or_else(|| default_interval(config, &probes));
     let metrics = Arc::new(Metrics::new(config));
     let follower = session.as_ref().map(|s| metrics.follow_discord(config, s));
     let (tx, mut rx) = mpsc::unbounded_channel::<ProbeResult>();
@@ -88,7 +91,7 @@ pub async fn run_with_token(
     for probe in &probes {
         let probe = probe.clone();
         let tx = tx.clone();
-        let (count, interval) = (options.count.max(1), options.interval);
+        let count = options.count.max(1);
         tasks.spawn(async move {
             for i in 0..count {
                 if i > 0 {
@@ -134,6 +137,26 @@ pub async fn run_with_token(
             .map_err(|e| format!("cannot write metrics to {}: {e}", path.display()))?;
     }
     Ok(report::overall_status(&summaries))
+}
+
+/// `--interval`'s default: 1 s, or the channels' send budget
+/// (`discord.send_interval`) when a command probe runs and it is longer, so
+/// that a run does not first wait for the budget its previous run used.
+pub fn default_interval(config: &Config, probes: &[Arc<Probe>]) -> Duration {
+    let one_second = Duration::from_secs(1);
+    let sends = probes
+        .iter()
+        .any(|p| matches!(p.spec.kind, crate::config::ProbeKind::Command(_)));
+    match &config.discord {
+        Some(d) if sends => d.send_interval.max(one_second),
+        _ => one_second,
+    }
+}
+
+/// Checks the `--probe` names before anything starts (such as `--sandbox`'s
+/// stand-in), so a typo is reported at once.
+pub fn check_selection(config: &Config, names: &[String]) -> Result<(), String> {
+    select(config, names).map(|_| ())
 }
 
 fn select<'a>(

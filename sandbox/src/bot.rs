@@ -313,7 +313,8 @@ impl SimBot {
     pub async fn go_offline(&self) {
         let running = self.running.lock().await.take();
         if let Some(r) = running {
-            r.shard_manager.shutdown_all().await;
+            // `stop`, not `shutdown_all`: the client may still be starting (patched serenity).
+            r.shard_manager.stop().await;
             let _ = r.task.await;
         }
     }

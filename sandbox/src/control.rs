@@ -136,6 +136,25 @@ impl Controls {
         Ok(())
     }
 
+    /// A spontaneous outage of `probe serve --sandbox`'s bot (not asked
+    /// for over the control API), logged as such.
+    pub async fn simulated_outage_start(&self, lasts: std::time::Duration) -> Result<(), String> {
+        let bot = self.sim_bot()?;
+        self.core.log_event(&format!(
+            "simulated outage: the bot goes offline for {} (spontaneous; --sandbox-outages)",
+            humantime::format_duration(lasts)
+        ));
+        bot.go_offline().await;
+        Ok(())
+    }
+
+    pub async fn simulated_outage_end(&self) -> Result<(), String> {
+        let bot = self.sim_bot()?;
+        self.core
+            .log_event("simulated outage over: the bot comes back online");
+        bot.go_online().await
+    }
+
     pub async fn bot_online(&self) -> Result<(), String> {
         let bot = self.sim_bot()?;
         self.core.log_event("control: bot online");

@@ -38,18 +38,60 @@ pub use truth::{DispatchTruth, MessageTruth, MessageTruthJson};
 use hub::Core;
 use rest::Rest;
 
-/// Takes the simulated bot offline for 20–40 s every 5–15 minutes, as real
-/// bots have short outages (the task ends with the sandbox's runtime).
-pub fn occasional_outages(controls: Arc<Controls>) {
+/// How often the simulated bot of `probe serve --sandbox` has a
+/// spontaneous outage: about every `Some(d)` (each gap drawn between d/2 and
+/// 3d/2), or never.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutageRate(pub Option<std::time::Duration>);
+
+/// How long a spontaneous outage lasts, in seconds (drawn uniformly).
+const OUTAGE_SECONDS: std::ops::Range<u64> = 20..41;
+
+/// `--sandbox-outages`: `off`, or a duration of at least 1 s (`10m`).
+pub fn parse_outage_rate(s: &str) -> Result<OutageRate, String> {
+    if s == "off" {
+        return Ok(OutageRate(None));
+    }
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration {s:?}: {e} (or `off`)"))?;
+    if d < std::time::Duration::from_secs(1) {
+        return Err(format!("{s:?} is too often: at least 1s (or `off`)"));
+    }
+    Ok(OutageRate(Some(d)))
+}
+
+impl OutageRate {
+    /// The start-up line of `probe serve --sandbox` that says so.
+    pub fn describe(&self) -> String {
+        match self.0 {
+            None => "simulated outages off (--sandbox-outages)".to_string(),
+            Some(d) => format!(
+                "simulated outages: the bot goes offline on its own for {}-{} s about every {} ({}-{} apart; logged as \"simulated outage\"; --sandbox-outages DURATION or off)",
+                OUTAGE_SECONDS.start,
+                OUTAGE_SECONDS.end - 1,
+                humantime::format_duration(d),
+                humantime::format_duration(d / 2),
+                humantime::format_duration(d * 3 / 2),
+            ),
+        }
+    }
+}
+
+/// Takes the simulated bot offline for 20-40 s at about the given rate, as
+/// real bots have short outages; each is logged as a simulated outage, never
+/// as a control request (the task ends with the sandbox's runtime).
+pub fn occasional_outages(controls: Arc<Controls>, rate: OutageRate) {
+    let Some(every) = rate.0 else { return };
     tokio::spawn(async move {
         loop {
-            let (gap, outage) = (rand::random_range(300..900), rand::random_range(20..40));
-            tokio::time::sleep(std::time::Duration::from_secs(gap)).await;
-            if controls.bot_offline().await.is_err() {
+            let gap = every.mul_f64(rand::random_range(0.5..1.5));
+            let outage = std::time::Duration::from_secs(rand::random_range(OUTAGE_SECONDS));
+            tokio::time::sleep(gap).await;
+            if controls.simulated_outage_start(outage).await.is_err() {
                 return;
             }
-            tokio::time::sleep(std::time::Duration::from_secs(outage)).await;
-            let _ = controls.bot_online().await;
+            tokio::time::sleep(outage).await;
+            let _ = controls.simulated_outage_end().await;
         }
     });
 }

@@ -479,11 +479,11 @@ impl DiscordSession {
         match outcome {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                shard_manager.shutdown_all().await;
+                shard_manager.stop().await;
                 return Err(e);
             }
             Err(_) => {
-                shard_manager.shutdown_all().await;
+                shard_manager.stop().await;
                 client_task.abort();
                 return Err(ConnectError::Timeout(CONNECT_TIMEOUT));
             }
@@ -692,7 +692,7 @@ impl DiscordSession {
     /// Closes the gateway connection cleanly (a 1000 close, so Discord ends
     /// the session at once).
     pub async fn shutdown(&self) {
-        self.shard_manager.shutdown_all().await;
+        self.shard_manager.stop().await;
         for t in self
             .tasks
             .lock()

@@ -288,7 +288,8 @@ where
 }
 
 fn log_result(r: &ProbeResult) {
-    let execution_time_ms = r.duration.as_secs_f64() * 1000.0;
+    // Rounded to the microsecond: more digits are noise in a log line.
+    let execution_time_ms = (r.duration.as_secs_f64() * 1_000_000.0).round() / 1000.0;
     let outcome = r.outcome.as_str();
     match r.outcome {
         Outcome::Success => {

@@ -561,3 +561,156 @@ async fn an_invalid_log_level_is_an_error_not_silently_info() {
         stderr(&out)
     );
 }
+
+/// `run --sandbox --probe nope` used to hang on most tries (the sandbox's
+/// bot was stopped while its client was still starting). It must exit 3
+/// with the name error every time, quickly.
+#[tokio::test]
+async fn run_sandbox_with_an_unknown_probe_exits_3_every_time() {
+    let dir = ConfigDir::new(SANDBOX_CONFIG);
+    for attempt in 0..20 {
+        let out = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            probe(&["run", "--sandbox", "--probe", "nope"], &dir.0),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("attempt {attempt}: still running after 20 s"));
+        assert_eq!(out.status.code(), Some(3), "attempt {attempt}: {out:?}");
+        assert!(
+            stderr(&out).contains("no probe named \"nope\" (configured: help-command, presence)"),
+            "attempt {attempt}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+/// A command and a presence probe, for `--sandbox` runs.
+const SANDBOX_CONFIG: &str = r#"
+target: {name: twi-bot-shard, user_id: "1020304050607080901"}
+discord: {token_env: PROBER_DISCORD_TOKEN}
+probes:
+  - name: help-command
+    timeout: 5s
+    command:
+      channel_id: "1020304050607080903"
+      guild_id: "1020304050607080902"
+      message: "!help"
+  - name: presence
+    timeout: 5s
+    presence: {guilds: ["1020304050607080902"]}
+"#;
+
+/// `run --count`'s default interval fits the channel's send budget
+/// (`discord.send_interval`, 2 s by default): no run waits for the budget
+/// its previous run used. A shorter `--interval` makes the second run wait,
+/// and its line says so.
+#[tokio::test]
+async fn run_count_default_interval_fits_the_send_interval() {
+    let dir = ConfigDir::new(SANDBOX_CONFIG);
+    let args = ["run", "--sandbox", "-p", "help-command", "--count", "2"];
+    let out = probe(&args, &dir.0).await;
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    let runs: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("help-command "))
+        .collect();
+    assert_eq!(runs.len(), 2, "{text}");
+    assert!(runs.iter().all(|l| !l.contains("waited")), "{text}");
+
+    let hurried = probe(&[&args[..], &["--interval", "100ms"]].concat(), &dir.0).await;
+    let text = stdout(&hurried);
+    let runs: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("help-command "))
+        .collect();
+    assert_eq!(runs.len(), 2, "{text}");
+    let waited = regex::Regex::new(r"\(waited ([0-9.]+)ms for its turn first\)$").unwrap();
+    let ms: f64 = waited.captures(runs[1]).unwrap_or_else(|| panic!("{text}"))[1]
+        .parse()
+        .unwrap();
+    assert!(
+        ms > 1000.0,
+        "the 2 s budget less 100 ms and the first run: {text}"
+    );
+}
+
+/// `serve --sandbox`: the start-up lines say how often the simulated bot
+/// has outages, each outage is logged as simulated, the libraries' info
+/// lines (serenity's shard manager) are left out unless asked for, and
+/// durations are rounded to the microsecond.
+#[tokio::test]
+async fn serve_logs_its_own_lines_and_simulated_outages() {
+    let dir = ConfigDir::new(
+        r#"
+target: {name: twi-bot-shard, user_id: "1020304050607080901"}
+discord: {token_env: PROBER_DISCORD_TOKEN}
+probes:
+  - name: presence
+    every: 1s
+    timeout: 900ms
+    presence: {guilds: ["1020304050607080902"]}
+"#,
+    );
+    let lines_until = |extra: &'static [&'static str], done: fn(&[String]) -> bool| {
+        let dir = dir.0.clone();
+        async move {
+            let mut child = probe_bin()
+                .args(["serve", "--sandbox", "--listen", "127.0.0.1:0"])
+                .args(["--sandbox-outages", "1s"])
+                .args(extra)
+                .current_dir(&dir)
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut reader = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+            let mut lines = Vec::new();
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+            while !done(&lines) {
+                match tokio::time::timeout_at(deadline, reader.next_line()).await {
+                    Ok(Ok(Some(l))) => lines.push(l),
+                    _ => panic!(
+                        "serve stopped or 30 s passed; its lines:\n{}",
+                        lines.join("\n")
+                    ),
+                }
+            }
+            let _ = child.kill().await;
+            lines
+        }
+    };
+    use tokio::io::AsyncBufReadExt;
+    let result_and_outage = |lines: &[String]| {
+        lines.iter().any(|l| l.contains("execution_time_ms="))
+            && lines
+                .iter()
+                .any(|l| l.contains("simulated outage: the bot goes offline for"))
+    };
+    let lines = lines_until(&[], result_and_outage).await;
+    let all = lines.join("\n");
+    assert!(
+        all.contains("sandbox: simulated outages: the bot goes offline on its own for 20-40 s about every 1s (500ms-1s 500ms apart;"),
+        "{all}"
+    );
+    assert!(
+        !all.contains("serenity"),
+        "library lines at info by default:\n{all}"
+    );
+    assert!(!all.contains("control: bot offline"), "{all}");
+    let ms = regex::Regex::new(r"execution_time_ms=([0-9.]+)").unwrap();
+    for m in ms.captures_iter(&all) {
+        let decimals = m[1].split('.').nth(1).map_or(0, str::len);
+        assert!(decimals <= 3, "{}", &m[0]);
+    }
+
+    // Asked for: serenity's own info lines are there.
+    let lines = lines_until(&["--log-level", "info"], |lines| {
+        lines.iter().any(|l| l.contains("serenity"))
+    })
+    .await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(" INFO ") && l.contains("serenity"))
+    );
+}

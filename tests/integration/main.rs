@@ -2,6 +2,7 @@
 
 mod cli;
 mod config_files;
+mod deploy;
 // The serenity test client is the sandbox crate's: a client of a Discord.
 #[allow(dead_code)]
 #[path = "../../sandbox/tests/integration/discord.rs"]

@@ -337,9 +337,14 @@ fn every_alert_is_labelled_documented_and_unit_tested_both_ways() {
                 "{name}: names no host or database: {summary}"
             );
         }
+        // The operator's one base URL (an external label in
+        // prometheus.yml) plus the alert's section; nothing without it.
         assert_eq!(
             s(&annotations["runbook_url"]),
-            format!("monitoring/RUNBOOK.md#{}", name.to_lowercase()),
+            format!(
+                "{{{{ with $externalLabels.runbook_base_url }}}}{{{{ . }}}}#{}{{{{ end }}}}",
+                name.to_lowercase()
+            ),
             "{name}"
         );
         assert!(
@@ -466,6 +471,31 @@ fn every_alert_is_labelled_documented_and_unit_tested_both_ways() {
             expr_of(name, severity)
         );
     }
+    // Every warning excludes its critical condition in PromQL (the unit
+    // tests show it): a bound at the critical threshold, or `unless` it.
+    let threshold = Regex::new(r"[<>] ([0-9.]+)").unwrap();
+    for warning in rules
+        .iter()
+        .filter(|r| s(&r["labels"]["severity"]) == "warning")
+    {
+        let name = s(&warning["alert"]);
+        let critical = expr_of(name, "critical");
+        if critical.is_empty() {
+            continue;
+        }
+        let crit = threshold
+            .captures_iter(critical.split(" unless ").next().unwrap())
+            .last()
+            .unwrap_or_else(|| panic!("{name}: no threshold in {critical}"))[1]
+            .to_string();
+        let expr = expr_of(name, "warning");
+        assert!(
+            expr.contains(&format!("<= {crit}"))
+                || expr.contains(&format!(">= {crit}"))
+                || (expr.contains("unless") && expr.contains(&format!("< {crit}"))),
+            "{name}: the warning does not exclude the critical threshold {crit}: {expr}"
+        );
+    }
     for rule in rules
         .iter()
         .filter(|r| ["BotDown", "BotOffline", "BotGatewayDisconnected"].contains(&s(&r["alert"])))
@@ -518,6 +548,44 @@ fn every_alert_is_labelled_documented_and_unit_tested_both_ways() {
 }
 
 // ---------------------------------------------------------------- Alertmanager
+
+/// The README's local recipe for Alertmanager without root: its shell lines
+/// (all but starting Alertmanager), run as written with HOME in a temporary
+/// directory, give a config that amtool accepts and that posts to the URL.
+#[test]
+fn the_readme_local_alertmanager_recipe_works_without_root() {
+    let readme = read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"));
+    let after = readme
+        .split("render into a directory that has the templates beside it:\n```sh\n")
+        .nth(1)
+        .expect("the README's local Alertmanager recipe");
+    let script: String = after
+        .split("\n```")
+        .next()
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("prometheus-alertmanager "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let home = TempDir::new("home");
+    let url = "http://127.0.0.1:9/api/v10/webhooks/1/abc";
+    let out = std::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("HOME", home.path())
+        .env("WEBHOOK_URL", url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = home.path().join("twi-am/alertmanager.yml");
+    let check = run_ok(&amtool(), &["check-config", config.to_str().unwrap()]);
+    assert!(check.contains("1 templates"), "{check}");
+    assert!(read(&config).contains(&format!("webhook_url: '{url}'")));
+}
 
 #[test]
 fn alertmanager_config_keeps_the_guide_timing_and_the_webhook_out_of_the_file() {
@@ -1252,6 +1320,12 @@ async fn an_offline_bot_reaches_discord_through_real_prometheus_and_alertmanager
         "evaluation_interval: 15s",
         "evaluation_interval: 1s",
     );
+    // The runbook's base URL, set where the README says.
+    let local = replace(
+        &local,
+        "  # external_labels:\n  #   runbook_base_url: https://git.example.org/you/twi-probe/src/branch/main/monitoring/RUNBOOK.md\n",
+        "  external_labels:\n    runbook_base_url: https://runbooks.example/RUNBOOK.md\n",
+    );
     let local = replace(
         &local,
         "'127.0.0.1:9093'",
@@ -1363,7 +1437,7 @@ async fn an_offline_bot_reaches_discord_through_real_prometheus_and_alertmanager
         "{text}"
     );
     assert!(
-        text.contains("Runbook: monitoring/RUNBOOK.md#botoffline"),
+        text.contains("Runbook: https://runbooks.example/RUNBOOK.md#botoffline"),
         "{text}"
     );
     assert_eq!(s(&embed["title"]), "[FIRING:1] BotOffline P1 critical");
@@ -1407,6 +1481,32 @@ async fn an_offline_bot_reaches_discord_through_real_prometheus_and_alertmanager
         s(&embed["description"])
             .contains("**Resolved** (P1): presence: Discord reports the bot offline")
     );
+
+    // An alert without runbook_url (the README's route test) has no
+    // Runbook line at all.
+    let r = client
+        .post(format!("{am_base}/api/v2/alerts"))
+        .json(&json!([{
+            "labels": {"alertname": "RouteTest", "severity": "warning", "priority": "P4"},
+            "annotations": {"summary": "test: please ignore"}
+        }]))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let route_test = poll(
+        "the RouteTest message in Discord",
+        Duration::from_secs(60),
+        explain,
+        || async { titled(&webhook_messages().await?, "[FIRING:1] RouteTest") },
+    )
+    .await;
+    let text = s(&route_test["embeds"][0]["description"]);
+    assert!(
+        text.contains("**P4 warning**: test: please ignore"),
+        "{text}"
+    );
+    assert!(!text.contains("Runbook"), "{text}");
 
     // Every dashboard query runs on this Prometheus and finds data, but for
     // the exporters this test does not run (see monitoring_db.rs), and

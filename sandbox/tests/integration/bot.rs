@@ -331,3 +331,30 @@ async fn offline_online_and_restart_show_in_presence_and_exporter() {
     );
     w.stop().await;
 }
+
+/// A sandbox stopped right after it started (its simulated bot's client
+/// still connecting) stops every time: upstream serenity's `shutdown_all`
+/// did nothing before the first shard runner existed, and `Sandbox::shutdown`
+/// then waited forever (issue 16: `probe run --sandbox --probe nope` hung).
+#[tokio::test]
+async fn a_sandbox_stopped_at_once_stops_every_time() {
+    for attempt in 0..30 {
+        let sb = start_sandbox(SandboxConfig::default()).await;
+        tokio::time::timeout(Duration::from_secs(10), sb.shutdown())
+            .await
+            .unwrap_or_else(|_| panic!("attempt {attempt}: shutdown still waiting after 10 s"));
+    }
+}
+
+/// The same, with the bot taken offline (a control call) at once.
+#[tokio::test]
+async fn the_bot_goes_offline_at_once_after_start() {
+    for attempt in 0..30 {
+        let sb = start_sandbox(SandboxConfig::default()).await;
+        tokio::time::timeout(Duration::from_secs(10), sb.control().bot_offline())
+            .await
+            .unwrap_or_else(|_| panic!("attempt {attempt}: bot_offline still waiting after 10 s"))
+            .unwrap();
+        sb.shutdown().await;
+    }
+}

@@ -107,7 +107,7 @@ impl TestClient {
     }
 
     pub async fn stop(self) {
-        self.shard_manager.shutdown_all().await;
+        self.shard_manager.stop().await;
         let _ = self.task.await;
     }
 }

@@ -116,6 +116,8 @@ pub struct ShardManager {
     shard_shutdown: Mutex<Receiver<ShardId>>,
     shard_shutdown_send: Sender<ShardId>,
     gateway_intents: GatewayIntents,
+    /// twi-probe patch: set by [`Self::stop`]; no shard boots after it.
+    stop_requested: std::sync::atomic::AtomicBool,
 }
 
 impl ShardManager {
@@ -139,6 +141,7 @@ impl ShardManager {
             shard_shutdown_send: shutdown_send,
             runners: Arc::clone(&runners),
             gateway_intents: opt.intents,
+            stop_requested: std::sync::atomic::AtomicBool::new(false),
         });
 
         let mut shard_queuer = ShardQueuer {
@@ -184,6 +187,10 @@ impl ShardManager {
     #[instrument(skip(self))]
     #[allow(clippy::missing_errors_doc)] // Doesn't actually error, fixed on next.
     pub fn initialize(&self) -> Result<()> {
+        // twi-probe patch: a client stopped before it started boots nothing (see `stop`).
+        if self.stop_requested.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         let shard_index = self.shard_index.load(Ordering::Relaxed);
         let shard_init = self.shard_init.load(Ordering::Relaxed);
         let shard_total = self.shard_total.load(Ordering::Relaxed);
@@ -322,6 +329,23 @@ impl ShardManager {
 
         // this message is received by Client::start_connection, which lets the main thread know
         // and finally return from Client::start
+        drop(self.return_value_tx.lock().await.unbounded_send(Ok(())));
+    }
+
+    /// twi-probe patch: stops the client whatever stage it is in, so that `Client::start`
+    /// returns. Upstream's [`Self::shutdown_all`] does nothing while no shard runner is
+    /// registered yet (the client task has not booted, or the queuer is still connecting the
+    /// first shard), and `Client::start` then runs on. Here the queuer is always told to stop
+    /// (after a shard it is starting, which it then shuts down), `Client::start` is always told
+    /// to return, and a client that has not booted yet never will.
+    #[instrument(skip(self))]
+    pub async fn stop(&self) {
+        self.stop_requested.store(true, Ordering::SeqCst);
+        let keys = self.runners.lock().await.keys().copied().collect::<Vec<_>>();
+        for shard_id in keys {
+            self.shutdown(shard_id, 1000).await;
+        }
+        drop(self.shard_queuer.unbounded_send(ShardQueuerMessage::Shutdown));
         drop(self.return_value_tx.lock().await.unbounded_send(Ok(())));
     }
 
