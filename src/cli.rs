@@ -111,7 +111,7 @@ pub enum Command {
 }
 
 /// `--log-level`'s default for `serve` and `sandbox`.
-pub const DEFAULT_SERVE_LOG: &str = "warn,twi_probe=info";
+pub const DEFAULT_SERVE_LOG: &str = "warn,twi_probe=info,twi_sandbox=info";
 
 /// Default address of `probe sandbox`: loopback only, away from the bot's 8000.
 pub const DEFAULT_SANDBOX_LISTEN: &str = "127.0.0.1:6990";

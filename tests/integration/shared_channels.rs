@@ -215,10 +215,11 @@ fn judge(sb: &Sandbox, prober: u64, timeout: Duration, r: &ProbeResult, tally: &
                 "no answer in time (truth {truth:?}, timeout {timeout:?}): {what}"
             );
             // The clock ran from the send: a timeout lasts its timeout (plus
-            // the gateway proof's round trip).
+            // the gateway proof's round trip; how close is the benchmark's
+            // business: a starved test machine delays it).
             let timed = r.duration - r.observations.waited.unwrap_or_default();
             assert!(
-                timed >= timeout && timed < timeout + ms(300),
+                timed >= timeout && timed < timeout + ms(2000),
                 "a timeout lasted {timed:?} for a {timeout:?} timeout: {what}"
             );
             tally.timeout += 1;
