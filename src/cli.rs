@@ -225,7 +225,7 @@ fn serve_command(
         let local = listener.local_addr().map_err(|e| e.to_string())?;
         let service = crate::serve::Service::start(path.clone(), options).await?;
         eprintln!(
-            "serving http://{local}/metrics ({} probes from {}; /healthz, /ready, POST /-/reload)",
+            "serving http://{local}/metrics and the status page http://{local}/ ({} probes from {}; /healthz, /ready, POST /-/reload)",
             config.probes.len(),
             path.display()
         );
