@@ -78,6 +78,13 @@ impl Controls {
         Ok(())
     }
 
+    /// IDENTIFY and RESUME attempts refused since the account's gateway
+    /// outage began (`None`: no outage): how hard a client retries.
+    pub fn refused_attempts(&self, account: &str) -> Result<Option<u64>, String> {
+        let id = self.account_id(account)?;
+        Ok(self.core.faults.refused_attempts(id))
+    }
+
     pub fn is_connected(&self, account: &str) -> Result<bool, String> {
         let id = self.account_id(account)?;
         Ok(gateway::is_connected(&self.core, id))

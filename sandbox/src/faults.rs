@@ -1,6 +1,6 @@
 //! Injected faults: forced HTTP errors on routes, withheld heartbeat ACKs.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -36,8 +36,9 @@ struct ActiveFault {
 pub struct Faults {
     http: Mutex<Vec<ActiveFault>>,
     withheld_acks: Mutex<HashSet<u64>>,
-    /// Accounts whose IDENTIFY and RESUME are refused (a gateway outage for them).
-    refused: Mutex<HashSet<u64>>,
+    /// Accounts whose IDENTIFY and RESUME are refused (a gateway outage for
+    /// them), with how many attempts were refused since the outage began.
+    refused: Mutex<HashMap<u64, u64>>,
 }
 
 impl Faults {
@@ -94,19 +95,39 @@ impl Faults {
     }
 
     pub fn set_gateway_refused(&self, account: u64, refused: bool) {
-        let mut set = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.refused.lock().unwrap_or_else(|p| p.into_inner());
         if refused {
-            set.insert(account);
+            map.insert(account, 0);
         } else {
-            set.remove(&account);
+            map.remove(&account);
         }
     }
 
+    /// Whether the account's IDENTIFY or RESUME is refused now; counts the
+    /// refusal.
     pub fn gateway_refused(&self, account: u64) -> bool {
+        match self
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&account)
+        {
+            Some(count) => {
+                *count += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// IDENTIFY and RESUME attempts refused since the account's outage
+    /// began (`None`: no outage).
+    pub fn refused_attempts(&self, account: u64) -> Option<u64> {
         self.refused
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(&account)
+            .get(&account)
+            .copied()
     }
 
     pub fn acks_heartbeats(&self, account: u64) -> bool {

@@ -274,9 +274,19 @@ impl RawEventHandler for Handler {
                     .set_prober_id(r.ready.user.id.get());
                 // A new session: presences are re-learnt from GUILD_CREATE.
                 s.presence.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                // A second READY means the connection was lost (and the
+                // session with it), seen or not.
+                if s.ever_connected.load(Ordering::SeqCst) {
+                    s.set_connected(false);
+                }
                 s.set_connected(true);
             }
-            Event::Resumed(_) => s.set_connected(true),
+            Event::Resumed(_) => {
+                // A connection lost and resumed before the stage change was
+                // seen (a 4000 close, op 7) is a lost connection all the same.
+                s.set_connected(false);
+                s.set_connected(true);
+            }
             Event::GuildCreate(g) => {
                 let guild = g.guild;
                 let online = guild

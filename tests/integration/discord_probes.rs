@@ -690,3 +690,57 @@ async fn without_message_content_an_unreadable_reply_is_inconclusive_not_a_misma
     assert_eq!(r.run("help").await.outcome, Outcome::Success);
     r.stop().await;
 }
+
+/// A gateway that accepts connections and closes them at once (an outage
+/// answering 4000): the prober backs off (1 s doubling to 60 s, with
+/// jitter) instead of reconnecting thousands of times a second, and comes
+/// back when the outage ends.
+#[tokio::test]
+async fn reconnects_back_off_during_a_gateway_outage() {
+    let r = rig(sandbox_config(bot(20)), PRESENCE).await;
+    let mut events = r.session.subscribe();
+    let control = r.sb.control();
+    control.set_gateway_outage("prober", true).unwrap();
+    // A measuring window, not synchronisation: attempts 0 s, 0.5-1 s,
+    // 1.5-3 s and 3.5-7 s after the loss fit in 4 s at most.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let attempts = control.refused_attempts("prober").unwrap().unwrap();
+    assert!(
+        (1..=4).contains(&attempts),
+        "{attempts} reconnection attempts in 4 s"
+    );
+    control.set_gateway_outage("prober", false).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !matches!(
+            events.recv().await,
+            Ok(SessionEvent::Gateway { connected: true })
+        ) {}
+    })
+    .await
+    .expect("the session comes back after the outage");
+    r.stop().await;
+}
+
+/// A connection lost and resumed within milliseconds (op 7) still counts
+/// as a lost connection.
+#[tokio::test]
+async fn a_connection_lost_and_resumed_at_once_is_counted() {
+    let r = rig(sandbox_config(bot(20)), PRESENCE).await;
+    let mut events = r.session.subscribe();
+    let before = r.session.disconnects();
+    r.sb.control().send_reconnect("prober").unwrap();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let mut down = false;
+        loop {
+            match events.recv().await {
+                Ok(SessionEvent::Gateway { connected: false }) => down = true,
+                Ok(SessionEvent::Gateway { connected: true }) if down => return,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the loss and the resume are both seen");
+    assert_eq!(r.session.disconnects(), before + 1);
+    r.stop().await;
+}

@@ -22,7 +22,7 @@ use crate::client::dispatch::dispatch_model;
 use crate::client::{Context, EventHandler, RawEventHandler};
 #[cfg(feature = "framework")]
 use crate::framework::Framework;
-use crate::gateway::{GatewayError, ReconnectType, Shard, ShardAction};
+use crate::gateway::{ConnectionStage, GatewayError, ReconnectType, Shard, ShardAction};
 use crate::http::Http;
 use crate::internal::prelude::*;
 use crate::internal::tokio::spawn_named;
@@ -51,6 +51,28 @@ pub struct ShardRunner {
     // twi-probe patch: set when a message from the runner channel, handled while waiting for a
     // gateway frame, asked the runner to stop.
     stop_requested: bool,
+    // twi-probe patch: reconnection backoff. Attempts since the last session that stayed up,
+    // and when the current session came up (READY or RESUMED).
+    reconnect_attempts: u32,
+    up_since: Option<std::time::Instant>,
+}
+
+/// twi-probe patch: a session that stayed up this long resets the backoff.
+const STAYED_UP: std::time::Duration = std::time::Duration::from_secs(30);
+/// twi-probe patch: the longest wait between two connection attempts.
+const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// twi-probe patch: the wait before reconnection attempt `attempt` (0 is the first after a
+/// session that stayed up): none, then 1 s doubling to [`MAX_BACKOFF`], each with jitter
+/// (between half and all of it) so that many clients do not come back in step.
+pub(crate) fn reconnect_backoff(attempt: u32) -> std::time::Duration {
+    use std::hash::{BuildHasher, Hasher};
+    if attempt == 0 {
+        return std::time::Duration::ZERO;
+    }
+    let full = std::time::Duration::from_secs(1 << (attempt - 1).min(6)).min(MAX_BACKOFF);
+    let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    full.mul_f64(0.5 + 0.5 * (random as f64 / u64::MAX as f64))
 }
 
 impl ShardRunner {
@@ -62,6 +84,8 @@ impl ShardRunner {
             runner_rx: rx,
             runner_tx: tx,
             stop_requested: false,
+            reconnect_attempts: 0,
+            up_since: None,
             data: opt.data,
             event_handlers: opt.event_handlers,
             raw_event_handlers: opt.raw_event_handlers,
@@ -108,6 +132,9 @@ impl ShardRunner {
         info!("[ShardRunner {:?}] Running", self.shard.shard_info());
 
         loop {
+            if self.stop_requested {
+                return Ok(());
+            }
             trace!("[ShardRunner {:?}] loop iteration started.", self.shard.shard_info());
             if !self.recv().await {
                 return Ok(());
@@ -127,6 +154,9 @@ impl ShardRunner {
                 return Ok(());
             }
             let post = self.shard.stage();
+            if post == ConnectionStage::Connected && pre != ConnectionStage::Connected {
+                self.up_since = Some(std::time::Instant::now());
+            }
 
             if post != pre {
                 self.update_manager().await;
@@ -163,7 +193,7 @@ impl ShardRunner {
                                 return Ok(());
                             },
                             ReconnectType::Resume => {
-                                if let Err(why) = self.shard.resume().await {
+                                if let Err(why) = self.resume().await {
                                     warn!(
                                         "[ShardRunner {:?}] Resume failed, reidentifying: {:?}",
                                         self.shard.shard_info(),
@@ -215,6 +245,45 @@ impl ShardRunner {
     /// # Errors
     ///
     /// Returns
+
+    /// twi-probe patch: resumes after the reconnection backoff. Upstream resumed at once, so a
+    /// gateway that accepted connections and closed them again (an outage answering 4000) was
+    /// reconnected to thousands of times a second. The wait can be interrupted by the runner's
+    /// messages (a shutdown stops it at once).
+    async fn resume(&mut self) -> Result<()> {
+        if self.up_since.take().is_some_and(|t| t.elapsed() >= STAYED_UP) {
+            self.reconnect_attempts = 0;
+        }
+        let delay = reconnect_backoff(self.reconnect_attempts);
+        self.reconnect_attempts = self.reconnect_attempts.saturating_add(1);
+        if !delay.is_zero() {
+            debug!(
+                "[ShardRunner {:?}] Reconnection attempt {} in {:?}",
+                self.shard.shard_info(),
+                self.reconnect_attempts,
+                delay
+            );
+            let sleep = tokio::time::sleep(delay);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    () = &mut sleep => break,
+                    message = self.runner_rx.next() => {
+                        let proceed = match message {
+                            Some(value) => self.handle_rx_value(value).await,
+                            None => false,
+                        };
+                        if !proceed {
+                            self.stop_requested = true;
+                            return Ok(());
+                        }
+                    },
+                }
+            }
+        }
+        self.shard.resume().await
+    }
+
     #[instrument(skip(self, action))]
     async fn action(&mut self, action: &ShardAction) -> Result<()> {
         match *action {
@@ -222,7 +291,7 @@ impl ShardRunner {
                 self.request_restart().await;
                 Ok(())
             },
-            ShardAction::Reconnect(ReconnectType::Resume) => self.shard.resume().await,
+            ShardAction::Reconnect(ReconnectType::Resume) => self.resume().await,
             ShardAction::Heartbeat => self.shard.heartbeat().await,
             ShardAction::Identify => self.shard.identify().await,
         }
@@ -425,7 +494,7 @@ impl ShardRunner {
                 match self.shard.reconnection_type() {
                     ReconnectType::Reidentify => return Ok((None, None, false)),
                     ReconnectType::Resume => {
-                        if let Err(why) = self.shard.resume().await {
+                        if let Err(why) = self.resume().await {
                             warn!("Failed to resume: {:?}", why);
 
                             // Don't spam reattempts on internet connection loss
