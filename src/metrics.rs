@@ -36,6 +36,7 @@ pub struct Metrics {
     discord_latency: HistogramVec,
     late_replies: IntCounterVec,
     gateway_connected: IntGauge,
+    token_rejected: IntGauge,
     gateway_latency: Gauge,
     gateway_disconnects: IntCounter,
     ratelimited: IntCounter,
@@ -153,6 +154,11 @@ impl Metrics {
             "1 while the prober's own Discord gateway connection is up.",
         )
         .expect("valid metric");
+        let token_rejected = IntGauge::new(
+            "prober_discord_token_rejected",
+            "1 when Discord rejected the prober's token (gateway close 4004): the prober is blind until the token is fixed.",
+        )
+        .expect("valid metric");
         let gateway_latency = Gauge::new(
             "prober_gateway_latency_seconds",
             "Heartbeat round trip of the prober's own gateway connection.",
@@ -224,6 +230,7 @@ impl Metrics {
         // gauge stuck at 0 without them would read as a blind prober.
         if config.needs_discord() {
             collectors.push(Box::new(gateway_connected.clone()));
+            collectors.push(Box::new(token_rejected.clone()));
             collectors.push(Box::new(gateway_latency.clone()));
             collectors.push(Box::new(gateway_disconnects.clone()));
             collectors.push(Box::new(ratelimited.clone()));
@@ -250,6 +257,7 @@ impl Metrics {
             discord_latency,
             late_replies,
             gateway_connected,
+            token_rejected,
             gateway_latency,
             gateway_disconnects,
             ratelimited,
@@ -396,6 +404,10 @@ impl Metrics {
                             }
                         }
                         Ok(SessionEvent::RateLimited) => metrics.ratelimited.inc(),
+                        Ok(SessionEvent::Ended { token_rejected }) => {
+                            metrics.gateway_connected.set(0);
+                            metrics.token_rejected.set(i64::from(token_rejected));
+                        }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     },

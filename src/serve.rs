@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ProbeSpec, Secret};
-use crate::discord::{ConnectError, DiscordSession, intents_for};
+use crate::discord::{ConnectError, DiscordSession, SessionEvent, intents_for};
 use crate::history::History;
 use crate::metrics::Metrics;
 use crate::probe::Probe;
@@ -27,6 +27,9 @@ use crate::scrape::ScrapeCache;
 const LIVENESS_EVERY: Duration = Duration::from_secs(15);
 /// How often a failed start-up connection to Discord is retried.
 const DISCORD_RETRY: Duration = Duration::from_secs(30);
+/// How often a token Discord rejected is tried again (see
+/// `Service::watch_session_end`).
+const DISCORD_TOKEN_RETRY: Duration = Duration::from_secs(300);
 
 /// Why the Discord session could not be (re)connected.
 struct ConnectFailure {
@@ -116,18 +119,74 @@ impl Service {
                 .discord_down
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()) = Some(e.message);
-            service.clone().retry_discord();
+            service.clone().retry_discord(DISCORD_RETRY);
+        } else {
+            service.watch_session_end();
         }
         service.reconcile(&config, true).await;
         Ok(service)
     }
 
+    /// Notices when the current Discord session ends for good (the client
+    /// stopped: e.g. Discord rejected the token mid-session): the prober is
+    /// then blind, says why (`/ready`, the log, `prober_discord_token_rejected`),
+    /// keeps the Discord probes `inconclusive`, and retries, slowly when the
+    /// token was rejected (each retry is an IDENTIFY, and Discord allows
+    /// 1,000 a day); a fixed token file is read again at each retry.
+    fn watch_session_end(self: &Arc<Self>) {
+        let Some(session) = self.session() else {
+            return;
+        };
+        let mut events = session.subscribe();
+        let service = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let token_rejected = loop {
+                if let Some(ended) = session.ended() {
+                    break ended.token_rejected;
+                }
+                match events.recv().await {
+                    Ok(SessionEvent::Ended { token_rejected }) => break token_rejected,
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            };
+            let Some(service) = service.upgrade() else {
+                return;
+            };
+            let reason = session.ended().map(|e| e.reason).unwrap_or_default();
+            {
+                let mut current = service.session.lock().unwrap_or_else(|p| p.into_inner());
+                if !current
+                    .as_ref()
+                    .is_some_and(|(_, s)| Arc::ptr_eq(s, &session))
+                {
+                    return;
+                }
+                *current = None;
+            }
+            *service
+                .discord_down
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(reason);
+            service
+                .session_replaced
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            let every = if token_rejected {
+                DISCORD_TOKEN_RETRY
+            } else {
+                DISCORD_RETRY
+            };
+            tracing::warn!("retrying the Discord connection every {every:?}");
+            service.clone().retry_discord(every);
+        });
+    }
+
     /// Retries the Discord connection until it succeeds, then rebuilds the
     /// probes on the new session.
-    fn retry_discord(self: Arc<Self>) {
+    fn retry_discord(self: Arc<Self>, every: Duration) {
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(DISCORD_RETRY).await;
+                tokio::time::sleep(every).await;
                 let config = self.config();
                 if !config.needs_discord() || self.session().is_some() {
                     return;
@@ -137,6 +196,7 @@ impl Service {
                     Ok(()) => {
                         *self.discord_down.lock().unwrap_or_else(|p| p.into_inner()) = None;
                         tracing::info!("the prober connected to Discord");
+                        self.watch_session_end();
                         self.reconcile(&config, false).await;
                         return;
                     }
@@ -175,9 +235,15 @@ impl Service {
             return Ok(());
         }
         match self.session() {
+            Some(s) if let Some(ended) = s.ended() => Err(ended.reason),
             Some(s) if s.is_connected() => Ok(()),
             Some(_) => Err("the prober's Discord gateway is not connected".into()),
-            None => Err("the prober has no Discord session".into()),
+            None => Err(self
+                .discord_down
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_else(|| "the prober has no Discord session".into())),
         }
     }
 

@@ -60,6 +60,8 @@ pub enum SessionEvent {
     Gateway { connected: bool },
     /// The prober got a 429.
     RateLimited,
+    /// The session ended for good (see [`DiscordSession::ended`]).
+    Ended { token_rejected: bool },
 }
 
 /// Why the session could not start; each says what to fix.
@@ -130,6 +132,19 @@ struct Shared {
     messenger: Mutex<Option<ShardMessenger>>,
     /// Gateway pings awaiting their GUILD_MEMBERS_CHUNK, by nonce.
     pings: Mutex<HashMap<String, oneshot::Sender<PingAnswer>>>,
+    /// Why the session ended for good (e.g. Discord rejected the token
+    /// mid-session); `None` while it lives.
+    ended: Mutex<Option<Ended>>,
+    /// Set by `shutdown`: the client's end is then expected.
+    shutting_down: AtomicBool,
+}
+
+/// Why a session ended for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    pub reason: String,
+    /// Discord rejected the prober's token (gateway close 4004).
+    pub token_rejected: bool,
 }
 
 impl Shared {
@@ -443,6 +458,8 @@ impl DiscordSession {
             ratelimited: AtomicU64::new(0),
             messenger: Mutex::new(None),
             pings: Mutex::new(HashMap::new()),
+            ended: Mutex::new(None),
+            shutting_down: AtomicBool::new(false),
         });
         let mut client: Client = ClientBuilder::new_with_http(http.build(), intents)
             .raw_event_handler(Handler {
@@ -498,9 +515,38 @@ impl DiscordSession {
                 return Err(ConnectError::Timeout(CONNECT_TIMEOUT));
             }
         }
-        let client_task = tokio::spawn(async move {
-            let _ = client_task.await;
-        });
+        let client_task = {
+            let shared = shared.clone();
+            let token_source = discord.token.to_string();
+            tokio::spawn(async move {
+                let ended = client_task.await;
+                if shared.shutting_down.load(Ordering::SeqCst) {
+                    return;
+                }
+                // The client never returns while the session lives: any end
+                // leaves the prober blind, and must be seen.
+                let (reason, token_rejected) = match ended {
+                    Ok(Err(serenity::Error::Gateway(
+                        serenity::gateway::GatewayError::InvalidAuthentication,
+                    ))) => (
+                        format!(
+                            "Discord rejected the prober's token mid-session (gateway close 4004): check the token in {token_source}"
+                        ),
+                        true,
+                    ),
+                    Ok(Err(e)) => (format!("the prober's Discord client stopped: {e}"), false),
+                    Ok(Ok(())) => ("the prober's Discord client stopped".to_string(), false),
+                    Err(e) => (format!("the prober's Discord client failed: {e}"), false),
+                };
+                tracing::error!("{reason}");
+                *shared.ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(Ended {
+                    reason,
+                    token_rejected,
+                });
+                shared.set_connected(false);
+                shared.emit(SessionEvent::Ended { token_rejected });
+            })
+        };
         let latency_task = {
             let shared = shared.clone();
             let manager = shard_manager.clone();
@@ -633,6 +679,15 @@ impl DiscordSession {
             .push(task);
     }
 
+    /// Why the session ended for good, if it did: it will not reconnect.
+    pub fn ended(&self) -> Option<Ended> {
+        self.shared
+            .ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub fn is_connected(&self) -> bool {
         *self.shared.connected.borrow()
     }
@@ -702,6 +757,7 @@ impl DiscordSession {
     /// Closes the gateway connection cleanly (a 1000 close, so Discord ends
     /// the session at once).
     pub async fn shutdown(&self) {
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
         self.shard_manager.stop().await;
         for t in self
             .tasks

@@ -513,3 +513,65 @@ async fn a_probe_removed_while_its_run_is_in_flight_does_not_come_back() {
     service.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Discord rejects the prober's token mid-session (close 4004): the
+/// prober does not stay silently blind. `/ready` says why, a metric says
+/// so, and the Discord probes are inconclusive (never the bot's fault).
+#[tokio::test]
+async fn a_token_rejected_mid_session_is_said_everywhere() {
+    let sb = crate::discord::start_sandbox(twi_sandbox::SandboxConfig::default()).await;
+    let d = sb.description();
+    let bot = &sb.account("twi-bot-shard").unwrap().id;
+    let dir = std::env::temp_dir().join(format!("twi-probe-4004-{}", rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("probes.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "target: {{name: twi-bot-shard, user_id: \"{bot}\"}}\n\
+             discord: {{token_env: UNUSED_IN_TESTS, api_base: \"{}\"}}\n\
+             probes:\n  - name: presence\n    every: 1h\n    timeout: 2s\n    \
+             presence: {{guilds: [\"{}\"]}}\n",
+            d.rest_base, d.guilds[0].id
+        ),
+    )
+    .unwrap();
+    let options = twi_probe::serve::ServeOptions {
+        token: Some(twi_probe::config::Secret::new(
+            sb.account("prober").unwrap().token.clone(),
+        )),
+        rewrite: None,
+    };
+    let service = twi_probe::serve::Service::start(path, options)
+        .await
+        .unwrap();
+    assert_eq!(service.ready(), Ok(()));
+    sb.control().close_gateway("prober", 4004).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let why = loop {
+        if let Err(why) = service.ready() {
+            if why.contains("4004") {
+                break why;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/ready never said why"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        why.starts_with("Discord rejected the prober's token mid-session (gateway close 4004)"),
+        "{why}"
+    );
+    let text = service.metrics().render();
+    assert_eq!(
+        gauge_of(&text, "prober_discord_token_rejected"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(gauge_of(&text, "prober_gateway_connected"), 0.0);
+    service.shutdown().await;
+    sb.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
