@@ -549,10 +549,10 @@ async fn a_token_rejected_mid_session_is_said_everywhere() {
     sb.control().close_gateway("prober", 4004).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let why = loop {
-        if let Err(why) = service.ready() {
-            if why.contains("4004") {
-                break why;
-            }
+        if let Err(why) = service.ready()
+            && why.contains("4004")
+        {
+            break why;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
