@@ -427,9 +427,30 @@ pub(crate) fn describe_http_error(err: &reqwest::Error) -> String {
     }
 }
 
+/// Whether an error comes from the prober's own resource limits (file
+/// descriptors, memory, socket buffers): then the target was not probed.
+fn prober_resource_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    // EMFILE, ENFILE, ENOMEM, ENOBUFS on Linux.
+    const OWN_LIMITS: [i32; 4] = [24, 23, 12, 105];
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && (io.raw_os_error().is_some_and(|c| OWN_LIMITS.contains(&c))
+                || io.kind() == std::io::ErrorKind::OutOfMemory)
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// Sorts a reqwest send error into the outcome it means for the target.
+/// The prober's own exhausted resources are its problem: `inconclusive`.
 pub(crate) fn classify_send_error(err: &reqwest::Error) -> Outcome {
-    if err.is_timeout() {
+    if prober_resource_error(err) {
+        Outcome::Inconclusive
+    } else if err.is_timeout() {
         Outcome::Timeout
     } else if err.is_builder() {
         Outcome::Inconclusive
@@ -474,6 +495,28 @@ mod tests {
         assert_eq!(r.outcome, Outcome::Timeout);
         assert_eq!(r.detail, "no answer within 20ms");
         assert!(r.duration >= Duration::from_millis(20));
+    }
+
+    #[test]
+    fn the_probers_own_exhausted_resources_are_recognised() {
+        #[derive(Debug)]
+        struct Wrapper(std::io::Error);
+        impl std::fmt::Display for Wrapper {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "connect failed")
+            }
+        }
+        impl std::error::Error for Wrapper {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        for code in [24, 23, 12, 105] {
+            let e = Wrapper(std::io::Error::from_raw_os_error(code));
+            assert!(prober_resource_error(&e), "os error {code}");
+        }
+        let refused = Wrapper(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(!prober_resource_error(&refused));
     }
 
     #[test]
