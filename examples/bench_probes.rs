@@ -153,11 +153,16 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     sandbox_rt.enable_all().thread_name("bench-sandbox");
     sandbox_rt.worker_threads(args.sandbox_threads.into());
     let sandbox_rt = sandbox_rt.build()?;
-    let cfg = sandbox_config(
+    let mut cfg = sandbox_config(
         args.channels,
         Duration::from_millis(args.bot_latency_ms),
         Duration::from_millis(args.burst_ms),
     );
+    // Ground truth is read after the measurement: keep every run's (a probe
+    // message and its answer, and room for what else the runs post).
+    let messages = 4 * args.channels * args.probes_per_channel * args.rounds;
+    cfg.retention.truth_records = cfg.retention.truth_records.max(messages);
+    cfg.retention.messages = cfg.retention.messages.max(messages);
     let addr: SocketAddr = "127.0.0.1:0".parse()?;
     let sandbox = sandbox_rt
         .block_on(Sandbox::start(cfg, addr))

@@ -113,7 +113,11 @@ fn run(args: &Args) -> anyhow::Result<()> {
     // The sandbox's tasks live on the runtime it is started (and stopped) on.
     let sandbox_rt = own_runtime.as_ref().unwrap_or(&clients);
 
-    let cfg = config(args.conversations);
+    let mut cfg = config(args.conversations);
+    // Every message's ground truth is read at the end.
+    let total = args.conversations * args.messages;
+    cfg.retention.truth_records = cfg.retention.truth_records.max(total);
+    cfg.retention.messages = cfg.retention.messages.max(total);
     let addr: SocketAddr = "127.0.0.1:0".parse()?;
     let sandbox = sandbox_rt
         .block_on(Sandbox::start(cfg, addr))

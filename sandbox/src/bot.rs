@@ -184,8 +184,9 @@ pub struct SimBot {
     running: tokio::sync::Mutex<Option<Running>>,
     /// Which message answered which command, newest last (the bot's own
     /// knowledge, for tests: Discord cannot tell for replies without a
-    /// reference). Bounded to [`ANSWERS_KEPT`].
+    /// reference). The last `answers_kept` (`retention.truth_records`).
     answers: Mutex<std::collections::VecDeque<(u64, u64)>>,
+    answers_kept: usize,
     /// When this simulated bot was made: the origin of `burst` periods.
     born: Instant,
     /// Commands being answered right now.
@@ -208,9 +209,6 @@ impl Drop for Busy<'_> {
     }
 }
 
-/// How many command → answer pairs the simulated bot remembers.
-const ANSWERS_KEPT: usize = 10_000;
-
 struct Running {
     shard_manager: Arc<ShardManager>,
     task: tokio::task::JoinHandle<()>,
@@ -224,6 +222,7 @@ impl SimBot {
         allowed_bots: Vec<u64>,
         behaviour: BotBehaviour,
         started_ago: Duration,
+        answers_kept: usize,
     ) -> Arc<SimBot> {
         Arc::new(SimBot {
             account_id,
@@ -234,6 +233,7 @@ impl SimBot {
             metrics: Mutex::new(BotMetrics::new(started_ago)),
             running: tokio::sync::Mutex::new(None),
             answers: Mutex::new(Default::default()),
+            answers_kept: answers_kept.max(1),
             born: Instant::now(),
             busy: tokio::sync::watch::Sender::new(0),
         })
@@ -267,7 +267,7 @@ impl SimBot {
 
     fn answered(&self, command_id: u64, answer_id: u64) {
         let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
-        if answers.len() == ANSWERS_KEPT {
+        while answers.len() >= self.answers_kept {
             answers.pop_front();
         }
         answers.push_back((command_id, answer_id));
@@ -581,6 +581,26 @@ impl EventHandler for Handler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_last_answers_kept_are_remembered() {
+        let bot = SimBot::new(
+            1,
+            "token".into(),
+            "http://127.0.0.1:9".into(),
+            Vec::new(),
+            BotBehaviour::default(),
+            Duration::ZERO,
+            3,
+        );
+        for command in 1..=10 {
+            bot.answered(command, command + 100);
+        }
+        assert_eq!(bot.answers.lock().unwrap().len(), 3);
+        assert_eq!(bot.answer_to(7), None);
+        assert_eq!(bot.answer_to(8), Some(108));
+        assert_eq!(bot.answer_to(10), Some(110));
+    }
 
     #[test]
     fn commands_parse_with_prefix_or_mention() {

@@ -19,6 +19,7 @@ pub struct SandboxConfig {
     pub gateway: GatewayConfig,
     pub rate_limits: RateLimitConfig,
     pub bot: BotConfig,
+    pub retention: RetentionConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -149,6 +150,33 @@ impl Default for RateLimitConfig {
     }
 }
 
+/// How much the sandbox remembers, so that a sandbox running for weeks
+/// (`probe serve --sandbox`) keeps bounded memory. Everything else it keeps
+/// is bounded by Discord's own rules: replay by `gateway.replay_buffer` and
+/// the resume window, rate-limit windows until they reset.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Messages kept, across all channels; past it the oldest goes, as if
+    /// deleted (404 10008 Unknown Message, no MESSAGE_DELETE). Discord keeps
+    /// messages forever; clients of a sandbox look at recent ones (a history
+    /// page is at most 100), and a bot's replies that nobody deletes would
+    /// otherwise pile up for as long as it runs.
+    pub messages: usize,
+    /// Ground-truth records kept (one per message, with its dispatches),
+    /// and the simulated bot's command → answer pairs; oldest dropped first.
+    pub truth_records: usize,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            messages: 1000,
+            truth_records: 2000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BotConfig {
@@ -236,6 +264,7 @@ impl Default for SandboxConfig {
             gateway: GatewayConfig::default(),
             rate_limits: RateLimitConfig::default(),
             bot: BotConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -316,5 +345,8 @@ mod tests {
         assert_eq!(r.0.global_per_second, r.1.global_per_second);
         assert_eq!(cfg.bot.account, defaults.bot.account);
         assert_eq!(cfg.bot.allowed_bots, defaults.bot.allowed_bots);
+        let k = (&cfg.retention, &defaults.retention);
+        assert_eq!(k.0.messages, k.1.messages);
+        assert_eq!(k.0.truth_records, k.1.truth_records);
     }
 }

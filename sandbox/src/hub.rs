@@ -91,6 +91,7 @@ impl Core {
         let ids = Snowflakes::default();
         let world = World::build(&cfg, &ids)?;
         let replay_cap = cfg.gateway.replay_buffer;
+        let truth = Truth::new(cfg.retention.truth_records);
         Ok(Arc::new(Core {
             cfg,
             ids,
@@ -99,7 +100,7 @@ impl Core {
                 sessions: HashMap::new(),
                 replay_cap,
             }),
-            truth: Truth::new(),
+            truth,
             faults: Faults::default(),
             next_conn: AtomicU64::new(1),
             gateway_url: std::sync::OnceLock::new(),

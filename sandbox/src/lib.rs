@@ -195,6 +195,7 @@ impl Sandbox {
                 allowed,
                 core.cfg.bot.behaviour.clone(),
                 core.cfg.bot.started_ago,
+                core.cfg.retention.truth_records,
             ))
         } else {
             None

@@ -34,9 +34,22 @@ struct Window {
     reset_at: Instant,
 }
 
+/// How often windows that have reset are forgotten.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Default)]
 pub struct RateLimiter {
-    windows: Mutex<HashMap<(String, u64), Window>>,
+    windows: Mutex<Windows>,
+}
+
+/// The windows by (key, account), and when to next forget those that have
+/// reset. A reset window is the same as none: the next request starts a new
+/// one, as on Discord. Forgetting them bounds memory by the keys used within
+/// one window (a key can hold a user or message id the client chose).
+#[derive(Debug, Default)]
+struct Windows {
+    map: HashMap<(String, u64), Window>,
+    next_sweep: Option<Instant>,
 }
 
 impl RateLimiter {
@@ -51,8 +64,13 @@ impl RateLimiter {
         per: Duration,
     ) -> Decision {
         let now = Instant::now();
-        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        let w = windows.entry((key.to_string(), account)).or_insert(Window {
+        let mut guard = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let Windows { map, next_sweep } = &mut *guard;
+        if next_sweep.is_none_or(|at| now >= at) {
+            map.retain(|_, w| w.reset_at > now);
+            *next_sweep = Some(now + SWEEP_EVERY);
+        }
+        let w = map.entry((key.to_string(), account)).or_insert(Window {
             remaining: limit,
             reset_at: now + per,
         });
@@ -129,5 +147,22 @@ mod tests {
             rl.check("messages", "messages:2", 7, 5, per),
             Decision::Allowed(_)
         ));
+    }
+
+    #[test]
+    fn windows_that_have_reset_are_forgotten() {
+        let rl = RateLimiter::default();
+        let short = Duration::ZERO;
+        // Keys a client chose (user ids in a path), each in its own window.
+        for user in 0..1000 {
+            rl.check("users", &format!("GET /users/{user}:"), 7, 5, short);
+        }
+        rl.check("global", "global", 7, 50, Duration::from_secs(3600));
+        // The next sweep is due a minute later: pretend it is now.
+        rl.windows.lock().unwrap().next_sweep = Some(Instant::now());
+        rl.check("global", "global", 7, 50, Duration::from_secs(3600));
+        let windows = rl.windows.lock().unwrap();
+        assert_eq!(windows.map.len(), 1, "only the live global window remains");
+        assert_eq!(windows.map[&("global".to_string(), 7)].remaining, 48);
     }
 }

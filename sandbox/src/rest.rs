@@ -638,14 +638,7 @@ impl Rest {
             model::message(&state.world, &message, message.author.id(), true, false),
             &message,
         );
-        state
-            .world
-            .channels
-            .get_mut(&channel_id)
-            .expect("checked above")
-            .messages
-            .insert(id, message);
-        let message = state.world.channels[&channel_id].messages[&id].clone();
+        state.world.store_message(message.clone());
         state.dispatch_guild(
             guild_id,
             "MESSAGE_CREATE",
@@ -1037,9 +1030,7 @@ impl Rest {
         if author != Author::Account(me) {
             return Err(ApiError::missing_permissions());
         }
-        if let Some(c) = state.world.channels.get_mut(&channel_id) {
-            c.messages.remove(&message_id);
-        }
+        state.world.remove_message(channel_id, message_id);
         let d = json!({
             "id": message_id.to_string(),
             "channel_id": channel_id.to_string(),

@@ -1,15 +1,19 @@
 //! Ground truth: when each message's request arrived, when it was created,
 //! and when each gateway dispatch of it was written to each connection.
 //! Benchmarks compare what the prober measured with these.
+//!
+//! Kept for the most recent `retention.truth_records` messages only, oldest
+//! dropped first, so a sandbox that runs for weeks keeps bounded memory.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-/// Records are kept for the most recent messages only.
-const MAX_RECORDS: usize = 100_000;
+/// Dispatches recorded per message: one per session that received it is a
+/// handful; a message edited over and over stops being recorded here.
+pub const MAX_DISPATCHES: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct MessageTruth {
@@ -54,21 +58,25 @@ pub struct DispatchTruthJson {
 pub struct Truth {
     /// One moment on both clocks, to turn `Instant`s into unix time.
     base: (Instant, SystemTime),
-    records: Mutex<(HashMap<u64, MessageTruth>, std::collections::VecDeque<u64>)>,
+    records: Mutex<Records>,
+    /// How many messages' records are kept.
+    window: usize,
 }
 
+/// The records by message id, and their ids oldest first.
+type Records = (HashMap<u64, MessageTruth>, VecDeque<u64>);
+
 impl Truth {
-    pub fn new() -> Self {
+    /// Keeps the records of the last `window` messages.
+    pub fn new(window: usize) -> Self {
         Truth {
             base: (Instant::now(), SystemTime::now()),
             records: Mutex::new(Default::default()),
+            window,
         }
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, (HashMap<u64, MessageTruth>, std::collections::VecDeque<u64>)>
-    {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Records> {
         self.records.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -94,7 +102,7 @@ impl Truth {
             },
         );
         order.push_back(message_id);
-        while order.len() > MAX_RECORDS {
+        while order.len() > self.window {
             if let Some(old) = order.pop_front() {
                 map.remove(&old);
             }
@@ -109,7 +117,9 @@ impl Truth {
         connection_id: u64,
         written: Instant,
     ) {
-        if let Some(r) = self.lock().0.get_mut(&message_id) {
+        if let Some(r) = self.lock().0.get_mut(&message_id)
+            && r.dispatches.len() < MAX_DISPATCHES
+        {
             r.dispatches.push(DispatchTruth {
                 event,
                 account_id,
@@ -167,6 +177,40 @@ impl Truth {
 
 impl Default for Truth {
     fn default() -> Self {
-        Self::new()
+        Self::new(crate::config::RetentionConfig::default().truth_records)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_last_window_of_messages_dropping_the_oldest_first() {
+        let truth = Truth::new(3);
+        let now = Instant::now();
+        for id in 1..=5 {
+            truth.message_created(id, 10 + id % 2, 7, now, now);
+            truth.dispatch_written(id, "MESSAGE_CREATE", 7, 1, now);
+        }
+        let kept: Vec<u64> = truth.messages(None).iter().map(|r| r.message_id).collect();
+        assert_eq!(kept, [3, 4, 5]);
+        assert!(truth.message(2).is_none());
+        assert_eq!(truth.message(5).unwrap().dispatches.len(), 1);
+        let guard = truth.lock();
+        assert_eq!((guard.0.len(), guard.1.len()), (3, 3));
+    }
+
+    #[test]
+    fn dispatches_per_message_are_capped() {
+        let truth = Truth::new(1);
+        let now = Instant::now();
+        truth.message_created(1, 10, 7, now, now);
+        for conn in 0..(MAX_DISPATCHES as u64 + 10) {
+            truth.dispatch_written(1, "MESSAGE_UPDATE", 7, conn, now);
+        }
+        truth.dispatch_written(99, "MESSAGE_CREATE", 7, 1, now);
+        assert_eq!(truth.message(1).unwrap().dispatches.len(), MAX_DISPATCHES);
+        assert!(truth.message(99).is_none());
     }
 }

@@ -147,13 +147,21 @@ pub struct World {
     /// Application commands as the last overwrite left them, by application
     /// and guild (`None`: global commands).
     pub commands: HashMap<(u64, Option<u64>), Vec<Value>>,
+    /// Every stored message's channel, by message id (oldest first, as
+    /// snowflakes grow), to drop the oldest past `message_cap`.
+    message_index: BTreeMap<u64, u64>,
+    /// `retention.messages`.
+    message_cap: usize,
 }
 
 impl World {
     /// Builds the world a config describes, generating missing ids and tokens.
     pub fn build(cfg: &SandboxConfig, ids: &Snowflakes) -> Result<World, String> {
         let now = SystemTime::now();
-        let mut world = World::default();
+        let mut world = World {
+            message_cap: cfg.retention.messages,
+            ..World::default()
+        };
         for a in &cfg.accounts {
             if world.accounts.iter().any(|x| x.name == a.name) {
                 return Err(format!("accounts: duplicate account name {:?}", a.name));
@@ -317,6 +325,42 @@ impl World {
         self.channels.get(&channel_id)?.messages.get(&message_id)
     }
 
+    /// Stores a new message in its (existing) channel; past `message_cap`
+    /// stored messages the oldest goes, across channels, as if deleted.
+    pub fn store_message(&mut self, message: Message) {
+        let (id, channel_id) = (message.id, message.channel_id);
+        let Some(channel) = self.channels.get_mut(&channel_id) else {
+            return;
+        };
+        channel.messages.insert(id, message);
+        self.message_index.insert(id, channel_id);
+        while self.message_index.len() > self.message_cap {
+            let Some((old, channel_id)) = self.message_index.pop_first() else {
+                break;
+            };
+            if let Some(c) = self.channels.get_mut(&channel_id) {
+                c.messages.remove(&old);
+            }
+        }
+    }
+
+    /// Deletes a stored message.
+    pub fn remove_message(&mut self, channel_id: u64, message_id: u64) -> Option<Message> {
+        let removed = self
+            .channels
+            .get_mut(&channel_id)?
+            .messages
+            .remove(&message_id)?;
+        self.message_index.remove(&message_id);
+        Some(removed)
+    }
+
+    /// How many messages are stored, across channels.
+    #[cfg(test)]
+    pub fn stored_messages(&self) -> usize {
+        self.message_index.len()
+    }
+
     /// Whether `viewer` may read the content of `msg` without MESSAGE_CONTENT:
     /// its own messages, and messages that mention it or reply to it.
     pub fn content_visible_without_intent(&self, msg: &Message, viewer: u64) -> bool {
@@ -356,4 +400,66 @@ fn random_string(len: usize) -> String {
     (0..len)
         .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SandboxConfig;
+
+    fn message(world: &World, id: u64, channel: &str) -> Message {
+        let c = world.find_channel(channel).unwrap();
+        Message {
+            id,
+            channel_id: c.id,
+            guild_id: c.guild_id,
+            author: Author::Account(world.accounts[0].id),
+            content: format!("message {id}"),
+            embeds: Vec::new(),
+            mentions: Vec::new(),
+            reference: None,
+            tts: false,
+            nonce: None,
+            edited: None,
+            reactions: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn keeps_the_newest_messages_across_channels_dropping_the_oldest_first() {
+        let mut cfg = SandboxConfig::default();
+        cfg.guilds[0].channels.push(crate::config::ChannelConfig {
+            name: "general".into(),
+            id: None,
+            hidden_from: Vec::new(),
+            read_only_for: Vec::new(),
+        });
+        cfg.retention.messages = 3;
+        let mut world = World::build(&cfg, &Snowflakes::default()).unwrap();
+        let probes = world.find_channel("probes").unwrap().id;
+        let general = world.find_channel("general").unwrap().id;
+        for id in 1..=4 {
+            let m = message(&world, id, if id % 2 == 0 { "general" } else { "probes" });
+            world.store_message(m);
+        }
+        // 1 went; a deletion makes room without dropping another.
+        assert!(world.message(probes, 1).is_none());
+        assert_eq!(world.stored_messages(), 3);
+        assert!(world.remove_message(general, 2).is_some());
+        assert!(world.remove_message(general, 2).is_none());
+        world.store_message(message(&world, 5, "probes"));
+        let kept = |w: &World, c: u64| w.channels[&c].messages.keys().copied().collect::<Vec<_>>();
+        assert_eq!(
+            (kept(&world, probes), kept(&world, general)),
+            (vec![3, 5], vec![4])
+        );
+        for id in 6..=100 {
+            world.store_message(message(&world, id, "general"));
+        }
+        assert_eq!(world.stored_messages(), 3);
+        assert_eq!(
+            (kept(&world, probes), kept(&world, general)),
+            (vec![], vec![98, 99, 100])
+        );
+    }
 }
