@@ -13,6 +13,7 @@ mod faults;
 mod gateway;
 mod hub;
 mod intents;
+mod interactions;
 mod model;
 mod ratelimit;
 mod rest;
@@ -33,6 +34,7 @@ pub use bot::{BotBehaviour, Latency};
 pub use config::SandboxConfig;
 pub use control::Controls;
 pub use faults::HttpFault;
+pub use interactions::{InteractionTruth, InteractionTruthJson, RunCommand};
 pub use truth::{DispatchTruth, MessageTruth, MessageTruthJson};
 
 use hub::Core;
