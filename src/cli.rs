@@ -83,9 +83,14 @@ pub enum Command {
         listen: Option<std::net::SocketAddr>,
         /// Probe an in-process sandbox built from the config, with a
         /// simulated bot that behaves like a real one (a latency mix with a
-        /// long tail, an occasional error reply, a short outage now and then).
+        /// long tail, an occasional error reply, a short outage now and then)
+        /// and simulated users running its slash commands.
         #[arg(long)]
         sandbox: bool,
+        /// With --sandbox: how many slash commands the simulated users run
+        /// per minute (0: none).
+        #[arg(long, default_value_t = 4.0, requires = "sandbox")]
+        sandbox_commands_per_minute: f64,
     },
     /// Run the local Discord stand-in (REST v10, Gateway v10, a simulated
     /// Twi Bot Shard) in the foreground until SIGINT or SIGTERM.
@@ -150,11 +155,17 @@ pub fn main() -> ExitCode {
             config,
             listen,
             sandbox,
-        } => serve_command(config, listen, sandbox),
+            sandbox_commands_per_minute,
+        } => serve_command(config, listen, sandbox, sandbox_commands_per_minute),
     }
 }
 
-fn serve_command(path: PathBuf, listen: Option<std::net::SocketAddr>, sandbox: bool) -> ExitCode {
+fn serve_command(
+    path: PathBuf,
+    listen: Option<std::net::SocketAddr>,
+    sandbox: bool,
+    sandbox_commands_per_minute: f64,
+) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -193,6 +204,8 @@ fn serve_command(path: PathBuf, listen: Option<std::net::SocketAddr>, sandbox: b
                 description.exporter_url.clone().unwrap_or_default()
             );
             twi_sandbox::occasional_outages(sb.control().clone());
+            // Real traffic for `interactions` probes: users' slash commands.
+            twi_sandbox::simulated_users(sb.control().clone(), sandbox_commands_per_minute);
             sandbox_handle = Some(sb);
         }
         let addr = listen.unwrap_or(config.serve.listen);

@@ -115,6 +115,26 @@ impl Controls {
         super::interactions::run(&self.core, cmd)
     }
 
+    /// A human account and a channel it can see (`guild/channel`), at random.
+    pub fn random_user_and_channel(&self) -> Option<(String, String)> {
+        let state = self.core.state();
+        let w = &state.world;
+        let mut pairs = Vec::new();
+        for a in w.accounts.iter().filter(|a| !a.bot) {
+            for g in w.guilds.iter().filter(|g| g.members.contains(&a.id)) {
+                for c in g.channels.iter().filter_map(|c| w.channels.get(c)) {
+                    if w.can_view(c, a.id) {
+                        pairs.push((a.name.clone(), format!("{}/{}", g.name, c.name)));
+                    }
+                }
+            }
+        }
+        if pairs.is_empty() {
+            return None;
+        }
+        Some(pairs.swap_remove(rand::random_range(0..pairs.len())))
+    }
+
     /// Ground truth for interactions, oldest first (the newest 10 000).
     pub fn interaction_truths(&self) -> Vec<InteractionTruth> {
         self.core.interactions.truth()
