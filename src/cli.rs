@@ -417,6 +417,9 @@ fn run_command(path: &std::path::Path, options: &RunOptions, sandbox: bool) -> S
         let sb_config = crate::sandbox::sandbox_for(&config);
         let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
         let sb = twi_sandbox::Sandbox::start(sb_config, listen).await?;
+        // One slash command every 2 s: a one-shot `interactions` probe sees
+        // one within its timeout.
+        twi_sandbox::simulated_users(sb.control().clone(), 30.0);
         let description = sb.description().clone();
         eprintln!(
             "sandbox: running {} against an in-process Discord stand-in at {} (simulated {})",

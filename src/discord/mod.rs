@@ -135,6 +135,8 @@ struct Shared {
     pings: Mutex<HashMap<String, oneshot::Sender<PingAnswer>>>,
     /// The target's interaction responses, for `interactions` probes.
     interactions: Mutex<interactions::InteractionLog>,
+    /// Woken on every entry added to `interactions`.
+    interactions_seen: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -329,6 +331,7 @@ impl RawEventHandler for Handler {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .push(r);
+                    s.interactions_seen.notify_waiters();
                 }
                 let late = s
                     .correlator
@@ -355,6 +358,7 @@ impl RawEventHandler for Handler {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .push(r);
+                    s.interactions_seen.notify_waiters();
                 }
                 let message = Incoming {
                     id: u.id.get(),
@@ -461,6 +465,7 @@ impl DiscordSession {
             messenger: Mutex::new(None),
             pings: Mutex::new(HashMap::new()),
             interactions: Mutex::new(Default::default()),
+            interactions_seen: tokio::sync::Notify::new(),
         });
         let mut client: Client = ClientBuilder::new_with_http(http.build(), intents)
             .raw_event_handler(Handler {
@@ -699,6 +704,12 @@ impl DiscordSession {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .since(cursor)
+    }
+
+    /// Completes when an interaction response is next added to the log
+    /// (create it, then check the log, then await it: nothing is missed).
+    pub fn interaction_seen(&self) -> tokio::sync::futures::Notified<'_> {
+        self.shared.interactions_seen.notified()
     }
 
     /// The current end of the interaction log: a new probe starts here.

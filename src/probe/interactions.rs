@@ -25,6 +25,8 @@ const TOKEN_LIFETIME: Duration = Duration::from_secs(15 * 60);
 #[derive(Debug)]
 pub struct InteractionsProbe {
     spec: InteractionsSpec,
+    /// How long a run waits for a first complete response: the timeout.
+    wait: Duration,
     session: Arc<DiscordSession>,
     state: Mutex<State>,
 }
@@ -43,10 +45,11 @@ struct Done {
 }
 
 impl InteractionsProbe {
-    pub fn new(spec: InteractionsSpec, session: Arc<DiscordSession>) -> Self {
+    pub fn new(spec: InteractionsSpec, wait: Duration, session: Arc<DiscordSession>) -> Self {
         let cursor = session.interactions_cursor();
         InteractionsProbe {
             spec,
+            wait,
             session,
             state: Mutex::new(State {
                 cursor,
@@ -60,13 +63,17 @@ impl InteractionsProbe {
             || r.guild_id.is_some_and(|g| self.spec.guilds.contains(&g))
     }
 
-    pub async fn check(&self) -> Check {
-        let connected = self.session.is_connected();
+    /// The runner's limit: the wait plus a margin; a prober-side overrun.
+    pub fn max_duration(&self) -> Duration {
+        self.wait + Duration::from_secs(2)
+    }
+
+    /// Reads the responses that arrived since the last read into `done`
+    /// and `observations`.
+    fn absorb(&self, done: &mut Vec<Done>, observations: &mut Vec<InteractionObservation>) -> u64 {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let (seen, cursor, lost) = self.session.interactions_since(state.cursor);
         state.cursor = cursor;
-        let mut observations = Vec::new();
-        let mut done: Vec<Done> = Vec::new();
         for r in seen.iter().filter(|r| self.watched(r) && !r.followup) {
             let label = self.spec.command_label(&r.command).to_string();
             let since_interaction = |at: SystemTime| {
@@ -110,6 +117,30 @@ impl InteractionsProbe {
                 });
             }
         }
+        lost
+    }
+
+    pub async fn check(&self) -> Check {
+        let connected = self.session.is_connected();
+        let mut observations = Vec::new();
+        let mut done: Vec<Done> = Vec::new();
+        // Nothing complete yet (a one-shot `probe run`, or a quiet spell):
+        // wait up to the probe's timeout for the first complete response.
+        let deadline = tokio::time::Instant::now() + self.wait;
+        let mut lost = 0;
+        loop {
+            let seen = self.session.interaction_seen();
+            tokio::pin!(seen);
+            seen.as_mut().enable();
+            lost += self.absorb(&mut done, &mut observations);
+            if !done.is_empty() || !connected {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, seen).await.is_err() {
+                break;
+            }
+        }
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         // A deferred response whose token expired will never be finished:
         // the user saw "thinking..." until Discord gave up.
         let now = SystemTime::now();

@@ -232,7 +232,7 @@ impl Probe {
                 KindProbe::Presence(PresenceProbe::new(p.clone(), spec.timeout, session()?))
             }
             ProbeKind::Interactions(i) => {
-                KindProbe::Interactions(InteractionsProbe::new(i.clone(), session()?))
+                KindProbe::Interactions(InteractionsProbe::new(i.clone(), spec.timeout, session()?))
             }
         };
         Ok(Probe { spec, kind })
@@ -256,6 +256,7 @@ impl Probe {
         match &self.kind {
             KindProbe::Command(c) => (c.max_duration(), Outcome::Inconclusive),
             KindProbe::Presence(p) => (p.max_duration(), Outcome::Inconclusive),
+            KindProbe::Interactions(p) => (p.max_duration(), Outcome::Inconclusive),
             _ => (self.spec.timeout, Outcome::Timeout),
         }
     }

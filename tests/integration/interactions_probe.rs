@@ -16,6 +16,7 @@ use crate::discord_probes::{Rig, rig, sandbox_config};
 const SLASH: &str = r#"
   - name: slash
     every: 1m
+    timeout: 2s
     interactions:
       guilds: ["{guild}"]
       commands: [ping, stats]
