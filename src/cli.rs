@@ -85,7 +85,8 @@ pub enum Command {
         listen: Option<std::net::SocketAddr>,
         /// Probe an in-process sandbox built from the config, with a
         /// simulated bot that behaves like a real one (a latency mix with a
-        /// long tail, an occasional error reply, a short outage now and then).
+        /// long tail, an occasional error reply, a short outage now and then)
+        /// and simulated users running its slash commands.
         #[arg(long)]
         sandbox: bool,
         /// With --sandbox: about how often the simulated bot has a
@@ -93,6 +94,10 @@ pub enum Command {
         /// and a half times this), or `off`.
         #[arg(long, value_name = "DURATION|off", default_value = "10m", value_parser = twi_sandbox::parse_outage_rate)]
         sandbox_outages: twi_sandbox::OutageRate,
+        /// With --sandbox: how many slash commands the simulated users run
+        /// per minute (0: none).
+        #[arg(long, default_value_t = 4.0, requires = "sandbox")]
+        sandbox_commands_per_minute: f64,
     },
     /// Run the local Discord stand-in (REST v10, Gateway v10, a simulated
     /// Twi Bot Shard) in the foreground until SIGINT or SIGTERM.
@@ -166,16 +171,24 @@ pub fn main() -> ExitCode {
             listen,
             sandbox,
             sandbox_outages,
-        } => serve_command(config, listen, sandbox.then_some(sandbox_outages)),
+            sandbox_commands_per_minute,
+        } => serve_command(
+            config,
+            listen,
+            sandbox.then_some(sandbox_outages),
+            sandbox_commands_per_minute,
+        ),
     }
 }
 
 /// `sandbox`: run against an in-process sandbox whose bot has outages at
-/// this rate.
+/// this rate and whose simulated users run this many slash commands a
+/// minute.
 fn serve_command(
     path: PathBuf,
     listen: Option<std::net::SocketAddr>,
     sandbox: Option<twi_sandbox::OutageRate>,
+    sandbox_commands_per_minute: f64,
 ) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -216,6 +229,8 @@ fn serve_command(
             );
             eprintln!("sandbox: {}", outages.describe());
             twi_sandbox::occasional_outages(sb.control().clone(), outages);
+            // Real traffic for `interactions` probes: users' slash commands.
+            twi_sandbox::simulated_users(sb.control().clone(), sandbox_commands_per_minute);
             sandbox_handle = Some(sb);
         }
         let addr = listen.unwrap_or(config.serve.listen);
@@ -428,6 +443,9 @@ fn run_command(path: &std::path::Path, options: &RunOptions, sandbox: bool) -> S
         let sb_config = crate::sandbox::sandbox_for(&config);
         let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
         let sb = twi_sandbox::Sandbox::start(sb_config, listen).await?;
+        // One slash command every 2 s: a one-shot `interactions` probe sees
+        // one within its timeout.
+        twi_sandbox::simulated_users(sb.control().clone(), 30.0);
         let description = sb.description().clone();
         eprintln!(
             "sandbox: running {} against an in-process Discord stand-in at {} (simulated {})",

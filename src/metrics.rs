@@ -13,7 +13,7 @@ use prometheus::{
 
 use crate::config::{Config, ProbeKind, ProbeSpec};
 use crate::discord::{DiscordSession, SessionEvent};
-use crate::probe::{Outcome, ProbeResult};
+use crate::probe::{InteractionObservation, Outcome, ProbeResult};
 
 /// Latency buckets from 50 ms to 10 s, with edges at the monitoring guide's
 /// thresholds (1 s warning, 3 s critical) so alerts can use them exactly.
@@ -45,6 +45,8 @@ pub struct Metrics {
     lateness: prometheus::Histogram,
     in_flight: IntGauge,
     next_run: GaugeVec,
+    interaction_latency: HistogramVec,
+    interactions: IntCounterVec,
 }
 
 impl Metrics {
@@ -59,6 +61,28 @@ impl Metrics {
         with_outcome.push("outcome");
         let mut with_phase = names.clone();
         with_phase.push("phase");
+
+        let mut with_command_phase = names.clone();
+        with_command_phase.extend(["command", "phase"]);
+        let mut with_command_outcome = names.clone();
+        with_command_outcome.extend(["command", "outcome"]);
+        let interaction_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "probe_interaction_latency_seconds",
+                "Real users' slash commands by Discord's clock: phase=response is the response message's creation, phase=final a deferred response's final edit, each minus the interaction's creation.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &with_command_phase,
+        )
+        .expect("valid metric");
+        let interactions = IntCounterVec::new(
+            Opts::new(
+                "probe_interactions_total",
+                "Real users' slash-command responses seen, by outcome (failure: matched error_reply, or a deferred response never finished).",
+            ),
+            &with_command_outcome,
+        )
+        .expect("valid metric");
 
         let registry = Registry::new();
         let success = GaugeVec::new(
@@ -225,6 +249,8 @@ impl Metrics {
             Box::new(lateness.clone()),
             Box::new(in_flight.clone()),
             Box::new(next_run.clone()),
+            Box::new(interaction_latency.clone()),
+            Box::new(interactions.clone()),
         ];
         // The prober's own gateway exists only with Discord probes; a
         // gauge stuck at 0 without them would read as a blind prober.
@@ -266,6 +292,8 @@ impl Metrics {
             lateness,
             next_run,
             in_flight,
+            interaction_latency,
+            interactions,
         };
         for spec in &config.probes {
             metrics.init_probe(spec);
@@ -292,9 +320,18 @@ impl Metrics {
                 .with_label_values(&with(&values, outcome.as_str()))
                 .reset();
         }
-        match spec.kind {
+        match &spec.kind {
             ProbeKind::Exporter(_) => self.target_restarts.with_label_values(&values).reset(),
             ProbeKind::Command(_) => self.late_replies.with_label_values(&values).reset(),
+            ProbeKind::Interactions(i) => {
+                for command in i.command_labels() {
+                    for outcome in ["success", "failure"] {
+                        let mut w = values.clone();
+                        w.extend([command.to_string(), outcome.to_string()]);
+                        self.interactions.with_label_values(&w).reset();
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -340,6 +377,27 @@ impl Metrics {
                 .set(f64::from(u8::from(online)));
         }
         let o = &result.observations;
+        for obs in &o.interactions {
+            match obs {
+                InteractionObservation::Latency {
+                    command,
+                    phase,
+                    latency,
+                } => {
+                    let mut w = values.clone();
+                    w.extend([command.clone(), phase.to_string()]);
+                    self.interaction_latency
+                        .with_label_values(&w)
+                        .observe(latency.as_secs_f64());
+                }
+                InteractionObservation::Outcome { command, failed } => {
+                    let mut w = values.clone();
+                    let outcome = if *failed { "failure" } else { "success" };
+                    w.extend([command.clone(), outcome.to_string()]);
+                    self.interactions.with_label_values(&w).inc();
+                }
+            }
+        }
         for (phase, value) in [
             ("reply", o.discord_reply),
             ("first_response", o.first_response),
@@ -447,6 +505,16 @@ impl Metrics {
             let mut w = v.clone();
             w.push(phase);
             let _ = self.discord_latency.remove_label_values(&w);
+        }
+        if let ProbeKind::Interactions(i) = &spec.kind {
+            for command in i.command_labels() {
+                for last in ["success", "failure", "response", "final"] {
+                    let mut w = v.clone();
+                    w.extend([command, last]);
+                    let _ = self.interactions.remove_label_values(&w);
+                    let _ = self.interaction_latency.remove_label_values(&w);
+                }
+            }
         }
     }
 

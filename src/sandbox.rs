@@ -37,6 +37,12 @@ pub fn sandbox_for(config: &Config) -> SandboxConfig {
                 }
                 None => loose_channels.push(c.channel_id),
             },
+            ProbeKind::Interactions(i) => {
+                for g in &i.guilds {
+                    add_guild(&mut guilds, *g);
+                }
+                loose_channels.extend(i.channels.iter().copied());
+            }
             _ => {}
         }
     }

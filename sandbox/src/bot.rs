@@ -9,8 +9,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serenity::all::{
-    Client, ClientBuilder, ConnectionStage, Context, CreateEmbed, CreateMessage, EditMessage,
-    EventHandler, GatewayIntents, HttpBuilder, Message, Ready, ShardManager,
+    Client, ClientBuilder, CommandInteraction, ConnectionStage, Context, CreateCommand,
+    CreateEmbed, CreateInteractionResponse, CreateInteractionResponseMessage, CreateMessage,
+    EditInteractionResponse, EditMessage, EventHandler, GatewayIntents, HttpBuilder, Interaction,
+    Message, Ready, ShardManager,
 };
 use serenity::async_trait;
 
@@ -191,6 +193,8 @@ pub struct SimBot {
     born: Instant,
     /// Commands being answered right now.
     busy: tokio::sync::watch::Sender<usize>,
+    /// Whether its slash commands are registered (after its first READY).
+    registered: tokio::sync::watch::Sender<bool>,
 }
 
 /// Counts a command as being answered while it lives.
@@ -236,6 +240,7 @@ impl SimBot {
             answers_kept: answers_kept.max(1),
             born: Instant::now(),
             busy: tokio::sync::watch::Sender::new(0),
+            registered: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -263,6 +268,12 @@ impl SimBot {
     pub async fn idle(&self) {
         let mut busy = self.busy.subscribe();
         let _ = busy.wait_for(|n| *n == 0).await;
+    }
+
+    /// Returns once its slash commands are registered, so users can run them.
+    pub async fn slash_commands_ready(&self) {
+        let mut registered = self.registered.subscribe();
+        let _ = registered.wait_for(|r| *r).await;
     }
 
     fn answered(&self, command_id: u64, answer_id: u64) {
@@ -436,6 +447,87 @@ struct Handler {
     bot: Arc<SimBot>,
 }
 
+/// The slash commands the simulated bot registers: `/ping` and `/help`
+/// answer at once, `/stats` defers ("is thinking…") and edits its answer in.
+pub const SLASH_COMMANDS: [(&str, &str); 3] = [
+    ("ping", "Bot latency information"),
+    ("help", "Browse the commands by category"),
+    ("stats", "Server statistics (takes a moment)"),
+];
+
+/// Discord's deadline for the first response is 3 s: a command that would
+/// take longer than this defers first, as real bots do.
+const DEFER_AFTER: Duration = Duration::from_millis(2000);
+
+impl SimBot {
+    /// Answers a slash command with the behaviour's latency, error and drop
+    /// rates: directly, or deferred and edited when slow or `/stats`.
+    async fn slash_command(&self, ctx: &Context, cmd: &CommandInteraction) {
+        let started = Instant::now();
+        let name = cmd.data.name.clone();
+        let _busy = Busy::start(&self.busy);
+        let behaviour = self.behaviour();
+        let (drop, error) = {
+            let mut rng = rand::rng();
+            (
+                rng.random_bool(behaviour.drop_rate.clamp(0.0, 1.0)),
+                rng.random_bool(behaviour.error_rate.clamp(0.0, 1.0)),
+            )
+        };
+        if drop {
+            tracing::info!(target: "twi_sandbox", "simulated bot drops /{name} (drop_rate)");
+            return;
+        }
+        let uptime = unix_now()
+            - self
+                .metrics
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .start_time;
+        let delay = behaviour.latency.sample();
+        let embed = |started: Instant| {
+            if error {
+                error_embed()
+            } else {
+                answer(&name, started, uptime)
+            }
+        };
+        let result = if name == "stats" || delay > DEFER_AFTER {
+            match cmd.defer(&ctx.http).await {
+                Ok(()) => {
+                    tokio::time::sleep(delay).await;
+                    cmd.edit_response(
+                        &ctx.http,
+                        EditInteractionResponse::new().embed(embed(started)),
+                    )
+                    .await
+                    .map(|m| m.id)
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            tokio::time::sleep(delay).await;
+            let message = CreateInteractionResponseMessage::new().embed(embed(started));
+            match cmd
+                .create_response(&ctx.http, CreateInteractionResponse::Message(message))
+                .await
+            {
+                Ok(()) => cmd.get_response(&ctx.http).await.map(|m| m.id),
+                Err(e) => Err(e),
+            }
+        };
+        match result {
+            Ok(answer) => {
+                self.answered(cmd.id.get(), answer.get());
+                self.record(&name, !error, cmd.user.id.get(), started.elapsed());
+            }
+            Err(e) => {
+                tracing::warn!(target: "twi_sandbox", "simulated bot could not answer /{name}: {e}")
+            }
+        }
+    }
+}
+
 /// A command the bot knows, parsed from `!name` or `<@bot> name`.
 fn parse_command(content: &str, bot_id: u64) -> Option<String> {
     let content = content.trim();
@@ -473,6 +565,10 @@ fn answer(command: &str, started: Instant, uptime: f64) -> CreateEmbed {
                 true,
             )
             .field("Status", "Online", true),
+        "stats" => CreateEmbed::new()
+            .title("📊 Server Statistics")
+            .field("Members", "3", true)
+            .field("Channels", "2", true),
         _ => CreateEmbed::new().title("⏱️ Uptime").description(format!(
             "Up for {}",
             humantime::format_duration(Duration::from_secs(uptime as u64))
@@ -488,8 +584,26 @@ fn error_embed() -> CreateEmbed {
 
 #[async_trait]
 impl EventHandler for Handler {
-    async fn ready(&self, _ctx: Context, ready: Ready) {
+    async fn ready(&self, ctx: Context, ready: Ready) {
         tracing::info!(target: "twi_sandbox", "simulated bot {} is ready", ready.user.name);
+        // Registers its slash commands per guild, as `tree.sync(guild=...)` does.
+        for g in &ready.guilds {
+            let commands = SLASH_COMMANDS
+                .iter()
+                .map(|(name, description)| CreateCommand::new(*name).description(*description))
+                .collect();
+            if let Err(e) = g.id.set_commands(&ctx.http, commands).await {
+                tracing::warn!(target: "twi_sandbox", "simulated bot could not register its slash commands: {e}");
+                return;
+            }
+        }
+        self.bot.registered.send_replace(true);
+    }
+
+    async fn interaction_create(&self, ctx: Context, interaction: Interaction) {
+        if let Interaction::Command(command) = interaction {
+            self.bot.slash_command(&ctx, &command).await;
+        }
     }
 
     async fn message(&self, ctx: Context, msg: Message) {

@@ -16,6 +16,7 @@ use super::bot::{BotBehaviour, SimBot};
 use super::faults::HttpFault;
 use super::gateway;
 use super::hub::Core;
+use super::interactions::{InteractionTruth, RunCommand};
 use super::truth::MessageTruth;
 
 pub struct Controls {
@@ -112,6 +113,43 @@ impl Controls {
     /// Ground truth for a channel's messages, oldest first.
     pub fn truths(&self, channel_id: Option<u64>) -> Vec<MessageTruth> {
         self.core.truth.messages(channel_id)
+    }
+
+    /// A human runs a slash command (`/command` in `channel`): the
+    /// application that registered it gets INTERACTION_CREATE. Returns the
+    /// interaction's id.
+    pub fn run_command(&self, cmd: &RunCommand) -> Result<u64, String> {
+        super::interactions::run(&self.core, cmd)
+    }
+
+    /// A human account and a channel it can see (`guild/channel`), at random.
+    pub fn random_user_and_channel(&self) -> Option<(String, String)> {
+        let state = self.core.state();
+        let w = &state.world;
+        let mut pairs = Vec::new();
+        for a in w.accounts.iter().filter(|a| !a.bot) {
+            for g in w.guilds.iter().filter(|g| g.members.contains(&a.id)) {
+                for c in g.channels.iter().filter_map(|c| w.channels.get(c)) {
+                    if w.can_view(c, a.id) {
+                        pairs.push((a.name.clone(), format!("{}/{}", g.name, c.name)));
+                    }
+                }
+            }
+        }
+        if pairs.is_empty() {
+            return None;
+        }
+        Some(pairs.swap_remove(rand::random_range(0..pairs.len())))
+    }
+
+    /// Ground truth for interactions, oldest first (the newest 10 000).
+    pub fn interaction_truths(&self) -> Vec<InteractionTruth> {
+        self.core.interactions.truth()
+    }
+
+    /// How many interactions still hold a valid token.
+    pub fn live_interactions(&self) -> usize {
+        self.core.interactions.live_count()
     }
 
     /// The simulated bot, when it runs.
@@ -254,6 +292,19 @@ pub fn router(controls: Arc<Controls>, description: Description) -> Router {
         .route("/bot/offline", post(|State((c, _)): Ctl| async move { done(c.bot_offline().await) }))
         .route("/bot/online", post(|State((c, _)): Ctl| async move { done(c.bot_online().await) }))
         .route("/bot/restart", post(|State((c, _)): Ctl| async move { done(c.bot_restart().await) }))
+        .route(
+            "/interactions",
+            post(|State((c, _)): Ctl, Json(b): Json<RunCommand>| async move {
+                done(c.run_command(&b).map(|id| json!({"id": id.to_string()})))
+            }),
+        )
+        .route(
+            "/truth/interactions",
+            get(|State((c, _)): Ctl| async move {
+                let records: Vec<_> = c.interaction_truths().iter().map(|r| r.to_json()).collect();
+                Json(records)
+            }),
+        )
         .route(
             "/truth/messages",
             get(|State((c, _)): Ctl, Query(q): Query<TruthQuery>| async move {

@@ -80,6 +80,7 @@ pub struct Core {
     pub ids: Snowflakes,
     state: Mutex<State>,
     pub truth: Truth,
+    pub interactions: super::interactions::Interactions,
     pub faults: Faults,
     next_conn: AtomicU64,
     /// The gateway URL clients are told to use (set once bound).
@@ -101,6 +102,7 @@ impl Core {
                 replay_cap,
             }),
             truth,
+            interactions: Default::default(),
             faults: Faults::default(),
             next_conn: AtomicU64::new(1),
             gateway_url: std::sync::OnceLock::new(),

@@ -13,6 +13,7 @@ mod faults;
 mod gateway;
 mod hub;
 mod intents;
+mod interactions;
 mod model;
 mod ratelimit;
 mod rest;
@@ -33,6 +34,7 @@ pub use bot::{BotBehaviour, Latency};
 pub use config::SandboxConfig;
 pub use control::Controls;
 pub use faults::HttpFault;
+pub use interactions::{InteractionTruth, InteractionTruthJson, RunCommand};
 pub use truth::{DispatchTruth, MessageTruth, MessageTruthJson};
 
 use hub::Core;
@@ -92,6 +94,43 @@ pub fn occasional_outages(controls: Arc<Controls>, rate: OutageRate) {
             }
             tokio::time::sleep(outage).await;
             let _ = controls.simulated_outage_end().await;
+        }
+    });
+}
+
+/// Simulated users running the simulated bot's slash commands at a steady
+/// `per_minute` rate (the first at once, once the bot has registered them),
+/// each a random human account in a random channel it can see, so a
+/// passive `interactions` probe has real traffic to measure. The task ends
+/// with the sandbox's runtime, or when the sandbox refuses commands.
+pub fn simulated_users(controls: Arc<Controls>, per_minute: f64) {
+    if per_minute <= 0.0 || !per_minute.is_finite() {
+        return;
+    }
+    let every = std::time::Duration::from_secs_f64(60.0 / per_minute);
+    tokio::spawn(async move {
+        let Some(bot) = controls.bot().cloned() else {
+            return;
+        };
+        bot.slash_commands_ready().await;
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let Some((user, channel)) = controls.random_user_and_channel() else {
+                return;
+            };
+            let i = rand::random_range(0..bot::SLASH_COMMANDS.len());
+            let command = bot::SLASH_COMMANDS[i].0.to_string();
+            let run = RunCommand {
+                user,
+                channel,
+                command,
+                options: None,
+            };
+            if let Err(e) = controls.run_command(&run) {
+                tracing::warn!(target: "twi_sandbox", "simulated users stop: {e}");
+                return;
+            }
         }
     });
 }

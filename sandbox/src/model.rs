@@ -74,6 +74,36 @@ pub fn member(g: &Guild, a: &Account) -> Value {
     })
 }
 
+/// What an interaction response carries: sent by the application as a
+/// webhook, with `interaction_metadata` and the older `interaction`.
+fn interaction_fields(
+    world: &World,
+    i: &super::world::InteractionMeta,
+    guild_id: u64,
+    o: &mut serde_json::Map<String, Value>,
+) {
+    let user = world.account(i.user_id).map(user).unwrap_or(Value::Null);
+    // Installed to the guild (integration type 0), as every sandbox app is.
+    let owners = json!({"0": guild_id.to_string()});
+    let mut metadata = json!({
+        "id": i.id.to_string(),
+        "type": 2,
+        "user": user,
+        "name": i.name,
+        "authorizing_integration_owners": owners,
+    });
+    if let Some(original) = i.original_response {
+        metadata["original_response_message_id"] = json!(original.to_string());
+    }
+    o.insert("interaction_metadata".into(), metadata);
+    o.insert(
+        "interaction".into(),
+        json!({"id": i.id.to_string(), "type": 2, "name": i.name, "user": user}),
+    );
+    o.insert("application_id".into(), json!(i.application_id.to_string()));
+    o.insert("webhook_id".into(), json!(i.application_id.to_string()));
+}
+
 /// A member without `user`, as inside MESSAGE_CREATE.
 fn partial_member(g: &Guild) -> Value {
     json!({
@@ -324,8 +354,8 @@ pub fn message(
         "attachments": [],
         "embeds": if show_content { Value::Array(m.embeds.clone()) } else { json!([]) },
         "pinned": false,
-        "type": if m.reference.is_some() { 19 } else { 0 },
-        "flags": 0,
+        "type": if m.interaction.is_some() { 20 } else if m.reference.is_some() { 19 } else { 0 },
+        "flags": m.flags,
         "components": [],
     });
     let o = v.as_object_mut().expect("object");
@@ -348,6 +378,9 @@ pub fn message(
     }
     if let Author::Webhook(id) = m.author {
         o.insert("webhook_id".into(), json!(id.to_string()));
+    }
+    if let Some(i) = &m.interaction {
+        interaction_fields(world, i, m.guild_id, o);
     }
     if let Some(reference) = m.reference {
         o.insert(

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::hub::Core;
 use super::intents;
+use super::interactions;
 use super::model;
 use super::ratelimit::{Decision, Headers, RateLimiter};
 use super::world::{Access, Author, Message, Reaction};
@@ -29,20 +30,20 @@ pub struct Rest {
 }
 
 /// An error answer in Discord's JSON shape.
-pub struct ApiError {
-    status: StatusCode,
-    body: Value,
+pub(crate) struct ApiError {
+    pub(crate) status: StatusCode,
+    pub(crate) body: Value,
 }
 
 impl ApiError {
-    fn new(status: u16, code: u64, message: &str) -> Self {
+    pub(crate) fn new(status: u16, code: u64, message: &str) -> Self {
         ApiError {
             status: StatusCode::from_u16(status).expect("valid status"),
             body: json!({"message": message, "code": code}),
         }
     }
 
-    fn form(field: &str, code: &str, message: &str) -> Self {
+    pub(crate) fn form(field: &str, code: &str, message: &str) -> Self {
         ApiError {
             status: StatusCode::BAD_REQUEST,
             body: json!({
@@ -86,7 +87,7 @@ impl ApiError {
 }
 
 /// A parsed request.
-struct Req<'a> {
+pub(crate) struct Req<'a> {
     method: Method,
     segments: Vec<&'a str>,
     query: Vec<(String, String)>,
@@ -104,7 +105,7 @@ impl Req<'_> {
 }
 
 /// JSON with `Content-Type: application/json` exactly, as Discord sends it.
-fn json_response(status: StatusCode, body: &Value) -> Response {
+pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response {
     let mut r = Response::new(Body::from(body.to_string()));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -114,7 +115,7 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
     r
 }
 
-fn no_content() -> Response {
+pub(crate) fn no_content() -> Response {
     let mut r = Response::new(Body::empty());
     *r.status_mut() = StatusCode::NO_CONTENT;
     r
@@ -159,13 +160,13 @@ fn too_many_requests(h: &Headers, retry_after: f64, global: bool) -> Response {
     r
 }
 
-fn parse_id(s: &str) -> Option<u64> {
+pub(crate) fn parse_id(s: &str) -> Option<u64> {
     s.parse().ok()
 }
 
 /// A boolean query parameter as Discord reads it: `true`/`false` or `1`/`0`
 /// (discord.py sends `wait=1`), in any case; anything else is a form error.
-fn query_bool(req: &Req<'_>, name: &str) -> Result<Option<bool>, ApiError> {
+pub(crate) fn query_bool(req: &Req<'_>, name: &str) -> Result<Option<bool>, ApiError> {
     let Some(v) = req.query(name) else {
         return Ok(None);
     };
@@ -232,7 +233,10 @@ impl Rest {
             return self.forced(status, &route);
         }
         // Webhook execution authenticates with the token in the URL.
-        let is_public = matches!(req.segments.as_slice(), ["gateway"] | ["webhooks", ..]);
+        let is_public = matches!(
+            req.segments.as_slice(),
+            ["gateway"] | ["webhooks", ..] | ["interactions", ..]
+        );
         let account = match auth(&self.core, &headers) {
             Some(a) => Some(a),
             None if is_public => None,
@@ -240,13 +244,20 @@ impl Rest {
         };
         let rate_key = account.unwrap_or(0);
         let global = self.core.cfg.rate_limits.global_per_second;
-        if let Decision::Limited {
-            headers,
-            retry_after,
-            ..
-        } = self
-            .limiter
-            .check("global", "global", rate_key, global, Duration::from_secs(1))
+        // Interaction endpoints are not bound to the global rate limit.
+        let interaction_route = match req.segments.as_slice() {
+            ["interactions", ..] => true,
+            ["webhooks", _, token, ..] => interactions::owns_token(&self.core, token),
+            _ => false,
+        };
+        if !interaction_route
+            && let Decision::Limited {
+                headers,
+                retry_after,
+                ..
+            } = self
+                .limiter
+                .check("global", "global", rate_key, global, Duration::from_secs(1))
         {
             return too_many_requests(&headers, retry_after, true);
         }
@@ -322,6 +333,9 @@ impl Rest {
     fn route(&self, req: &Req<'_>, account: Option<u64>) -> Result<Response, ApiError> {
         let me = account.unwrap_or(0);
         let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
+        if let Some(r) = self.route_interaction(req) {
+            return r;
+        }
         match (&req.method, req.segments.as_slice()) {
             (&Method::GET, ["gateway"]) => ok(json!({"url": self.core.gateway_url()})),
             (&Method::GET, ["gateway", "bot"]) => ok(json!({
@@ -530,6 +544,35 @@ impl Rest {
         }
     }
 
+    /// Interaction callbacks, and the webhook routes when the token is an
+    /// interaction's; `None` for anything else.
+    fn route_interaction(&self, req: &Req<'_>) -> Option<Result<Response, ApiError>> {
+        let core = &self.core;
+        let with = |v: Option<Value>| match v {
+            Some(v) => json_response(StatusCode::OK, &v),
+            None => no_content(),
+        };
+        let r = match (&req.method, req.segments.as_slice()) {
+            (&Method::POST, ["interactions", id, token, "callback"]) => {
+                let with_response = match query_bool(req, "with_response") {
+                    Ok(w) => w.unwrap_or(false),
+                    Err(e) => return Some(Err(e)),
+                };
+                interactions::callback(core, id, token, &req.body, with_response).map(with)
+            }
+            (method, ["webhooks", app, token, "messages", which])
+                if interactions::owns_token(core, token) =>
+            {
+                interactions::message_op(core, method, app, token, which, &req.body).map(with)
+            }
+            (&Method::POST, ["webhooks", app, token]) if interactions::owns_token(core, token) => {
+                interactions::followup(core, app, token, &req.body).map(|v| with(Some(v)))
+            }
+            _ => return None,
+        };
+        Some(r)
+    }
+
     /// Content over REST follows the account's approved intent (the portal toggle).
     fn rest_shows_content(&self, world: &super::world::World, m: &Message, viewer: u64) -> bool {
         world
@@ -545,25 +588,7 @@ impl Rest {
         author: Author,
     ) -> Result<Value, ApiError> {
         let body = &req.body;
-        let content = body["content"].as_str().unwrap_or("").to_string();
-        let embeds: Vec<Value> = body["embeds"].as_array().cloned().unwrap_or_default();
-        if content.chars().count() > MAX_CONTENT {
-            return Err(ApiError::form(
-                "content",
-                "BASE_TYPE_MAX_LENGTH",
-                "Must be 2000 or fewer in length.",
-            ));
-        }
-        if embeds.len() > MAX_EMBEDS {
-            return Err(ApiError::form(
-                "embeds",
-                "BASE_TYPE_MAX_LENGTH",
-                "Must be 10 or fewer in length.",
-            ));
-        }
-        if content.trim().is_empty() && embeds.is_empty() {
-            return Err(ApiError::new(400, 50006, "Cannot send an empty message"));
-        }
+        let (content, embeds) = message_body(body)?;
         let reference = match body.get("message_reference") {
             Some(r) if !r.is_null() => Some(json_id(&r["message_id"]).ok_or_else(|| {
                 ApiError::form(
@@ -627,6 +652,8 @@ impl Rest {
             nonce,
             edited: None,
             reactions: Vec::new(),
+            interaction: None,
+            flags: 0,
         };
         let author_id = match author {
             Author::Account(a) | Author::Webhook(a) => a,
@@ -1073,10 +1100,34 @@ impl Rest {
     }
 }
 
+/// A new message's content and embeds, checked as Discord checks them.
+pub(crate) fn message_body(body: &Value) -> Result<(String, Vec<Value>), ApiError> {
+    let content = body["content"].as_str().unwrap_or("").to_string();
+    let embeds: Vec<Value> = body["embeds"].as_array().cloned().unwrap_or_default();
+    if content.chars().count() > MAX_CONTENT {
+        return Err(ApiError::form(
+            "content",
+            "BASE_TYPE_MAX_LENGTH",
+            "Must be 2000 or fewer in length.",
+        ));
+    }
+    if embeds.len() > MAX_EMBEDS {
+        return Err(ApiError::form(
+            "embeds",
+            "BASE_TYPE_MAX_LENGTH",
+            "Must be 10 or fewer in length.",
+        ));
+    }
+    if content.trim().is_empty() && embeds.is_empty() {
+        return Err(ApiError::new(400, 50006, "Cannot send an empty message"));
+    }
+    Ok((content, embeds))
+}
+
 /// The (application, guild) whose commands a request is about. An
 /// application manages only its own commands, and guild commands only in
 /// guilds it is in.
-fn command_scope(
+pub(crate) fn command_scope(
     world: &super::world::World,
     app: &str,
     guild: Option<&str>,
@@ -1103,7 +1154,7 @@ fn command_scope(
 
 /// Checks one command of a bulk overwrite as Discord does; returns its type
 /// and name.
-fn check_command(body: &Value, i: usize) -> Result<(u64, String), ApiError> {
+pub(crate) fn check_command(body: &Value, i: usize) -> Result<(u64, String), ApiError> {
     let at = i.to_string();
     let kind = match &body["type"] {
         Value::Null => 1,

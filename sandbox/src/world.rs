@@ -119,6 +119,21 @@ pub struct Message {
     pub nonce: Option<Value>,
     pub edited: Option<SystemTime>,
     pub reactions: Vec<Reaction>,
+    /// Set on interaction responses: what `interaction_metadata` shows.
+    pub interaction: Option<InteractionMeta>,
+    /// Message flags: 64 ephemeral, 128 loading (a deferred response).
+    pub flags: u64,
+}
+
+/// The interaction a response message answers.
+#[derive(Debug, Clone)]
+pub struct InteractionMeta {
+    pub id: u64,
+    pub application_id: u64,
+    pub user_id: u64,
+    pub name: String,
+    /// On follow-ups: the original response's id.
+    pub original_response: Option<u64>,
 }
 
 impl Message {
@@ -422,6 +437,8 @@ mod tests {
             nonce: None,
             edited: None,
             reactions: Vec::new(),
+            interaction: None,
+            flags: 0,
         }
     }
 

@@ -139,6 +139,39 @@ pub enum ProbeKind {
     Http(HttpSpec),
     Command(CommandSpec),
     Presence(PresenceSpec),
+    Interactions(InteractionsSpec),
+}
+
+/// Real users' slash commands, watched passively: the target's interaction
+/// responses in these guilds or channels.
+#[derive(Debug, Clone)]
+pub struct InteractionsSpec {
+    pub guilds: Vec<u64>,
+    pub channels: Vec<u64>,
+    /// The only `command` label values besides `other`.
+    pub commands: Vec<String>,
+    pub error_reply: Option<ReplyMatch>,
+    /// A response slower than this makes the run a `failure`.
+    pub max_latency: Option<Duration>,
+}
+
+impl InteractionsSpec {
+    /// The `command` label of a command name: configured names, else `other`.
+    pub fn command_label(&self, name: &str) -> &str {
+        self.commands
+            .iter()
+            .find(|c| *c == name)
+            .map(String::as_str)
+            .unwrap_or("other")
+    }
+
+    /// Every `command` label value this probe can export.
+    pub fn command_labels(&self) -> impl Iterator<Item = &str> {
+        self.commands
+            .iter()
+            .map(String::as_str)
+            .chain(std::iter::once("other"))
+    }
 }
 
 impl ProbeSpec {
@@ -161,6 +194,7 @@ impl ProbeKind {
             ProbeKind::Http(_) => "http",
             ProbeKind::Command(_) => "command",
             ProbeKind::Presence(_) => "presence",
+            ProbeKind::Interactions(_) => "interactions",
         }
     }
 
@@ -168,7 +202,7 @@ impl ProbeKind {
     pub fn needs_discord(&self) -> bool {
         match self {
             ProbeKind::Exporter(_) | ProbeKind::Http(_) => false,
-            ProbeKind::Command(_) | ProbeKind::Presence(_) => true,
+            ProbeKind::Command(_) | ProbeKind::Presence(_) | ProbeKind::Interactions(_) => true,
         }
     }
 }

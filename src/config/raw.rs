@@ -89,6 +89,21 @@ pub struct RawProbe {
     pub http: Option<Spanned<RawHttp>>,
     pub command: Option<Spanned<RawCommand>>,
     pub presence: Option<Spanned<RawPresence>>,
+    pub interactions: Option<Spanned<RawInteractions>>,
+}
+
+/// Watches real users' slash commands (passively) in guilds or channels.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInteractions {
+    #[serde(default)]
+    pub guilds: Vec<Spanned<Snowflake>>,
+    #[serde(default)]
+    pub channels: Vec<Spanned<Snowflake>>,
+    /// The commands that get their own `command` label; others are `other`.
+    pub commands: Vec<Text>,
+    pub error_reply: Option<Spanned<RawMatch>>,
+    pub max_latency: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -565,7 +565,10 @@ fn check_probe(
     if let Some(x) = &p.presence {
         note("presence", x.referenced.line(), x.referenced.column());
     }
-    let kind_names = "exporter, http, command, presence";
+    if let Some(x) = &p.interactions {
+        note("interactions", x.referenced.line(), x.referenced.column());
+    }
+    let kind_names = "exporter, http, command, presence, interactions";
     let kind = match kinds.len() {
         0 => {
             c.error(
@@ -599,6 +602,9 @@ fn check_probe(
             } else if let Some(x) = &p.presence {
                 check_presence(c, x, &format!("{path}.presence"))
                     .map(|ks| ks.into_iter().map(ProbeKind::Presence).collect())
+            } else if let Some(x) = &p.interactions {
+                check_interactions(c, x, &format!("{path}.interactions"), ctx.target)
+                    .map(|k| vec![ProbeKind::Interactions(k)])
             } else {
                 None
             }
@@ -758,6 +764,91 @@ fn check_match(c: &mut Checker, m: &Spanned<raw::RawMatch>, path: &str) -> Optio
         );
     }
     (c.errors.len() == errors_before).then_some(out)
+}
+
+fn check_interactions(
+    c: &mut Checker,
+    x: &Spanned<raw::RawInteractions>,
+    path: &str,
+    target: &Option<Target>,
+) -> Option<InteractionsSpec> {
+    let raw = &x.value;
+    let errors_before = c.errors.len();
+    if target.as_ref().and_then(|t| t.user_id).is_none() {
+        c.error(
+            x,
+            path,
+            "interactions probes recognise the bot's responses by its user id: set target.user_id",
+        );
+    }
+    if raw.guilds.is_empty() && raw.channels.is_empty() {
+        c.error(
+            x,
+            path,
+            "list the guilds or channels to watch (guilds: [...] or channels: [...])",
+        );
+    }
+    let ids = |c: &mut Checker, list: &[Spanned<Snowflake>], field: &str| -> Vec<u64> {
+        list.iter()
+            .enumerate()
+            .filter_map(|(i, g)| snowflake(c, g, &format!("{path}.{field}[{i}]")))
+            .collect()
+    };
+    let guilds = ids(c, &raw.guilds, "guilds");
+    let channels = ids(c, &raw.channels, "channels");
+    let mut commands: Vec<String> = Vec::new();
+    if raw.commands.is_empty() {
+        c.error(
+            x,
+            &format!("{path}.commands"),
+            "list the commands to measure one by one (others count as \"other\")",
+        );
+    }
+    for (i, name) in raw.commands.iter().enumerate() {
+        let here = format!("{path}.commands[{i}]");
+        let n = name.value.trim_start_matches('/');
+        let valid = (1..=32).contains(&n.chars().count())
+            && n.chars()
+                .all(|ch| (ch.is_alphanumeric() && !ch.is_uppercase()) || ch == '-' || ch == '_');
+        if !valid {
+            c.error(
+                name,
+                &here,
+                format!(
+                    "{:?} is not a slash command name (1-32 lowercase letters, digits, - or _)",
+                    name.value
+                ),
+            );
+        } else if n == "other" {
+            c.error(
+                name,
+                &here,
+                "\"other\" is the label of every command not listed: it cannot be listed",
+            );
+        } else if commands.iter().any(|x| x == n) {
+            c.error(name, &here, format!("command {n:?} is listed twice"));
+        } else {
+            commands.push(n.to_string());
+        }
+    }
+    let error_reply = raw
+        .error_reply
+        .as_ref()
+        .map(|m| check_match(c, m, &format!("{path}.error_reply")));
+    let max_latency = raw
+        .max_latency
+        .as_ref()
+        .and_then(|t| c.duration(t, &format!("{path}.max_latency")));
+    if c.errors.len() > errors_before {
+        return None;
+    }
+    Some(InteractionsSpec {
+        guilds,
+        channels,
+        commands,
+        error_reply: error_reply.flatten(),
+        max_latency,
+    })
 }
 
 fn check_presence(

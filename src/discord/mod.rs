@@ -7,6 +7,7 @@
 //! that match replies to probes ([`correlate`]).
 
 pub mod correlate;
+pub mod interactions;
 pub mod send_gate;
 pub mod turns;
 
@@ -90,6 +91,8 @@ pub fn intents_for(config: &Config) -> GatewayIntents {
                 content_needed |= !c.expect.is_empty() || c.error_reply.is_some();
             }
             ProbeKind::Presence(_) => intents |= GatewayIntents::GUILD_PRESENCES,
+            // Content only to check responses against error_reply.
+            ProbeKind::Interactions(i) => content_needed |= i.error_reply.is_some(),
             _ => {}
         }
     }
@@ -132,6 +135,10 @@ struct Shared {
     messenger: Mutex<Option<ShardMessenger>>,
     /// Gateway pings awaiting their GUILD_MEMBERS_CHUNK, by nonce.
     pings: Mutex<HashMap<String, oneshot::Sender<PingAnswer>>>,
+    /// The target's interaction responses, for `interactions` probes.
+    interactions: Mutex<interactions::InteractionLog>,
+    /// Woken on every entry added to `interactions`.
+    interactions_seen: tokio::sync::Notify,
     /// Why the session ended for good (e.g. Discord rejected the token
     /// mid-session); `None` while it lives.
     ended: Mutex<Option<Ended>>,
@@ -342,6 +349,15 @@ impl RawEventHandler for Handler {
                 });
             }
             Event::MessageCreate(m) => {
+                if m.message.author.id.get() == s.target_id
+                    && let Some(r) = interactions::from_message(&m.message, view_of(&m.message))
+                {
+                    s.interactions
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(r);
+                    s.interactions_seen.notify_waiters();
+                }
                 let late = s
                     .correlator
                     .lock()
@@ -354,6 +370,21 @@ impl RawEventHandler for Handler {
                 let (Some(author), Some(content)) = (u.author.clone(), u.content.clone()) else {
                     return;
                 };
+                if author.id.get() == s.target_id
+                    && let Some(r) = interactions::from_update(
+                        &u,
+                        ReplyView {
+                            content: content.clone(),
+                            embeds: u.embeds.iter().flatten().map(embed_view).collect(),
+                        },
+                    )
+                {
+                    s.interactions
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(r);
+                    s.interactions_seen.notify_waiters();
+                }
                 let message = Incoming {
                     id: u.id.get(),
                     author_id: author.id.get(),
@@ -458,6 +489,8 @@ impl DiscordSession {
             ratelimited: AtomicU64::new(0),
             messenger: Mutex::new(None),
             pings: Mutex::new(HashMap::new()),
+            interactions: Mutex::new(Default::default()),
+            interactions_seen: tokio::sync::Notify::new(),
             ended: Mutex::new(None),
             shutting_down: AtomicBool::new(false),
         });
@@ -726,6 +759,31 @@ impl DiscordSession {
             .unwrap_or_else(|p| p.into_inner())
             .get(&channel_id)
             .copied()
+    }
+
+    /// Interaction responses seen after `cursor`, the new cursor, and how
+    /// many were lost to the log's bound (see [`interactions::InteractionLog`]).
+    pub fn interactions_since(&self, cursor: u64) -> (Vec<interactions::SeenResponse>, u64, u64) {
+        self.shared
+            .interactions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .since(cursor)
+    }
+
+    /// Completes when an interaction response is next added to the log
+    /// (create it, then check the log, then await it: nothing is missed).
+    pub fn interaction_seen(&self) -> tokio::sync::futures::Notified<'_> {
+        self.shared.interactions_seen.notified()
+    }
+
+    /// The current end of the interaction log: a new probe starts here.
+    pub fn interactions_cursor(&self) -> u64 {
+        self.shared
+            .interactions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .cursor()
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<SessionEvent> {

@@ -5,6 +5,7 @@ pub mod assertion;
 mod command;
 mod exporter;
 mod http;
+mod interactions;
 mod presence;
 pub mod reply;
 
@@ -21,6 +22,7 @@ use crate::discord::DiscordSession;
 pub use command::CommandProbe;
 pub use exporter::ExporterProbe;
 pub use http::HttpProbe;
+pub use interactions::InteractionsProbe;
 pub use presence::PresenceProbe;
 
 /// The result of one probe run: a closed set (DESIGN.md §3).
@@ -119,6 +121,41 @@ pub struct Observations {
     /// A command probe's message id, once sent: ties the run to the message
     /// in Discord (never a metric label).
     pub probe_message_id: Option<u64>,
+    /// An `interactions` probe's latencies and outcomes of real users'
+    /// slash commands seen by this run.
+    pub interactions: Vec<InteractionObservation>,
+}
+
+/// One observation of a real user's slash command; `command` is a label
+/// value (a configured command or `other`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum InteractionObservation {
+    Latency {
+        command: String,
+        phase: &'static str,
+        latency: Duration,
+    },
+    Outcome {
+        command: String,
+        failed: bool,
+    },
+}
+
+impl InteractionObservation {
+    pub fn latency(command: &str, phase: &'static str, latency: Duration) -> Self {
+        InteractionObservation::Latency {
+            command: command.to_string(),
+            phase,
+            latency,
+        }
+    }
+
+    pub fn outcome(command: &str, failed: bool) -> Self {
+        InteractionObservation::Outcome {
+            command: command.to_string(),
+            failed,
+        }
+    }
 }
 
 /// One probe run, as recorded in metrics and printed by `probe run`.
@@ -159,6 +196,7 @@ enum KindProbe {
     Http(HttpProbe),
     Command(Box<CommandProbe>),
     Presence(PresenceProbe),
+    Interactions(InteractionsProbe),
     /// A Discord probe that cannot run: the prober has no session.
     Unavailable(String),
 }
@@ -193,6 +231,9 @@ impl Probe {
             ProbeKind::Presence(p) => {
                 KindProbe::Presence(PresenceProbe::new(p.clone(), spec.timeout, session()?))
             }
+            ProbeKind::Interactions(i) => {
+                KindProbe::Interactions(InteractionsProbe::new(i.clone(), spec.timeout, session()?))
+            }
         };
         Ok(Probe { spec, kind })
     }
@@ -203,6 +244,7 @@ impl Probe {
             KindProbe::Http(p) => p.check().await,
             KindProbe::Command(p) => p.check().await,
             KindProbe::Presence(p) => p.check().await,
+            KindProbe::Interactions(p) => p.check().await,
             KindProbe::Unavailable(reason) => Check::new(Outcome::Inconclusive, reason.clone()),
         }
     }
@@ -214,6 +256,7 @@ impl Probe {
         match &self.kind {
             KindProbe::Command(c) => (c.max_duration(), Outcome::Inconclusive),
             KindProbe::Presence(p) => (p.max_duration(), Outcome::Inconclusive),
+            KindProbe::Interactions(p) => (p.max_duration(), Outcome::Inconclusive),
             _ => (self.spec.timeout, Outcome::Timeout),
         }
     }

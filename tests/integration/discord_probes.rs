@@ -22,7 +22,7 @@ fn bot(latency_ms: u64) -> BotBehaviour {
     }
 }
 
-fn sandbox_config(behaviour: BotBehaviour) -> SandboxConfig {
+pub(crate) fn sandbox_config(behaviour: BotBehaviour) -> SandboxConfig {
     let mut cfg = SandboxConfig::default();
     cfg.bot.behaviour = behaviour;
     cfg.bot.started_ago = Duration::from_secs(3600);
@@ -38,10 +38,10 @@ fn sandbox_config(behaviour: BotBehaviour) -> SandboxConfig {
 
 /// A sandbox, the prober's session on it, and a config whose `{channel}`,
 /// `{guild}`, `{base}` and `{exporter}` are filled in.
-struct Rig {
-    sb: Sandbox,
-    config: Config,
-    session: Arc<DiscordSession>,
+pub(crate) struct Rig {
+    pub(crate) sb: Sandbox,
+    pub(crate) config: Config,
+    pub(crate) session: Arc<DiscordSession>,
     /// Probes keep state between runs (the exporter's start time).
     probes: std::sync::Mutex<std::collections::HashMap<String, Arc<Probe>>>,
 }
@@ -70,7 +70,7 @@ probes:
         .replace("{guild}", &d.guilds[0].id)
 }
 
-async fn rig(cfg: SandboxConfig, probes: &str) -> Rig {
+pub(crate) async fn rig(cfg: SandboxConfig, probes: &str) -> Rig {
     rig_with(cfg, probes, "").await
 }
 
@@ -127,15 +127,15 @@ impl Rig {
             .clone()
     }
 
-    async fn run(&self, name: &str) -> ProbeResult {
+    pub(crate) async fn run(&self, name: &str) -> ProbeResult {
         run_once(self.probe(name)).await
     }
 
-    fn bot(&self) -> &Arc<twi_sandbox::bot::SimBot> {
+    pub(crate) fn bot(&self) -> &Arc<twi_sandbox::bot::SimBot> {
         self.sb.control().bot().unwrap()
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.session.shutdown().await;
         self.sb.shutdown().await;
     }

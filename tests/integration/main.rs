@@ -7,9 +7,10 @@ mod deploy;
 #[allow(dead_code)]
 #[path = "../../sandbox/tests/integration/discord.rs"]
 mod discord;
-mod discord_probes;
+pub(crate) mod discord_probes;
 mod exporter_probe;
 mod http_probe;
+mod interactions_probe;
 mod metrics;
 mod monitoring;
 mod monitoring_db;

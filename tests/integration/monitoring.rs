@@ -383,6 +383,18 @@ fn every_alert_is_labelled_documented_and_unit_tested_both_ways() {
         ("BotCommandLatencyHigh", "warning", "> 1"),
         ("BotCommandLatencyHigh", "critical", "> 3"),
         ("BotCommandSuccessRateLow", "warning", "< 0.95"),
+        (
+            "SlashCommandLatencyHigh",
+            "warning",
+            "rate(probe_interaction_latency_seconds_bucket[10m])))) > 1",
+        ),
+        (
+            "SlashCommandLatencyHigh",
+            "critical",
+            "rate(probe_interaction_latency_seconds_bucket[10m])))) > 3",
+        ),
+        ("SlashCommandSuccessRateLow", "warning", "< 0.95"),
+        ("SlashCommandSuccessRateLow", "critical", "< 0.90"),
         ("BotCommandSuccessRateLow", "critical", "< 0.90"),
         (
             "BotRestarted",

@@ -149,7 +149,16 @@ impl Serve {
     /// Polls /metrics until `ok` holds (bounded): there is no event to await
     /// across the process boundary.
     pub(crate) async fn until(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        self.until_within(what, Duration::from_secs(20), ok).await
+    }
+
+    pub(crate) async fn until_within(
+        &self,
+        what: &str,
+        limit: Duration,
+        ok: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
             let text = self.metrics().await;
             if ok(&text) {
@@ -376,6 +385,37 @@ async fn serve_sandbox_probes_the_simulated_bot_and_its_series_move() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+/// The shipped probes.yaml, unchanged: the simulated users' slash commands
+/// show in `probe_interaction_latency_seconds` within a minute of starting.
+#[tokio::test]
+async fn serve_sandbox_exports_real_users_slash_command_latency_within_a_minute() {
+    let shipped =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("probes.yaml")).unwrap();
+    let serve = Serve::start_with(&shipped, &["--sandbox"]).await;
+    let text = serve
+        .until_within("a slash-command latency", Duration::from_secs(60), |t| {
+            total(
+                t,
+                "probe_interaction_latency_seconds_count",
+                &[("probe", "slash-commands"), ("phase", "response")],
+            ) >= 1.0
+        })
+        .await;
+    assert!(
+        total(
+            &text,
+            "probe_interactions_total",
+            &[("probe", "slash-commands")]
+        ) >= 1.0
+            || total(
+                &text,
+                "probe_interaction_latency_seconds_count",
+                &[("probe", "slash-commands"), ("command", "stats")]
+            ) >= 1.0,
+        "an outcome counted, or a deferred /stats still thinking:\n{text}"
+    );
 }
 
 #[tokio::test]

@@ -632,3 +632,72 @@ async fn guild_listing_roles_pins_and_members_answer_like_discord() {
     assert_eq!(one.as_array().unwrap().len(), 1, "limit defaults to 1");
     sb.shutdown().await;
 }
+
+/// discord.py 2.7's `app_commands`, unmodified but for the base URL and
+/// gateway: syncs a guild tree, answers `/ping` directly, defers `/slow` and
+/// edits it, answers `/help` and sends a follow-up; the sandbox's truth
+/// agrees with what discord.py saw.
+#[tokio::test]
+async fn discordpy_app_commands_sync_answer_defer_and_follow_up() {
+    require_python("discord", "discord.py >= 2.7").await;
+    let mut cfg = SandboxConfig::default();
+    cfg.bot.enabled = false;
+    cfg.gateway.heartbeat_interval = HEARTBEAT;
+    let sb = DescribedSandbox::with(cfg).await;
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compat/discordpy_app_commands.py");
+    let run = Command::new("python3")
+        .arg(&script)
+        .arg(&sb.describe)
+        .args(["twi-bot-shard", "erin"])
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(CLIENT_DEADLINE, run)
+        .await
+        .expect("the discord.py bot ends in time")
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let context = format!(
+        "exit {:?}\n--- stdout\n{stdout}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "discord.py app_commands failed\n{context}"
+    );
+    let r: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}\n{context}"));
+    assert_eq!(r["synced"], json!(["help", "ping", "slow"]), "{context}");
+    assert_eq!(r["ping"]["title"], "🏓 Bot Latency Information");
+    assert_eq!(r["slow"]["content"], "done thinking");
+    assert_eq!(r["slow"]["edited"], true);
+    assert_eq!(r["help"]["topic"], "ranks");
+
+    let truth = sb.sb.control().interaction_truths();
+    let of = |name: &str| {
+        truth
+            .iter()
+            .find(|t| t.command == name)
+            .unwrap_or_else(|| panic!("truth for /{name}"))
+    };
+    assert_eq!(of("ping").callback.map(|c| c.1), Some(4));
+    assert_eq!(
+        of("ping").response_message_id.map(|m| m.to_string()),
+        r["ping"]["message_id"].as_str().map(String::from)
+    );
+    assert_eq!(of("slow").callback.map(|c| c.1), Some(5));
+    assert_eq!(of("slow").edits.len(), 1);
+    assert_eq!(of("help").callback.map(|c| c.1), Some(4));
+    let followup: u64 = r["help"]["followup_id"].as_str().unwrap().parse().unwrap();
+    let channel = sb.sb.channel_id("probes").unwrap();
+    assert!(
+        sb.sb
+            .control()
+            .truth(followup)
+            .is_some_and(|t| t.channel_id == channel),
+        "the follow-up is a message in #probes"
+    );
+}

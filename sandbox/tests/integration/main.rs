@@ -5,4 +5,5 @@ mod bot;
 mod compat;
 mod discord;
 mod gateway;
+mod interactions;
 mod rest;
