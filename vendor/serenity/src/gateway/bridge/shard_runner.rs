@@ -270,7 +270,7 @@ impl ShardRunner {
                     () = &mut sleep => break,
                     message = self.runner_rx.next() => {
                         let proceed = match message {
-                            Some(value) => self.handle_rx_value(value).await,
+                            Some(value) => self.handle_message(value).await,
                             None => false,
                         };
                         if !proceed {
@@ -360,6 +360,20 @@ impl ShardRunner {
     //
     // This always returns true, except in the case that the shard manager asked the runner to
     // shutdown.
+    /// twi-probe patch: whether the runner goes on after `msg`. Upstream stopped the runner
+    /// whenever `handle_rx_value` returned false, which it also does when a gateway request
+    /// (op 8, a presence update) could not be sent on a connection that is down: the shard
+    /// then never came back. Only a shutdown or restart meant for this runner stops it now; a
+    /// request that could not be sent is dropped, as a request on a dead connection is.
+    async fn handle_message(&mut self, msg: ShardRunnerMessage) -> bool {
+        let stops = matches!(msg, ShardRunnerMessage::Restart(_) | ShardRunnerMessage::Shutdown(..));
+        let ok = self.handle_rx_value(msg).await;
+        if !ok && !stops {
+            debug!("[ShardRunner {:?}] A gateway request could not be sent", self.shard.shard_info());
+        }
+        ok || !stops
+    }
+
     #[instrument(skip(self))]
     async fn handle_rx_value(&mut self, msg: ShardRunnerMessage) -> bool {
         match msg {
@@ -440,7 +454,7 @@ impl ShardRunner {
         loop {
             match self.runner_rx.try_next() {
                 Ok(Some(value)) => {
-                    if !self.handle_rx_value(value).await {
+                    if !self.handle_message(value).await {
                         return false;
                     }
                 },
@@ -475,7 +489,7 @@ impl ShardRunner {
             biased;
             message = self.runner_rx.next() => {
                 let proceed = match message {
-                    Some(value) => self.handle_rx_value(value).await,
+                    Some(value) => self.handle_message(value).await,
                     None => {
                         self.request_restart().await;
                         false
