@@ -98,6 +98,10 @@ pub enum Command {
         /// per minute (0: none).
         #[arg(long, default_value_t = 4.0, requires = "sandbox")]
         sandbox_commands_per_minute: f64,
+        /// Allow POST /-/reload (refused with 403 otherwise, as in
+        /// Prometheus); SIGHUP always reloads.
+        #[arg(long = "web.enable-lifecycle")]
+        web_enable_lifecycle: bool,
     },
     /// Run the local Discord stand-in (REST v10, Gateway v10, a simulated
     /// Twi Bot Shard) in the foreground until SIGINT or SIGTERM.
@@ -172,11 +176,13 @@ pub fn main() -> ExitCode {
             sandbox,
             sandbox_outages,
             sandbox_commands_per_minute,
+            web_enable_lifecycle,
         } => serve_command(
             config,
             listen,
             sandbox.then_some(sandbox_outages),
             sandbox_commands_per_minute,
+            web_enable_lifecycle,
         ),
     }
 }
@@ -189,6 +195,7 @@ fn serve_command(
     listen: Option<std::net::SocketAddr>,
     sandbox: Option<twi_sandbox::OutageRate>,
     sandbox_commands_per_minute: f64,
+    enable_lifecycle: bool,
 ) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -200,7 +207,10 @@ fn serve_command(
     let result: Result<(), String> = runtime.block_on(async {
         // Fail fast on a bad config, before anything listens.
         let config = Config::load(&path).map_err(|e| e.to_string())?;
-        let mut options = crate::serve::ServeOptions::default();
+        let mut options = crate::serve::ServeOptions {
+            enable_lifecycle,
+            ..Default::default()
+        };
         let mut sandbox_handle = None;
         if let Some(outages) = sandbox {
             let mut sb_config = crate::sandbox::sandbox_for(&config);

@@ -55,6 +55,10 @@ pub struct ServeOptions {
     pub token: Option<Secret>,
     /// Rewrites every loaded config (pointing it at the sandbox).
     pub rewrite: Option<Arc<dyn Fn(Config) -> Config + Send + Sync>>,
+    /// `POST /-/reload` works only when this is set
+    /// (`--web.enable-lifecycle`, as Prometheus and Alertmanager do); SIGHUP
+    /// always works.
+    pub enable_lifecycle: bool,
 }
 
 struct Scheduled {
@@ -226,6 +230,11 @@ impl Service {
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .map(|(_, s)| s.clone())
+    }
+
+    /// Whether `POST /-/reload` may reload (see [`ServeOptions`]).
+    pub fn lifecycle_enabled(&self) -> bool {
+        self.options.enable_lifecycle
     }
 
     /// Ready: the config is loaded and, with Discord probes, the prober's

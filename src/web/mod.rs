@@ -69,6 +69,15 @@ async fn ready(State(s): State<Arc<Service>>) -> Response {
 }
 
 async fn reload(State(s): State<Arc<Service>>) -> Response {
+    // Open to anyone who reaches the port (a browser page's POST too)
+    // unless asked for, as Prometheus' and Alertmanager's lifecycle API.
+    if !s.lifecycle_enabled() {
+        return (
+            StatusCode::FORBIDDEN,
+            "lifecycle APIs are not enabled: start probe serve with --web.enable-lifecycle, or send SIGHUP to reload\n",
+        )
+            .into_response();
+    }
     match s.reload().await {
         Ok(()) => (StatusCode::OK, "reloaded\n").into_response(),
         Err(e) => (

@@ -216,10 +216,10 @@ fn yaml(exporter: &str, sites: &[(&str, &str)]) -> String {
 async fn serve_as_a_process_scrapes_reloads_and_drains() {
     let exporter = TestServer::start(Reply::ok(python_exporter_body(unix_now() - 7200.0, 1))).await;
     let site = TestServer::start(Reply::ok("hello")).await;
-    let serve = Serve::start(&yaml(
-        &exporter.url("/metrics"),
-        &[("site", &site.url("/page"))],
-    ))
+    let serve = Serve::start_with(
+        &yaml(&exporter.url("/metrics"), &[("site", &site.url("/page"))]),
+        &["--web.enable-lifecycle"],
+    )
     .await;
 
     // Values move as probes run.
@@ -581,6 +581,7 @@ async fn a_token_rejected_mid_session_is_said_everywhere() {
             sb.account("prober").unwrap().token.clone(),
         )),
         rewrite: None,
+        enable_lifecycle: false,
     };
     let service = twi_probe::serve::Service::start(path, options)
         .await
@@ -614,4 +615,29 @@ async fn a_token_rejected_mid_session_is_said_everywhere() {
     service.shutdown().await;
     sb.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `POST /-/reload` is refused (403) unless `--web.enable-lifecycle` is
+/// given, as in Prometheus: any page a browser opens could post to it.
+#[tokio::test]
+async fn reload_over_http_needs_the_lifecycle_flag() {
+    let site = TestServer::start(Reply::ok("hello")).await;
+    let serve = Serve::start(&format!(
+        "target: {{name: bot}}\nprobes:\n  - name: site\n    every: 1h\n    timeout: 1s\n    http: {{url: \"{}\"}}\n",
+        site.url("/page")
+    ))
+    .await;
+    serve.write_config("target: {name: bot}\nprobes:\n  - name: x\n    every: soon\n");
+    let r = reqwest::Client::new()
+        .post(format!("{}/-/reload", serve.base))
+        .header("Origin", "http://elsewhere.example")
+        .header("Content-Type", "text/plain")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("--web.enable-lifecycle"), "{body}");
+    // Nothing was reloaded: the old probe is still there.
+    assert!(serve.metrics().await.contains("probe=\"site\""));
 }

@@ -334,7 +334,7 @@ async fn the_status_page_shows_every_probe_escapes_replies_and_renders_in_chromi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_json_api_keeps_a_bounded_ring_and_a_reload_keeps_unchanged_probes_history() {
-    let serve = Serve::start_with(CONFIG, &["--sandbox"]).await;
+    let serve = Serve::start_with(CONFIG, &["--sandbox", "--web.enable-lifecycle"]).await;
     let base = serve.base.clone();
     // More presence runs than the ring holds (history: 3).
     serve
