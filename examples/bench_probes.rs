@@ -312,20 +312,7 @@ async fn truthfulness(sandbox: &Sandbox, args: &Args) -> anyhow::Result<bool> {
     )?;
     let config = Config::from_yaml(&yaml, Path::new("bench_probes.yaml"))
         .map_err(|e| anyhow!("{e}\n{yaml}"))?;
-    let session = Arc::new(
-        DiscordSession::connect(&config, &Secret::new(prober.token.clone()))
-            .await
-            .context("connecting the prober")?,
-    );
-    let probes = config
-        .probes
-        .iter()
-        .map(|spec| {
-            Probe::new(spec.clone(), Some(&session))
-                .map(Arc::new)
-                .map_err(|e| anyhow!("probe {}: {e}", spec.name))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (session, probes) = connect_probes(&config, &prober.token).await?;
 
     println!();
     println!(
@@ -760,20 +747,7 @@ async fn gateway_round_trips(sandbox: &Sandbox, args: &Args) -> anyhow::Result<b
     }
     let config = Config::from_yaml(&yaml, Path::new("bench_gateway.yaml"))
         .map_err(|e| anyhow!("{e}\n{yaml}"))?;
-    let session = Arc::new(
-        DiscordSession::connect(&config, &Secret::new(prober.token.clone()))
-            .await
-            .context("connecting the prober")?,
-    );
-    let mut probes = config
-        .probes
-        .iter()
-        .map(|spec| {
-            Probe::new(spec.clone(), Some(&session))
-                .map(Arc::new)
-                .map_err(|e| anyhow!("probe {}: {e}", spec.name))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (session, mut probes) = connect_probes(&config, &prober.token).await?;
     let presence = probes.remove(0);
 
     println!();
@@ -830,6 +804,28 @@ async fn gateway_round_trips(sandbox: &Sandbox, args: &Args) -> anyhow::Result<b
         late.p99
     );
     Ok(all_ok)
+}
+
+/// The prober's session on the sandbox, and every configured probe on it.
+async fn connect_probes(
+    config: &Config,
+    token: &str,
+) -> anyhow::Result<(Arc<DiscordSession>, Vec<Arc<Probe>>)> {
+    let session = Arc::new(
+        DiscordSession::connect(config, &Secret::new(token.to_string()))
+            .await
+            .context("connecting the prober")?,
+    );
+    let probes = config
+        .probes
+        .iter()
+        .map(|spec| {
+            Probe::new(spec.clone(), Some(&session))
+                .map(Arc::new)
+                .map_err(|e| anyhow!("probe {}: {e}", spec.name))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((session, probes))
 }
 
 // ---------------------------------------------------------------------------
