@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::Description;
 use super::bot::{BotBehaviour, SimBot};
@@ -172,6 +172,24 @@ impl Controls {
         Ok(())
     }
 
+    /// Changes only the fields of the bot's behaviour that `patch` (a JSON
+    /// object, as `POST /bot/behaviour` takes it) names; the others keep
+    /// their current values (a test that slows the bot keeps its error
+    /// rate). Returns the behaviour now in force.
+    pub fn merge_bot_behaviour(&self, patch: serde_json::Value) -> Result<BotBehaviour, String> {
+        let bot = self.sim_bot()?;
+        let serde_json::Value::Object(fields) = patch else {
+            return Err("the behaviour must be a JSON object".into());
+        };
+        let mut merged = serde_json::to_value(bot.behaviour()).map_err(|e| e.to_string())?;
+        if let serde_json::Value::Object(current) = &mut merged {
+            current.extend(fields);
+        }
+        let b: BotBehaviour = serde_json::from_value(merged).map_err(|e| e.to_string())?;
+        self.set_bot_behaviour(b.clone())?;
+        Ok(b)
+    }
+
     /// Takes the simulated bot offline: it closes its gateway connection
     /// cleanly, so its presence goes offline at once.
     pub async fn bot_offline(&self) -> Result<(), String> {
@@ -287,7 +305,7 @@ pub fn router(controls: Arc<Controls>, description: Description) -> Router {
         .route(
             "/bot/behaviour",
             get(|State((c, _)): Ctl| async move { done(c.sim_bot().map(|b| b.behaviour())) })
-                .post(|State((c, _)): Ctl, Json(b): Json<BotBehaviour>| async move { done(c.set_bot_behaviour(b)) }),
+                .post(|State((c, _)): Ctl, Json(patch): Json<Value>| async move { done(c.merge_bot_behaviour(patch)) }),
         )
         .route("/bot/offline", post(|State((c, _)): Ctl| async move { done(c.bot_offline().await) }))
         .route("/bot/online", post(|State((c, _)): Ctl| async move { done(c.bot_online().await) }))

@@ -358,3 +358,57 @@ async fn the_bot_goes_offline_at_once_after_start() {
         sb.shutdown().await;
     }
 }
+
+/// `POST /bot/behaviour` changes only the fields it names: slowing the bot
+/// down keeps its error and drop rates (it reset them to 0 before).
+#[tokio::test]
+async fn posting_a_behaviour_changes_only_the_given_fields() {
+    let mut cfg = SandboxConfig::default();
+    cfg.bot.behaviour = BotBehaviour {
+        error_rate: 0.25,
+        drop_rate: 0.5,
+        placeholder: true,
+        ..fast()
+    };
+    let sb = start_sandbox(cfg).await;
+    let url = format!("{}/bot/behaviour", sb.description().control_url);
+    let http = reqwest::Client::new();
+    let post = |body: serde_json::Value| http.post(&url).json(&body).send();
+
+    let r = post(serde_json::json!({"latency": {"median": "300ms"}}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let now = sb.control().bot().unwrap().behaviour();
+    assert_eq!(
+        now,
+        BotBehaviour {
+            latency: Latency::fixed(Duration::from_millis(300)),
+            error_rate: 0.25,
+            drop_rate: 0.5,
+            placeholder: true,
+            ..fast()
+        }
+    );
+    // What GET shows is what is in force.
+    let shown: serde_json::Value = http.get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(shown["result"]["error_rate"], 0.25, "{shown}");
+    assert_eq!(shown["result"]["drop_rate"], 0.5, "{shown}");
+
+    // A later change of one field keeps the latency just set.
+    post(serde_json::json!({"drop_rate": 0.0})).await.unwrap();
+    let now = sb.control().bot().unwrap().behaviour();
+    assert_eq!(now.drop_rate, 0.0);
+    assert_eq!(now.latency, Latency::fixed(Duration::from_millis(300)));
+    assert_eq!(now.error_rate, 0.25);
+
+    // A field the bot does not have is refused, and changes nothing.
+    let r = post(serde_json::json!({"error_rate": 1.0, "speed": 3}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("speed"), "{body}");
+    assert_eq!(sb.control().bot().unwrap().behaviour().error_rate, 0.25);
+    sb.shutdown().await;
+}
