@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{Timelike, Utc};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +33,10 @@ pub struct SlotStats {
     /// When the next slot is due, in unix milliseconds; 0 when there is none
     /// (for the status page).
     pub next_run_unix_ms: AtomicU64,
+    /// The first slot on the schedule's clock: with the interval, it tells
+    /// how many slots came due by a given time, independently of the
+    /// counters above (the model tests check them against it).
+    pub first_slot: std::sync::OnceLock<Instant>,
 }
 
 impl SlotStats {
@@ -76,6 +80,7 @@ pub async fn run_probe(
         Some(t) => t,
         None => return,
     };
+    stats.first_slot.get_or_init(|| next);
     metrics.set_next_run(&probe.spec, wall_time(next));
     stats.set_next_run(Some(wall_time(next)));
     let mut inflight: Option<tokio::task::JoinHandle<()>> = None;
@@ -174,7 +179,15 @@ fn next_slot(schedule: &Schedule, after: Instant) -> Option<Instant> {
             let wall_after = Utc::now()
                 - chrono::Duration::from_std(now.saturating_duration_since(after)).ok()?
                 + chrono::Duration::from_std(after.saturating_duration_since(now)).ok()?;
-            let next = cron.find_next_occurrence(&wall_after, false).ok()?;
+            // On the whole second: croner keeps the fraction of the time it
+            // is given, so from 12:03:27.6 "0 */5 * * * *" would fire at
+            // 12:05:00.6. The 10 ms make a slot that just fired (mapped
+            // back to wall time within microseconds, either side of its
+            // second) count as that second, never as the one before.
+            let whole = (wall_after + chrono::Duration::milliseconds(10))
+                .with_nanosecond(0)
+                .unwrap_or(wall_after);
+            let next = cron.find_next_occurrence(&whole, false).ok()?;
             let wait = (next - Utc::now()).to_std().unwrap_or(Duration::ZERO);
             Some(Instant::now() + wait)
         }
@@ -182,8 +195,26 @@ fn next_slot(schedule: &Schedule, after: Instant) -> Option<Instant> {
 }
 
 #[cfg(test)]
+mod model_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn cron_slots_fall_on_whole_seconds() {
+        let s = Schedule::Cron {
+            expression: "* * * * * *".into(),
+            min_interval: Duration::from_secs(1),
+        };
+        for _ in 0..3 {
+            let at = next_slot(&s, Instant::now()).unwrap();
+            let wall = Utc::now() + chrono::Duration::from_std(at - Instant::now()).unwrap();
+            let ms = wall.timestamp_subsec_millis();
+            assert!(!(5..995).contains(&ms), "a slot at .{ms:03} s");
+            tokio::time::sleep(Duration::from_millis(370)).await;
+        }
+    }
 
     #[tokio::test]
     async fn cron_slots_are_whole_seconds_apart() {

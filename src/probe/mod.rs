@@ -25,7 +25,8 @@ pub use http::HttpProbe;
 pub use interactions::InteractionsProbe;
 pub use presence::PresenceProbe;
 
-/// The result of one probe run: a closed set (DESIGN.md §3).
+/// The result of one probe run: a closed set (the README's Outcomes
+/// table says what each means and whether it counts against the bot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
@@ -199,6 +200,24 @@ enum KindProbe {
     Interactions(InteractionsProbe),
     /// A Discord probe that cannot run: the prober has no session.
     Unavailable(String),
+    /// Test hook: runs that do what the test says (take long, hang, panic)
+    /// with no network, so the scheduler can be checked on a paused clock.
+    #[cfg(test)]
+    Scripted(Script),
+}
+
+/// What each run of a scripted probe does (unit tests only).
+#[cfg(test)]
+#[derive(Clone)]
+pub(crate) struct Script(
+    pub(crate) Arc<dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = Check> + Send>> + Send + Sync>,
+);
+
+#[cfg(test)]
+impl fmt::Debug for Script {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Script")
+    }
 }
 
 impl Probe {
@@ -208,6 +227,15 @@ impl Probe {
         Probe {
             spec,
             kind: KindProbe::Unavailable(reason),
+        }
+    }
+
+    /// A probe whose runs do what `script` does (unit tests only).
+    #[cfg(test)]
+    pub(crate) fn scripted(spec: ProbeSpec, script: Script) -> Self {
+        Probe {
+            spec,
+            kind: KindProbe::Scripted(script),
         }
     }
 
@@ -246,6 +274,8 @@ impl Probe {
             KindProbe::Presence(p) => p.check().await,
             KindProbe::Interactions(p) => p.check().await,
             KindProbe::Unavailable(reason) => Check::new(Outcome::Inconclusive, reason.clone()),
+            #[cfg(test)]
+            KindProbe::Scripted(script) => (script.0)().await,
         }
     }
 
