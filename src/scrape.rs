@@ -22,7 +22,10 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, so that the tests can pause it.
+use tokio::time::Instant;
 
 use axum::body::Bytes;
 use tokio::sync::Notify;
@@ -197,7 +200,7 @@ impl ScrapeCache {
         loop {
             let wait = async {
                 match due {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
@@ -325,7 +328,9 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    // On a paused clock: the scrapes' timing is exact and nothing real is
+    // waited (the pauses are the scenario, not synchronisation).
+    #[tokio::test(start_paused = true)]
     async fn the_refresher_renders_once_per_scrape_just_before_it() {
         let cache = Arc::new(ScrapeCache::default());
         let m = metrics();

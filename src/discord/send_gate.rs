@@ -8,9 +8,11 @@
 //! at least [`SEND_SPACING`] apart. The wait happens before a probe's clock
 //! starts, like the per-channel send budget, and is never timed.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::Mutex;
+// tokio's clock, so that tests can pause it.
+use tokio::time::Instant;
 
 /// The least time between two probe messages of this process. 200 sends/s
 /// at most, still far above what the per-channel budgets allow.
@@ -28,7 +30,7 @@ impl SendGate {
     pub async fn turn(&self) -> Instant {
         let mut last = self.last.lock().await;
         if let Some(previous) = *last {
-            tokio::time::sleep_until((previous + SEND_SPACING).into()).await;
+            tokio::time::sleep_until(previous + SEND_SPACING).await;
         }
         let now = Instant::now();
         *last = Some(now);
@@ -40,9 +42,11 @@ impl SendGate {
 mod tests {
     use super::*;
 
-    #[tokio::test]
+    // On a paused clock: the spacing is exact, and nothing real is waited.
+    #[tokio::test(start_paused = true)]
     async fn simultaneous_turns_are_spaced() {
         let gate = std::sync::Arc::new(SendGate::default());
+        let start = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..5 {
             let gate = gate.clone();
@@ -50,22 +54,31 @@ mod tests {
         }
         let mut turns = tasks.join_all().await;
         turns.sort();
-        for pair in turns.windows(2) {
-            assert!(
-                pair[1] - pair[0] >= SEND_SPACING,
-                "turns {:?} apart",
-                pair[1] - pair[0]
-            );
-        }
+        let offsets: Vec<Duration> = turns.iter().map(|t| *t - start).collect();
+        let want: Vec<Duration> = (0..5).map(|i| SEND_SPACING * i).collect();
+        assert_eq!(
+            offsets, want,
+            "one turn every SEND_SPACING, the first at once"
+        );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_turn_after_a_pause_does_not_wait() {
         let gate = SendGate::default();
         gate.turn().await;
+        // The pause is the scenario (the clock jumps: nothing real waits).
         tokio::time::sleep(SEND_SPACING * 2).await;
         let asked = Instant::now();
         let got = gate.turn().await;
-        assert!(got - asked < SEND_SPACING, "waited {:?}", got - asked);
+        assert_eq!(got, asked, "waited {:?}", got - asked);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_turn_soon_after_another_waits_for_the_rest_of_the_spacing() {
+        let gate = SendGate::default();
+        let first = gate.turn().await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let got = gate.turn().await;
+        assert_eq!(got - first, SEND_SPACING);
     }
 }
