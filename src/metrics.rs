@@ -1,4 +1,6 @@
-//! The metric families of DESIGN.md §4, in a registry owned by this struct.
+//! The metric families listed in the README's Metrics section (the
+//! contract with the alert rules and dashboards; a test keeps the two
+//! equal), in a registry owned by this struct.
 //!
 //! Label values come only from the configuration (probe names, kinds, static
 //! labels) and closed sets (outcomes), so the number of series is fixed by
@@ -47,6 +49,10 @@ pub struct Metrics {
     next_run: GaugeVec,
     interaction_latency: HistogramVec,
     interactions: IntCounterVec,
+    /// Bumped after each change tests wait for (a run started or recorded,
+    /// a skip, a next slot, a probe forgotten, a session event or gateway
+    /// sample applied by `follow_discord`): tests await it instead of polling the registry.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Metrics {
@@ -294,6 +300,7 @@ impl Metrics {
             in_flight,
             interaction_latency,
             interactions,
+            changes: tokio::sync::watch::Sender::new(0),
         };
         for spec in &config.probes {
             metrics.init_probe(spec);
@@ -470,8 +477,19 @@ impl Metrics {
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     },
                 }
+                metrics.changed();
             }
         })
+    }
+
+    /// Changes after each change listed at `changes` (for tests: await
+    /// it, then read the registry).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     fn sample_gateway(&self, session: &DiscordSession) {
@@ -516,6 +534,7 @@ impl Metrics {
                 }
             }
         }
+        self.changed();
     }
 
     /// Whether these metrics can serve `config` (same label names).
@@ -527,6 +546,7 @@ impl Metrics {
         self.skipped
             .with_label_values(&self.label_values(spec))
             .inc();
+        self.changed();
     }
 
     /// When the probe's next slot is due, as unix time.
@@ -538,6 +558,7 @@ impl Metrics {
         self.next_run
             .with_label_values(&self.label_values(spec))
             .set(unix);
+        self.changed();
     }
 
     /// The probe has no next slot.
@@ -553,10 +574,13 @@ impl Metrics {
 
     pub fn run_started(&self) {
         self.in_flight.inc();
+        self.changed();
     }
 
+    /// The run's result is recorded (`record` comes first).
     pub fn run_finished(&self) {
         self.in_flight.dec();
+        self.changed();
     }
 
     /// Process metrics (RSS, CPU, open fds, start time) of this process.

@@ -193,36 +193,77 @@ async fn run_exit_codes_follow_nagios() {
     );
 }
 
+/// Every field of the JSON result line, as the README lists them: exactly
+/// these keys, each with its type and meaning.
 #[tokio::test]
 async fn run_json_lines_parse_and_carry_the_fields() {
     let (_server, dir) = setup().await;
+    let before = std::time::SystemTime::now();
     let out = probe(&["run", "--format", "json"], &dir.0).await;
+    let after = std::time::SystemTime::now();
     assert_eq!(out.status.code(), Some(2));
     let lines: Vec<serde_json::Value> = stdout(&out)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
     assert_eq!(lines.len(), 2);
+    let mut ids = std::collections::HashSet::new();
     for v in &lines {
-        for field in [
-            "probe",
-            "kind",
-            "outcome",
-            "latency_seconds",
-            "detail",
-            "request_id",
-        ] {
-            assert!(v.get(field).is_some(), "{field} missing in {v}");
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "detail",
+                "duration_seconds",
+                "kind",
+                "latency_seconds",
+                "outcome",
+                "probe",
+                "request_id",
+                "timestamp",
+                "type"
+            ],
+            "{v}"
+        );
+        assert_eq!(v["type"], "result");
+        assert!(v["detail"].is_string(), "{v}");
+        let duration = v["duration_seconds"].as_f64().unwrap();
+        assert!(duration > 0.0 && duration < 10.0, "{v}");
+        if let Some(latency) = v["latency_seconds"].as_f64() {
+            assert!(latency > 0.0 && latency <= duration, "{v}");
         }
+        let id = v["request_id"].as_str().unwrap();
+        assert!(
+            id.len() == 12 && id.chars().all(|c| c.is_ascii_hexdigit()),
+            "{id}"
+        );
+        assert!(ids.insert(id.to_string()), "request ids differ");
+        // RFC 3339 in UTC with milliseconds: when the run started.
+        let ts = v["timestamp"].as_str().unwrap();
+        assert!(ts.ends_with('Z') && ts.len() == 24, "{ts}");
+        let at = humantime::parse_rfc3339(ts).unwrap();
+        let ms = std::time::Duration::from_millis(1);
+        assert!(at + ms >= before && at <= after, "{ts}");
     }
     let exporter = lines.iter().find(|v| v["probe"] == "bot-exporter").unwrap();
+    assert_eq!(exporter["kind"], "exporter");
     assert_eq!(exporter["outcome"], "success");
     assert!(exporter["latency_seconds"].as_f64().unwrap() > 0.0);
+    assert!(
+        exporter["detail"].as_str().unwrap().starts_with("uptime "),
+        "{exporter}"
+    );
     let failing = lines.iter().find(|v| v["probe"] == "wants-204").unwrap();
+    assert_eq!(failing["kind"], "http");
     assert_eq!(failing["outcome"], "failure");
     assert!(
         failing["latency_seconds"].is_null(),
         "a failed run has no latency"
+    );
+    assert!(
+        failing["detail"].as_str().unwrap().contains("200"),
+        "{failing}"
     );
 }
 

@@ -8,12 +8,12 @@ use std::time::Duration;
 use serenity::all::{ChannelId, CreateEmbed, CreateMessage, Event, GatewayIntents};
 use twi_probe::config::{Config, Secret};
 use twi_probe::discord::{ConnectError, DiscordSession, SessionEvent};
-use twi_probe::exposition;
 use twi_probe::metrics::Metrics;
 use twi_probe::probe::{Outcome, Probe, ProbeResult, run_once};
 use twi_sandbox::{BotBehaviour, HttpFault, Latency, Sandbox, SandboxConfig};
 
 use crate::discord::{EVENT_WAIT, TestClient, start_sandbox};
+use crate::support::until_changed;
 
 fn bot(latency_ms: u64) -> BotBehaviour {
     BotBehaviour {
@@ -351,6 +351,8 @@ async fn late_reply_case(reference: bool) {
         ..bot(1500)
     };
     let r = rig(sandbox_config(behaviour), TWO_IN_ONE_CHANNEL).await;
+    let metrics = Arc::new(Metrics::new(&r.config));
+    let follower = metrics.follow_discord(&r.config, &r.session);
     let mut events = r.session.subscribe();
     let first = r.run("short").await;
     assert_eq!(first.outcome, Outcome::Timeout, "{}", first.detail);
@@ -382,6 +384,16 @@ async fn late_reply_case(reference: bool) {
     .await
     .expect("the late reply is recognised");
     assert_eq!(late, "short");
+    // probe_late_replies_total counts it against the probe it answered.
+    let text = until_changed(&metrics, "probe_late_replies_total counts it", |t| {
+        value(t, "probe_late_replies_total", &[("probe", "short")]) == 1.0
+    })
+    .await;
+    assert_eq!(
+        value(&text, "probe_late_replies_total", &[("probe", "long")]),
+        0.0
+    );
+    follower.abort();
     r.stop().await;
 }
 
@@ -403,12 +415,9 @@ const PRESENCE: &str = r#"
       guilds: ["{guild}"]
 "#;
 
-fn gauge(metrics: &Metrics, name: &str, probe: &str) -> Option<f64> {
-    exposition::parse(&metrics.render())
-        .unwrap()
-        .into_iter()
-        .find(|s| s.name == name && s.label("probe") == Some(probe))
-        .map(|s| s.value)
+/// The sum of a family's samples whose labels include `labels`.
+fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    crate::serve::total(text, name, labels)
 }
 
 #[tokio::test]
@@ -430,13 +439,10 @@ async fn bot_offline_shows_at_once_and_commands_say_so() {
     })
     .await
     .expect("offline presence arrives");
-    tokio::time::timeout(EVENT_WAIT, async {
-        while gauge(&metrics, "probe_target_presence_online", "presence") != Some(0.0) {
-            tokio::task::yield_now().await;
-        }
+    until_changed(&metrics, "the gauge follows the event", |t| {
+        value(t, "probe_target_presence_online", &[("probe", "presence")]) == 0.0
     })
-    .await
-    .expect("the gauge follows the event");
+    .await;
 
     let p = r.run("presence").await;
     assert_eq!(p.outcome, Outcome::Failure);
@@ -559,21 +565,10 @@ async fn a_429_on_the_send_is_inconclusive_and_counted() {
     assert_eq!(res.outcome, Outcome::Inconclusive);
     assert!(res.detail.contains("rate-limited"), "{}", res.detail);
     assert_eq!(r.session.ratelimited_total(), 1);
-    tokio::time::timeout(EVENT_WAIT, async {
-        loop {
-            let n = exposition::parse(&metrics.render())
-                .unwrap()
-                .into_iter()
-                .find(|s| s.name == "prober_ratelimited_total")
-                .map(|s| s.value);
-            if n == Some(1.0) {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
+    until_changed(&metrics, "prober_ratelimited_total counts it", |t| {
+        value(t, "prober_ratelimited_total", &[]) == 1.0
     })
-    .await
-    .expect("prober_ratelimited_total counts it");
+    .await;
     assert_eq!(
         r.run("help").await.outcome,
         Outcome::Success,
@@ -742,5 +737,202 @@ async fn a_connection_lost_and_resumed_at_once_is_counted() {
     .await
     .expect("the loss and the resume are both seen");
     assert_eq!(r.session.disconnects(), before + 1);
+    r.stop().await;
+}
+
+/// Waits for the prober's gateway to go down and come back up.
+async fn lost_and_back(events: &mut tokio::sync::broadcast::Receiver<SessionEvent>, what: &str) {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let mut down = false;
+        loop {
+            match events.recv().await {
+                Ok(SessionEvent::Gateway { connected: false }) => down = true,
+                Ok(SessionEvent::Gateway { connected: true }) if down => return,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: the loss and the return are both seen"));
+}
+
+/// The prober's own gateway in its metrics: every lost connection counts
+/// in `prober_gateway_disconnects_total`, also one lost and resumed
+/// within milliseconds (a close with 4000, an op 7 RECONNECT), and
+/// `prober_gateway_latency_seconds` is the heartbeat's round trip.
+#[tokio::test]
+async fn the_probers_gateway_metrics_count_every_loss_and_the_heartbeat() {
+    let mut cfg = sandbox_config(bot(20));
+    // Heartbeats every 200 ms (Discord: 41.25 s), each acknowledged 40 ms
+    // later, so the round trip is known and soon measured.
+    cfg.gateway.heartbeat_interval = Duration::from_millis(200);
+    cfg.gateway.heartbeat_round_trip = Duration::from_millis(40);
+    let r = rig(cfg, PRESENCE).await;
+    let metrics = Arc::new(Metrics::new(&r.config));
+    let follower = metrics.follow_discord(&r.config, &r.session);
+    let text = until_changed(&metrics, "the heartbeat round trip is exported", |t| {
+        value(t, "prober_gateway_latency_seconds", &[]) > 0.0
+    })
+    .await;
+    let latency = value(&text, "prober_gateway_latency_seconds", &[]);
+    assert!(
+        (0.04..1.0).contains(&latency),
+        "a 40 ms round trip, not {latency} s"
+    );
+    assert_eq!(value(&text, "prober_gateway_connected", &[]), 1.0);
+    assert_eq!(value(&text, "prober_gateway_disconnects_total", &[]), 0.0);
+
+    let mut events = r.session.subscribe();
+    r.sb.control().close_gateway("prober", 4000).unwrap();
+    lost_and_back(&mut events, "close 4000").await;
+    until_changed(&metrics, "a close with 4000 counts once", |t| {
+        value(t, "prober_gateway_disconnects_total", &[]) == 1.0
+            && value(t, "prober_gateway_connected", &[]) == 1.0
+    })
+    .await;
+
+    r.sb.control().send_reconnect("prober").unwrap();
+    lost_and_back(&mut events, "op 7").await;
+    let text = until_changed(&metrics, "an op 7 counts once more", |t| {
+        value(t, "prober_gateway_disconnects_total", &[]) == 2.0
+            && value(t, "prober_gateway_connected", &[]) == 1.0
+    })
+    .await;
+    assert_eq!(r.session.disconnects(), 2, "{text}");
+    follower.abort();
+    r.stop().await;
+}
+
+/// `{target}` in a probe's message becomes a mention of the bot (the
+/// simulated bot answers `<@its id> help`, not the text `{target}`), and
+/// `cleanup: true` deletes the probe's message after the run.
+#[tokio::test]
+async fn a_target_mention_is_sent_and_cleanup_deletes_the_probe_message() {
+    let probes = r#"
+  - name: mention
+    every: 1m
+    timeout: 3s
+    command:
+      channel_id: "{channel}"
+      cleanup: true
+      message: "{target} help"
+      expect: {embed_title: "^Interactive Help System"}
+"#;
+    let r = rig(sandbox_config(bot(20)), probes).await;
+    let bot_id = sb_id(&r.sb, "twi-bot-shard");
+    let twi_probe::config::ProbeKind::Command(c) = &r.config.probes[0].kind else {
+        panic!("a command probe");
+    };
+    assert_eq!(c.message, format!("<@{bot_id}> help"));
+    let res = r.run("mention").await;
+    assert_eq!(res.outcome, Outcome::Success, "{}", res.detail);
+    let probe_id = res.observations.probe_message_id.expect("sent");
+    let channel = ChannelId::new(r.sb.channel_id("probes").unwrap());
+    // The delete is part of the run: gone once the run has returned.
+    let gone = channel.message(&r.session.http, probe_id).await;
+    assert!(
+        gone.as_ref()
+            .is_err_and(|e| e.to_string().contains("Unknown Message")),
+        "the probe message is still there: {gone:?}"
+    );
+    let reply = r.bot().answer_to(probe_id).expect("the bot answered");
+    assert!(
+        channel.message(&r.session.http, reply).await.is_ok(),
+        "the bot's reply stays (deleting it needs Manage Messages)"
+    );
+    r.stop().await;
+}
+
+/// `shard_count`: a presence probe over a sharded bot's guilds (one per
+/// shard) runs once per guild, each run's series carries `shard` =
+/// `(guild_id >> 22) % shard_count`, and its detail names the shard; two
+/// guilds on one shard are refused.
+#[tokio::test]
+async fn presence_per_shard_carries_the_shard_label() {
+    // Guild ids on shards 1 and 3 of 4.
+    let on_shard = |shard: u64, n: u64| ((n * 4 + shard) << 22) | 0x2a;
+    let (g1, g3) = (on_shard(1, 250_000_000), on_shard(3, 250_000_001));
+    let mut cfg = sandbox_config(bot(20));
+    cfg.guilds[0].id = Some(g1);
+    let mut second = cfg.guilds[0].clone();
+    second.name = "Second shard".into();
+    second.id = Some(g3);
+    for (i, c) in second.channels.iter_mut().enumerate() {
+        c.name = format!("second-{i}");
+        c.id = None;
+    }
+    cfg.guilds.push(second);
+    let probes = format!(
+        r#"
+  - name: presence
+    every: 30s
+    timeout: 5s
+    presence:
+      guilds: ["{g1}", "{g3}"]
+      shard_count: 4
+"#
+    );
+    let r = rig(cfg, &probes).await;
+    let specs: Vec<_> = r
+        .config
+        .probes
+        .iter()
+        .filter(|p| p.name == "presence")
+        .cloned()
+        .collect();
+    let shards: Vec<(&str, String)> = specs
+        .iter()
+        .map(|s| (s.labels["shard"].as_str(), s.display_name()))
+        .collect();
+    assert_eq!(
+        shards,
+        [
+            ("1", "presence[shard 1]".to_string()),
+            ("3", "presence[shard 3]".to_string())
+        ]
+    );
+    let metrics = Metrics::new(&r.config);
+    for spec in &specs {
+        let probe = Arc::new(Probe::new(spec.clone(), Some(&r.session)).unwrap());
+        let res = run_once(probe).await;
+        assert_eq!(res.outcome, Outcome::Success, "{}", res.detail);
+        let guild = if spec.labels["shard"] == "1" { g1 } else { g3 };
+        assert_eq!(
+            res.detail,
+            format!(
+                "the bot is online in guild {guild} (shard {} of 4)",
+                spec.labels["shard"]
+            )
+        );
+        metrics.record(spec, &res);
+    }
+    let text = metrics.render();
+    for shard in ["1", "3"] {
+        let labels = [("probe", "presence"), ("shard", shard)];
+        assert_eq!(value(&text, "probe_success", &labels), 1.0, "{text}");
+        assert_eq!(
+            value(
+                &text,
+                "probe_runs_total",
+                &[labels[0], labels[1], ("outcome", "success")]
+            ),
+            1.0
+        );
+    }
+    assert!(!text.contains("shard=\"0\""), "{text}");
+
+    let clash = format!(
+        "target: {{name: bot, user_id: \"1\"}}\ndiscord: {{token_env: T}}\nprobes:\n  - name: presence\n    every: 30s\n    timeout: 5s\n    presence: {{guilds: [\"{g1}\", \"{}\"], shard_count: 4}}\n",
+        on_shard(1, 7)
+    );
+    let err = Config::from_yaml(&clash, Path::new("clash.yaml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!(
+            "is on shard 1, like guild {g1}: list one guild per shard"
+        )),
+        "{err}"
+    );
     r.stop().await;
 }

@@ -13,7 +13,9 @@ use twi_probe::probe::Probe;
 use twi_probe::schedule::{SlotStats, run_probe};
 
 use crate::metrics::promtool_check_metrics;
-use crate::support::{Reply, TestServer, config, python_exporter_body, unix_now};
+use crate::support::{
+    Reply, TestServer, config, python_exporter_body, unix_now, until_changed, until_changed_within,
+};
 
 pub(crate) fn total(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     exposition::parse(text)
@@ -495,28 +497,20 @@ async fn a_probe_removed_while_its_run_is_in_flight_does_not_come_back() {
         .unwrap();
     // Each probe says when its next run is due: for `keep` (every 1h) its
     // first slot, within the first 5 minutes (set once its timer task runs).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let next = loop {
-        let samples = exposition::parse(&service.metrics().render()).unwrap();
-        if let Some(s) = samples.iter().find(|s| {
-            s.name == "probe_next_run_timestamp_seconds" && s.label("probe") == Some("keep")
-        }) {
-            break s.value;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no next-run gauge");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let metrics = service.metrics();
+    let next_run = |t: &str| total(t, "probe_next_run_timestamp_seconds", &[("probe", "keep")]);
+    let text = until_changed(&metrics, "the next-run gauge", |t| next_run(t) > 0.0).await;
+    let next = next_run(&text);
     let now = unix_now();
     assert!(
         next > now - 1.0 && next <= now + 301.0,
         "next run {next}, now {now}"
     );
-    // Wait for a run of `slow` to be in flight (its request arrived).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while server.methods_seen().is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "slow never ran");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // Wait for a run of `slow` to be in flight.
+    until_changed(&metrics, "a run of slow in flight", |t| {
+        gauge_of(t, "prober_probes_in_flight") >= 1.0
+    })
+    .await;
     std::fs::write(&path, format!("target: {{name: bot}}\nprobes:\n{keep}")).unwrap();
     service.reload().await.unwrap();
     let text = service.metrics().render();
@@ -526,30 +520,19 @@ async fn a_probe_removed_while_its_run_is_in_flight_does_not_come_back() {
         "the run is still going"
     );
     // The run ends (recorded before it stops counting as in flight)...
-    while gauge_of(&service.metrics().render(), "prober_probes_in_flight") > 0.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the run never ended"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    // ...and its result must not bring the removed probe's series back.
-    let gone_by = tokio::time::Instant::now() + Duration::from_secs(2);
-    loop {
-        let text = service.metrics().render();
-        if !text.contains("probe=\"slow\"") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < gone_by,
-            "the removed probe's series came back:\n{}",
-            text.lines()
-                .filter(|l| l.contains("slow"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_changed(&metrics, "the run's end", |t| {
+        gauge_of(t, "prober_probes_in_flight") == 0.0
+    })
+    .await;
+    // ...and its result must not bring the removed probe's series back
+    // (they are forgotten once it is recorded).
+    until_changed_within(
+        &metrics,
+        "the removed probe's series gone",
+        Duration::from_secs(2),
+        |t| !t.contains("probe=\"slow\""),
+    )
+    .await;
     service.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -588,19 +571,14 @@ async fn a_token_rejected_mid_session_is_said_everywhere() {
         .unwrap();
     assert_eq!(service.ready(), Ok(()));
     sb.control().close_gateway("prober", 4004).unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let why = loop {
-        if let Err(why) = service.ready()
-            && why.contains("4004")
-        {
-            break why;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/ready never said why"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    // The metric follows the session's end; /ready says why at the latest
+    // by the follower's next gateway sample (each second).
+    let said_why = || service.ready().is_err_and(|why| why.contains("4004"));
+    until_changed(&service.metrics(), "/ready saying why", |t| {
+        gauge_of(t, "prober_discord_token_rejected") == 1.0 && said_why()
+    })
+    .await;
+    let why = service.ready().unwrap_err();
     assert!(
         why.starts_with("Discord rejected the prober's token mid-session (gateway close 4004)"),
         "{why}"
@@ -640,4 +618,83 @@ async fn reload_over_http_needs_the_lifecycle_flag() {
     assert!(body.contains("--web.enable-lifecycle"), "{body}");
     // Nothing was reloaded: the old probe is still there.
     assert!(serve.metrics().await.contains("probe=\"site\""));
+}
+
+/// A prober started while Discord cannot be reached (its gateway URL
+/// request fails) is blind: its Discord probes are `inconclusive`, never
+/// the bot's fault. When Discord comes up it connects (the retry, every
+/// 30 s) and the same probes succeed. The wait is the retry's period.
+#[tokio::test]
+async fn a_prober_started_blind_connects_when_discord_comes_up() {
+    let sb = crate::discord::start_sandbox(twi_sandbox::SandboxConfig::default()).await;
+    for path in ["/gateway", "/gateway/bot"] {
+        sb.control()
+            .force_http(twi_sandbox::HttpFault {
+                method: Some("GET".into()),
+                path: path.into(),
+                status: 502,
+                duration: None,
+                count: None,
+            })
+            .unwrap();
+    }
+    let d = sb.description();
+    let bot = &sb.account("twi-bot-shard").unwrap().id;
+    let dir = std::env::temp_dir().join(format!("twi-probe-blind-{}", rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("probes.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "target: {{name: twi-bot-shard, user_id: \"{bot}\"}}\n\
+             discord: {{token_env: UNUSED_IN_TESTS, api_base: \"{}\"}}\n\
+             probes:\n  - name: presence\n    every: 1s\n    timeout: 900ms\n    \
+             presence: {{guilds: [\"{}\"]}}\n",
+            d.rest_base, d.guilds[0].id
+        ),
+    )
+    .unwrap();
+    let options = twi_probe::serve::ServeOptions {
+        token: Some(twi_probe::config::Secret::new(
+            sb.account("prober").unwrap().token.clone(),
+        )),
+        rewrite: None,
+        enable_lifecycle: false,
+    };
+    let service = twi_probe::serve::Service::start(path, options)
+        .await
+        .expect("an unreachable Discord is not fatal");
+    assert!(service.ready().is_err(), "blind, and /ready says so");
+    let metrics = service.metrics();
+    let runs = |t: &str, outcome| {
+        total(
+            t,
+            "probe_runs_total",
+            &[("probe", "presence"), ("outcome", outcome)],
+        )
+    };
+    until_changed(&metrics, "inconclusive runs while blind", |t| {
+        runs(t, "inconclusive") >= 1.0
+    })
+    .await;
+
+    sb.control().clear_faults();
+    let text = until_changed_within(
+        &metrics,
+        "a successful run after Discord came up",
+        Duration::from_secs(60),
+        |t| runs(t, "success") >= 1.0,
+    )
+    .await;
+    for outcome in ["failure", "timeout", "unreachable"] {
+        assert_eq!(
+            runs(&text, outcome),
+            0.0,
+            "never the bot's fault ({outcome})"
+        );
+    }
+    assert_eq!(service.ready(), Ok(()));
+    service.shutdown().await;
+    sb.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

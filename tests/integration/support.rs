@@ -210,3 +210,35 @@ discord_gateway_connected {gateway_connected}.0
 "#
     )
 }
+
+/// Waits (at most `limit`) until `holds` is true of the rendered metrics,
+/// checking again each time they change (`Metrics::changes`): an awaited
+/// event, not a polling loop. Returns the text that satisfied it.
+pub async fn until_changed_within(
+    metrics: &twi_probe::metrics::Metrics,
+    what: &str,
+    limit: std::time::Duration,
+    holds: impl Fn(&str) -> bool,
+) -> String {
+    let mut changes = metrics.changes();
+    tokio::time::timeout(limit, async {
+        loop {
+            let text = metrics.render();
+            if holds(&text) {
+                return text;
+            }
+            changes.changed().await.expect("the metrics live");
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what} never happened:\n{}", metrics.render()))
+}
+
+/// [`until_changed_within`] ten seconds.
+pub async fn until_changed(
+    metrics: &twi_probe::metrics::Metrics,
+    what: &str,
+    holds: impl Fn(&str) -> bool,
+) -> String {
+    until_changed_within(metrics, what, std::time::Duration::from_secs(10), holds).await
+}
