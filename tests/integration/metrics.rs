@@ -175,3 +175,50 @@ probes:
         Some(1.0)
     );
 }
+
+/// The README's Metrics section is the metric contract (alert rules and
+/// dashboards are written against it): exactly the families the prober
+/// registers, no more, no fewer. Its Outcomes table is the closed set.
+#[test]
+fn the_readme_lists_every_metric_family_and_outcome() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let section = |heading: &str| -> Vec<String> {
+        let start = readme
+            .find(&format!("\n## {heading}\n"))
+            .unwrap_or_else(|| panic!("README has a {heading} section"));
+        let body = &readme[start + heading.len() + 5..];
+        let body = &body[..body.find("\n## ").unwrap_or(body.len())];
+        body.lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .map(|l| {
+                let name = &l[..l.find('`').unwrap()];
+                name.split('{').next().unwrap().to_string()
+            })
+            .collect()
+    };
+    let mut listed = section("Metrics");
+    listed.retain(|m| m != "process_*");
+    listed.sort();
+    let source = std::fs::read_to_string(root.join("src/metrics.rs")).unwrap();
+    let mut registered: Vec<String> = source
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| {
+            (s.starts_with("probe_") || s.starts_with("prober_"))
+                && s.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        })
+        .map(str::to_string)
+        .collect();
+    registered.sort();
+    registered.dedup();
+    assert_eq!(listed, registered, "README Metrics table vs src/metrics.rs");
+
+    let outcomes = section("Outcomes");
+    let all: Vec<String> = Outcome::ALL
+        .iter()
+        .map(|o| o.as_str().to_string())
+        .collect();
+    assert_eq!(outcomes, all, "README Outcomes table vs Outcome::ALL");
+}
