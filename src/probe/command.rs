@@ -77,6 +77,8 @@ struct Seen {
     ambiguous: bool,
     echoed: bool,
     answered: bool,
+    /// The bot's reply to this probe (for `cleanup`).
+    reply: Option<u64>,
 }
 
 /// A sent probe message waiting for its reply.
@@ -133,14 +135,11 @@ impl CommandProbe {
         // queue inside the prober (see discord/send_gate.rs).
         s.send_gate.turn().await;
         let waited = queued.elapsed();
-        let (mut check, probe_id) = self.take_turn(turn).await;
+        let (mut check, sent) = self.take_turn(turn).await;
         if self.spec.cleanup
-            && let Some(id) = probe_id
+            && let Some((probe_id, reply)) = sent
         {
-            // Best effort; the prober may delete its own message only.
-            let _ = ChannelId::new(channel)
-                .delete_message(&s.http, MessageId::new(id))
-                .await;
+            self.clean_up(probe_id, reply).await;
         }
         if waited >= Duration::from_millis(1) {
             check.observations.waited = Some(waited);
@@ -148,10 +147,40 @@ impl CommandProbe {
         check
     }
 
+    /// `cleanup`: deletes the probe message, then the bot's reply, which
+    /// needs Manage Messages in the channel. Best effort: a failure is
+    /// logged (messages would otherwise pile up unseen), the run's outcome
+    /// stays what the bot did.
+    async fn clean_up(&self, probe_id: u64, reply: Option<u64>) {
+        let channel = ChannelId::new(self.spec.channel_id);
+        let targets =
+            std::iter::once(("probe message", probe_id)).chain(reply.map(|id| ("bot's reply", id)));
+        for (what, id) in targets {
+            if let Err(e) = channel
+                .delete_message(&self.session.http, MessageId::new(id))
+                .await
+            {
+                // No URL in the text: HTTP error details never carry one.
+                let why = match &e {
+                    serenity::Error::Http(HttpError::UnsuccessfulRequest(r)) => {
+                        format!("HTTP {} {}", r.status_code.as_u16(), r.error.message)
+                    }
+                    serenity::Error::Http(HttpError::Request(e)) => super::describe_http_error(e),
+                    other => other.to_string(),
+                };
+                tracing::warn!(
+                    probe = %self.name,
+                    channel = channel.get(),
+                    "cleanup could not delete the {what} {id}: {why}"
+                );
+            }
+        }
+    }
+
     /// Sends the probe message and waits for the result, holding the
     /// channel's turn until the result is decided. Returns the probe
-    /// message's id when it was sent.
-    async fn take_turn(&self, mut turn: Turn) -> (Check, Option<u64>) {
+    /// message's id when it was sent, with the bot's reply's.
+    async fn take_turn(&self, mut turn: Turn) -> (Check, Option<(u64, Option<u64>)>) {
         let s = &self.session;
         let channel = self.spec.channel_id;
         let nonce = format!("{}", rand::random::<u64>() >> 1);
@@ -234,7 +263,7 @@ impl CommandProbe {
                 " ({foreign} messages from other accounts ignored)"
             ));
         }
-        (check, Some(probe_id))
+        (check, Some((probe_id, seen.reply)))
     }
 
     /// Takes in one event of the probe's channel; returns the result once
@@ -284,6 +313,7 @@ impl CommandProbe {
         if seen.ambiguous && message.reference.is_none() && !known {
             return Some(inconclusive(UNATTRIBUTABLE));
         }
+        seen.reply.get_or_insert(message.id);
         let view = &message.view;
         if view.is_blank() {
             return Some(inconclusive(

@@ -803,12 +803,7 @@ async fn the_probers_gateway_metrics_count_every_loss_and_the_heartbeat() {
     r.stop().await;
 }
 
-/// `{target}` in a probe's message becomes a mention of the bot (the
-/// simulated bot answers `<@its id> help`, not the text `{target}`), and
-/// `cleanup: true` deletes the probe's message after the run.
-#[tokio::test]
-async fn a_target_mention_is_sent_and_cleanup_deletes_the_probe_message() {
-    let probes = r#"
+const MENTION: &str = r#"
   - name: mention
     every: 1m
     timeout: 3s
@@ -818,29 +813,87 @@ async fn a_target_mention_is_sent_and_cleanup_deletes_the_probe_message() {
       message: "{target} help"
       expect: {embed_title: "^Interactive Help System"}
 "#;
-    let r = rig(sandbox_config(bot(20)), probes).await;
+
+/// Runs the `mention` probe; returns whether its message and the bot's
+/// reply are still there afterwards.
+async fn mention_and_clean_up(r: &Rig) -> (bool, bool) {
+    let res = r.run("mention").await;
+    assert_eq!(res.outcome, Outcome::Success, "{}", res.detail);
+    let probe_id = res.observations.probe_message_id.expect("sent");
+    let reply = r.bot().answer_to(probe_id).expect("the bot answered");
+    let channel = ChannelId::new(r.sb.channel_id("probes").unwrap());
+    // The deletes are part of the run: done once it has returned.
+    let exists = async |id: u64| match channel.message(&r.session.http, id).await {
+        Ok(_) => true,
+        Err(e) if e.to_string().contains("Unknown Message") => false,
+        Err(e) => panic!("{e}"),
+    };
+    (exists(probe_id).await, exists(reply).await)
+}
+
+/// `{target}` in a probe's message becomes a mention of the bot (the
+/// simulated bot answers `<@its id> help`, not the text `{target}`), and
+/// `cleanup: true` deletes the probe's message and the bot's reply.
+#[tokio::test]
+async fn a_target_mention_is_sent_and_cleanup_deletes_both_messages() {
+    let r = rig(sandbox_config(bot(20)), MENTION).await;
     let bot_id = sb_id(&r.sb, "twi-bot-shard");
     let twi_probe::config::ProbeKind::Command(c) = &r.config.probes[0].kind else {
         panic!("a command probe");
     };
     assert_eq!(c.message, format!("<@{bot_id}> help"));
-    let res = r.run("mention").await;
-    assert_eq!(res.outcome, Outcome::Success, "{}", res.detail);
-    let probe_id = res.observations.probe_message_id.expect("sent");
-    let channel = ChannelId::new(r.sb.channel_id("probes").unwrap());
-    // The delete is part of the run: gone once the run has returned.
-    let gone = channel.message(&r.session.http, probe_id).await;
+    // The prober owns the sandbox's guild here, so it has Manage Messages.
+    assert_eq!(mention_and_clean_up(&r).await, (false, false));
+    r.stop().await;
+}
+
+/// Without Manage Messages the bot's reply stays (and the log says so);
+/// the probe's own message is deleted all the same, and the run's outcome
+/// is the bot's.
+#[tokio::test]
+async fn without_manage_messages_cleanup_deletes_the_probe_message_only() {
+    let mut cfg = sandbox_config(bot(20));
+    // The bot owns the guild: the prober is a plain member.
+    cfg.guilds[0].members = Some(vec![
+        "twi-bot-shard".into(),
+        "prober".into(),
+        "erin".into(),
+        "impostor".into(),
+    ]);
+    let r = rig(cfg, MENTION).await;
+    // The log, captured on this thread (the test's runtime runs the
+    // probe's tasks here too).
+    let log = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let writer = {
+        let log = log.clone();
+        move || LogBuf(log.clone())
+    };
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(writer)
+        .with_ansi(false)
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    assert_eq!(mention_and_clean_up(&r).await, (false, true));
+    drop(guard);
+    let log = String::from_utf8(log.lock().unwrap().clone()).unwrap();
     assert!(
-        gone.as_ref()
-            .is_err_and(|e| e.to_string().contains("Unknown Message")),
-        "the probe message is still there: {gone:?}"
-    );
-    let reply = r.bot().answer_to(probe_id).expect("the bot answered");
-    assert!(
-        channel.message(&r.session.http, reply).await.is_ok(),
-        "the bot's reply stays (deleting it needs Manage Messages)"
+        log.contains("cleanup could not delete the bot's reply")
+            && log.contains("403 Missing Permissions"),
+        "{log}"
     );
     r.stop().await;
+}
+
+struct LogBuf(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// `shard_count`: a presence probe over a sharded bot's guilds (one per

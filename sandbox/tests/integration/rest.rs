@@ -255,6 +255,26 @@ async fn messages_can_be_created_listed_edited_and_deleted() {
             .status(),
         404
     );
+    // Another's message needs Manage Messages: the bot (a plain member)
+    // may not delete the prober's; the prober, the guild's owner here
+    // (first member: ADMINISTRATOR), may delete the bot's.
+    let (s, v) = json_of(
+        other
+            .call(Method::DELETE, &format!("{path}/{}", ids[2]), None)
+            .await,
+    )
+    .await;
+    assert_eq!((s.as_u16(), v["code"].clone()), (403, json!(50013)));
+    let (s, bots) = json_of(
+        other
+            .call(Method::POST, &path, Some(json!({"content": "bot's"})))
+            .await,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let bots = format!("{path}/{}", bots["id"].as_str().unwrap());
+    assert_eq!(api.call(Method::DELETE, &bots, None).await.status(), 204);
+    assert_eq!(api.call(Method::GET, &bots, None).await.status(), 404);
     sb.shutdown().await;
 }
 
