@@ -166,6 +166,7 @@ struct Tally {
     timeout: usize,
     unattributable: usize,
     too_close: usize,
+    late_edit: usize,
 }
 
 fn judge(sb: &Sandbox, prober: u64, timeout: Duration, r: &ProbeResult, tally: &mut Tally) {
@@ -199,11 +200,12 @@ fn judge(sb: &Sandbox, prober: u64, timeout: Duration, r: &ProbeResult, tally: &
             let latency = r.latency().expect("a success has a latency");
             // Never faster than the truth (the sandbox stamps a dispatch once
             // its write returned, so on a busy machine the prober can read
-            // it a little before that stamp), and never a different message
+            // it a little before that stamp: 8 ms seen with 2 cores at a
+            // load of 9), and never a different message
             // (the benchmark, not this test, measures how close it is: a
             // starved test machine delays the prober's reading).
             assert!(
-                latency + ms(2) >= t && latency < t + ms(1000),
+                latency + ms(25) >= t && latency < t + ms(1000),
                 "latency {latency:?} against truth {t:?}: {what}"
             );
             let discord = r.observations.discord_reply.expect("Discord's clock too");
@@ -212,6 +214,15 @@ fn judge(sb: &Sandbox, prober: u64, timeout: Duration, r: &ProbeResult, tally: &
                 "by Discord's clock {discord:?}, truth {t:?}: {what}"
             );
             tally.success += 1;
+        }
+        // The placeholder came in time and its edit did not (a starved
+        // machine can delay a 250 ms answer past the timeout): the README's
+        // "a reply that does not match ... at the deadline is a failure".
+        _ if r.outcome == Outcome::Failure
+            && r.detail
+                .contains("did not match what was expected: \"[embed] ⏳ Working on it") =>
+        {
+            tally.late_edit += 1;
         }
         _ => {
             assert_eq!(
