@@ -137,10 +137,14 @@ impl CommandProbe {
         if self.spec.cleanup
             && let Some(id) = probe_id
         {
-            // Best effort; the prober may delete its own message only.
-            let _ = ChannelId::new(channel)
+            // Best effort (the run's outcome stands), but seen: probe
+            // messages that are not cleaned up pile up in the channel.
+            if let Err(e) = ChannelId::new(channel)
                 .delete_message(&s.http, MessageId::new(id))
-                .await;
+                .await
+            {
+                tracing::warn!(probe = %self.name, channel, "cleanup: cannot delete the probe message: {}", cleanup_error(&e));
+            }
         }
         if waited >= Duration::from_millis(1) {
             check.observations.waited = Some(waited);
@@ -521,4 +525,15 @@ fn ended_elsewhere() -> Check {
 
 fn format_wait(d: Duration) -> humantime::FormattedDuration {
     humantime::format_duration(Duration::from_millis(d.as_millis() as u64))
+}
+
+/// A failed delete, without the request URL (reqwest's errors carry it).
+fn cleanup_error(e: &serenity::Error) -> String {
+    match e {
+        serenity::Error::Http(HttpError::UnsuccessfulRequest(r)) => {
+            format!("{} {}", r.status_code.as_u16(), r.error.message)
+        }
+        serenity::Error::Http(HttpError::Request(e)) => super::describe_http_error(e),
+        other => other.to_string(),
+    }
 }

@@ -49,6 +49,7 @@ async fn a_probe_never_overlaps_itself_and_every_slot_is_a_run_or_a_skip() {
         stop.clone(),
         stats.clone(),
         None,
+        None,
     ));
     // Let a dozen slots come due; the scenario needs the time to pass.
     tokio::time::sleep(Duration::from_millis(1400)).await;
