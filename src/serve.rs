@@ -63,6 +63,8 @@ pub struct ServeOptions {
     /// (`--web.enable-lifecycle`, as Prometheus and Alertmanager do); SIGHUP
     /// always works.
     pub enable_lifecycle: bool,
+    /// The HTTP listener's read timeout and connection limit.
+    pub web: crate::web::listener::Limits,
 }
 
 struct Scheduled {
@@ -683,11 +685,7 @@ pub async fn run(
             service.scrape.refresh(|| source.metrics(), stop).await;
         })
     };
-    let stop = shutdown.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
-        .map_err(|e| format!("HTTP server failed: {e}"))?;
+    crate::web::listener::serve(listener, app, service.options.web, shutdown.clone()).await;
     service.shutdown().await;
     let _ = refresher.await;
     Ok(())

@@ -11,6 +11,7 @@ pub(crate) mod discord_probes;
 mod exporter_probe;
 mod http_probe;
 mod interactions_probe;
+mod listener;
 mod metrics;
 mod monitoring;
 mod monitoring_db;

@@ -583,6 +583,7 @@ async fn a_token_rejected_mid_session_is_said_everywhere() {
         )),
         rewrite: None,
         enable_lifecycle: false,
+        web: Default::default(),
     };
     let service = twi_probe::serve::Service::start(path, options)
         .await
