@@ -172,3 +172,29 @@ async fn a_crowd_of_idle_clients_is_shed_and_requests_still_get_through() {
     }
     web.stop().await;
 }
+
+/// The flags reach the listener of `probe serve` (the process).
+#[tokio::test]
+async fn probe_serve_applies_its_web_flags() {
+    let site = crate::support::TestServer::start(crate::support::Reply::ok("ok")).await;
+    let serve = crate::serve::Serve::start_with(
+        &format!(
+            "target: {{name: bot}}\nprobes:\n  - name: site\n    every: 1h\n    http: {{url: \"{}\"}}\n",
+            site.url("/page")
+        ),
+        &["--web.read-timeout", "300ms", "--web.max-connections", "1"],
+    )
+    .await;
+    let addr: SocketAddr = serve.base.trim_start_matches("http://").parse().unwrap();
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    // The only connection allowed is taken: the next waits for it to end.
+    let mut next = TcpStream::connect(addr).await.unwrap();
+    next.write_all(REQUEST).await.unwrap();
+    let took = closed(&mut slow).await;
+    assert!(took >= Duration::from_millis(150), "closed after {took:?}");
+    let response = read_response(&mut next).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+}
