@@ -699,14 +699,12 @@ fn expand_own_labels(families: &mut [MetricFamily], names: &[String]) {
             metric.set_label(labels);
         }
         if touched {
+            // As the registry sorts, without allocating per comparison.
             family.mut_metric().sort_by(|a, b| {
-                let values = |m: &prometheus::proto::Metric| {
-                    m.get_label()
-                        .iter()
-                        .map(|l| l.value().to_string())
-                        .collect::<Vec<_>>()
-                };
-                values(a).cmp(&values(b))
+                a.get_label()
+                    .iter()
+                    .map(|l| l.value())
+                    .cmp(b.get_label().iter().map(|l| l.value()))
             });
         }
     }
