@@ -197,6 +197,7 @@ pub struct DiscordSession {
 struct StopOnDrop {
     manager: Option<Arc<ShardManager>>,
     client: tokio::task::AbortHandle,
+    shared: Arc<Shared>,
 }
 
 impl Drop for StopOnDrop {
@@ -204,6 +205,11 @@ impl Drop for StopOnDrop {
         let Some(manager) = self.manager.take() else {
             return;
         };
+        if self.shared.shutting_down.load(Ordering::SeqCst) {
+            // `DiscordSession::shutdown` has stopped the client already.
+            self.client.abort();
+            return;
+        }
         let client = self.client.clone();
         // Stopping is async (it closes each shard with a 1000); a session
         // only exists inside a runtime.
@@ -554,6 +560,7 @@ impl DiscordSession {
         let stop_on_drop = StopOnDrop {
             manager: Some(shard_manager.clone()),
             client: client_task.abort_handle(),
+            shared: shared.clone(),
         };
 
         let token_source = discord.token.to_string();
