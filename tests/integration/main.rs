@@ -1,5 +1,6 @@
 //! Integration tests: one binary; every server runs on 127.0.0.1.
 
+mod cleanup;
 mod cli;
 mod config_files;
 mod deploy;
