@@ -197,7 +197,8 @@ async fn a_probe_whose_labels_change_leaves_no_ghost_series() {
     service.shutdown().await;
 }
 
-/// `serve.max_concurrency` applies on reload (it was read once).
+/// `serve.max_concurrency` applies on reload (it was read once): when it
+/// grows, at once; when it shrinks, as the runs in flight end.
 #[tokio::test]
 async fn a_reload_applies_max_concurrency() {
     let slow = TestServer::start(Reply {
@@ -207,12 +208,13 @@ async fn a_reload_applies_max_concurrency() {
     })
     .await;
     let url = slow.url("/page");
-    let yaml = |limit: usize| {
+    let yaml_at = |url: &str, limit: usize| {
         let probes: String = (0..4)
-            .map(|i| http_probe(&format!("p{i}"), "300ms", "250ms", &url, ""))
+            .map(|i| http_probe(&format!("p{i}"), "300ms", "250ms", url, ""))
             .collect();
         format!("target: {{name: bot}}\nserve: {{max_concurrency: {limit}}}\nprobes:\n{probes}")
     };
+    let yaml = |limit: usize| yaml_at(&url, limit);
     let file = ConfigFile::new(&yaml(1));
     let service = Service::start(file.path.clone(), ServeOptions::default())
         .await
@@ -229,6 +231,23 @@ async fn a_reload_applies_max_concurrency() {
         assert!(Instant::now() < deadline, "the new limit never applied");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // Back to 1, the probes now on another server (so its count of
+    // requests at once starts afresh): while the runs in flight on the
+    // first end, no two runs go at once on the second.
+    let other = TestServer::start(Reply {
+        status: 200,
+        body: "ok".into(),
+        delay: Duration::from_millis(200),
+    })
+    .await;
+    file.write(&yaml_at(&other.url("/page"), 1));
+    service.reload().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while other.methods_seen().len() < 8 {
+        assert!(Instant::now() < deadline, "too few runs after shrinking");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(other.max_concurrent(), 1, "the limit did not shrink");
     service.shutdown().await;
 }
 
