@@ -299,6 +299,7 @@ fn part_schedule(args: &Args, dir: &Path, target: &Target) -> anyhow::Result<Vec
                 stop.clone(),
                 st.clone(),
                 Some(sink),
+                None,
             )));
             states.push(state);
             stats.push(st);

@@ -102,6 +102,14 @@ pub enum Command {
         /// Prometheus); SIGHUP always reloads.
         #[arg(long = "web.enable-lifecycle")]
         web_enable_lifecycle: bool,
+        /// Close a connection that has not sent a complete request head this
+        /// long after opening or after its previous response (slow or idle
+        /// clients).
+        #[arg(long = "web.read-timeout", value_parser = parse_duration, default_value = "10s")]
+        web_read_timeout: Duration,
+        /// Connections served at once; more wait to be accepted.
+        #[arg(long = "web.max-connections", default_value_t = crate::web::listener::DEFAULT_MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        web_max_connections: u64,
     },
     /// Run the local Discord stand-in (REST v10, Gateway v10, a simulated
     /// Twi Bot Shard) in the foreground until SIGINT or SIGTERM.
@@ -177,12 +185,22 @@ pub fn main() -> ExitCode {
             sandbox_outages,
             sandbox_commands_per_minute,
             web_enable_lifecycle,
+            web_read_timeout,
+            web_max_connections,
         } => serve_command(
             config,
             listen,
             sandbox.then_some(sandbox_outages),
             sandbox_commands_per_minute,
-            web_enable_lifecycle,
+            crate::serve::ServeOptions {
+                enable_lifecycle: web_enable_lifecycle,
+                web: crate::web::listener::Limits {
+                    read_timeout: web_read_timeout,
+                    // At most 100,000 (the parser's range).
+                    max_connections: web_max_connections as usize,
+                },
+                ..Default::default()
+            },
         ),
     }
 }
@@ -195,7 +213,7 @@ fn serve_command(
     listen: Option<std::net::SocketAddr>,
     sandbox: Option<twi_sandbox::OutageRate>,
     sandbox_commands_per_minute: f64,
-    enable_lifecycle: bool,
+    mut options: crate::serve::ServeOptions,
 ) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -207,10 +225,6 @@ fn serve_command(
     let result: Result<(), String> = runtime.block_on(async {
         // Fail fast on a bad config, before anything listens.
         let config = Config::load(&path).map_err(|e| e.to_string())?;
-        let mut options = crate::serve::ServeOptions {
-            enable_lifecycle,
-            ..Default::default()
-        };
         let mut sandbox_handle = None;
         if let Some(outages) = sandbox {
             let mut sb_config = crate::sandbox::sandbox_for(&config);

@@ -5,12 +5,19 @@
 //! Label values come only from the configuration (probe names, kinds, static
 //! labels) and closed sets (outcomes), so the number of series is fixed by
 //! the config, never by what a target answers.
+//!
+//! A probe's series are keyed by its identity: name, kind and its own static
+//! labels, held in one internal label (`__labels`) that rendering expands to
+//! the label names the current config uses. So a reload that adds or drops a
+//! label name (removing the only presence probe drops `shard`) changes only
+//! the text, never the series, and unchanged probes keep their counters.
 
+use std::sync::{Mutex, RwLock};
 use std::time::UNIX_EPOCH;
 
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    IntGaugeVec, Opts, Registry, TextEncoder, proto::LabelPair, proto::MetricFamily,
 };
 
 use crate::config::{Config, ProbeKind, ProbeSpec};
@@ -23,10 +30,17 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0,
 ];
 
+/// The internal label holding a probe's own static labels (see the module
+/// comment); config label names cannot start with `__`.
+const OWN_LABELS: &str = "__labels";
+
 pub struct Metrics {
     registry: Registry,
-    /// Static label names after `probe` and `kind`, in series order.
-    static_labels: Vec<String>,
+    /// The static label names every probe series shows (the current config's).
+    static_labels: RwLock<Vec<String>>,
+    /// Whether the prober's gateway families are registered (only with
+    /// Discord probes).
+    discord_registered: Mutex<bool>,
     success: GaugeVec,
     duration: GaugeVec,
     runs: IntCounterVec,
@@ -43,6 +57,7 @@ pub struct Metrics {
     gateway_disconnects: IntCounter,
     ratelimited: IntCounter,
     config_reload_ok: IntGauge,
+    schedule_panics: IntCounter,
     skipped: IntCounterVec,
     lateness: prometheus::Histogram,
     in_flight: IntGauge,
@@ -61,8 +76,7 @@ impl Metrics {
     /// first scrape).
     pub fn new(config: &Config) -> Self {
         let static_labels = config.static_label_names();
-        let mut names: Vec<&str> = vec!["probe", "kind"];
-        names.extend(static_labels.iter().map(String::as_str));
+        let names: Vec<&str> = vec!["probe", "kind", OWN_LABELS];
         let mut with_outcome = names.clone();
         with_outcome.push("outcome");
         let mut with_phase = names.clone();
@@ -224,6 +238,11 @@ impl Metrics {
         .expect("valid metric");
         let in_flight = IntGauge::new("prober_probes_in_flight", "Probe runs in progress.")
             .expect("valid metric");
+        let schedule_panics = IntCounter::new(
+            "prober_schedule_panics_total",
+            "Probe schedules (or their runs' tasks) that panicked; a panicked schedule stops until the next reload changes the probe.",
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "prober_build_info",
@@ -238,7 +257,7 @@ impl Metrics {
         )
         .expect("valid metric");
 
-        let mut collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(success.clone()),
             Box::new(duration.clone()),
             Box::new(runs.clone()),
@@ -257,16 +276,8 @@ impl Metrics {
             Box::new(next_run.clone()),
             Box::new(interaction_latency.clone()),
             Box::new(interactions.clone()),
+            Box::new(schedule_panics.clone()),
         ];
-        // The prober's own gateway exists only with Discord probes; a
-        // gauge stuck at 0 without them would read as a blind prober.
-        if config.needs_discord() {
-            collectors.push(Box::new(gateway_connected.clone()));
-            collectors.push(Box::new(token_rejected.clone()));
-            collectors.push(Box::new(gateway_latency.clone()));
-            collectors.push(Box::new(gateway_disconnects.clone()));
-            collectors.push(Box::new(ratelimited.clone()));
-        }
         for collector in collectors {
             registry.register(collector).expect("unique metric names");
         }
@@ -277,7 +288,8 @@ impl Metrics {
 
         let metrics = Metrics {
             registry,
-            static_labels,
+            static_labels: RwLock::new(static_labels),
+            discord_registered: Mutex::new(false),
             success,
             duration,
             runs,
@@ -294,6 +306,7 @@ impl Metrics {
             gateway_disconnects,
             ratelimited,
             config_reload_ok,
+            schedule_panics,
             skipped,
             lateness,
             next_run,
@@ -302,45 +315,88 @@ impl Metrics {
             interactions,
             changes: tokio::sync::watch::Sender::new(0),
         };
+        metrics.apply_config(config);
         for spec in &config.probes {
             metrics.init_probe(spec);
         }
         metrics
     }
 
-    pub fn label_values(&self, spec: &ProbeSpec) -> Vec<String> {
-        let mut values = vec![spec.name.clone(), spec.kind.name().to_string()];
-        values.extend(
-            self.static_labels
-                .iter()
-                .map(|name| spec.labels.get(name).cloned().unwrap_or_default()),
-        );
-        values
+    /// Follows a (re)loaded config: the label names series show, and the
+    /// prober's gateway families, which exist only with Discord probes (a
+    /// gauge stuck at 0 without them would read as a blind prober). Series
+    /// and their values stay.
+    pub fn apply_config(&self, config: &Config) {
+        *self
+            .static_labels
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = config.static_label_names();
+        let mut registered = self
+            .discord_registered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if *registered == config.needs_discord() {
+            return;
+        }
+        let gateway: [Box<dyn prometheus::core::Collector>; 5] = [
+            Box::new(self.gateway_connected.clone()),
+            Box::new(self.token_rejected.clone()),
+            Box::new(self.gateway_latency.clone()),
+            Box::new(self.gateway_disconnects.clone()),
+            Box::new(self.ratelimited.clone()),
+        ];
+        for collector in gateway {
+            // Each is registered exactly when `registered` says so.
+            let _ = if *registered {
+                self.registry.unregister(collector)
+            } else {
+                self.registry.register(collector)
+            };
+        }
+        *registered = !*registered;
     }
 
-    /// Adds the series of a probe (all run counters at zero).
+    /// The internal label values of a probe's series: its identity.
+    pub fn label_values(&self, spec: &ProbeSpec) -> Vec<String> {
+        vec![
+            spec.name.clone(),
+            spec.kind.name().to_string(),
+            encode_labels(&spec.labels),
+        ]
+    }
+
+    /// Adds the series of a probe (run counters at zero), keeping those it
+    /// already has: a probe restarted with the same identity keeps counting.
     pub fn init_probe(&self, spec: &ProbeSpec) {
         let values = self.label_values(spec);
-        self.skipped.with_label_values(&values).reset();
+        self.skipped.with_label_values(&values);
         for outcome in Outcome::ALL {
             self.runs
-                .with_label_values(&with(&values, outcome.as_str()))
-                .reset();
+                .with_label_values(&with(&values, outcome.as_str()));
         }
         match &spec.kind {
-            ProbeKind::Exporter(_) => self.target_restarts.with_label_values(&values).reset(),
-            ProbeKind::Command(_) => self.late_replies.with_label_values(&values).reset(),
+            ProbeKind::Exporter(_) => {
+                self.target_restarts.with_label_values(&values);
+            }
+            ProbeKind::Command(_) => {
+                self.late_replies.with_label_values(&values);
+            }
             ProbeKind::Interactions(i) => {
                 for command in i.command_labels() {
                     for outcome in ["success", "failure"] {
                         let mut w = values.clone();
                         w.extend([command.to_string(), outcome.to_string()]);
-                        self.interactions.with_label_values(&w).reset();
+                        self.interactions.with_label_values(&w);
                     }
                 }
             }
             _ => {}
         }
+    }
+
+    /// A probe's schedule (or a run's task) panicked.
+    pub fn schedule_panicked(&self) {
+        self.schedule_panics.inc();
     }
 
     /// Records one run of `spec`.
@@ -537,11 +593,6 @@ impl Metrics {
         self.changed();
     }
 
-    /// Whether these metrics can serve `config` (same label names).
-    pub fn fits(&self, config: &Config) -> bool {
-        self.static_labels == config.static_label_names()
-    }
-
     pub fn record_skip(&self, spec: &ProbeSpec) {
         self.skipped
             .with_label_values(&self.label_values(spec))
@@ -598,8 +649,15 @@ impl Metrics {
     /// The Prometheus text exposition (format 0.0.4) of every family.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
+        let mut families = self.registry.gather();
+        let names = self
+            .static_labels
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        expand_own_labels(&mut families, &names);
         TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
+            .encode(&families, &mut buf)
             .expect("encoding to memory cannot fail");
         String::from_utf8(buf).expect("the text encoder writes UTF-8")
     }
@@ -609,4 +667,88 @@ fn with(values: &[String], last: &str) -> Vec<String> {
     let mut v = values.to_vec();
     v.push(last.to_string());
     v
+}
+
+/// A probe's own static labels as one label value, unambiguous (each value
+/// is length-prefixed; names cannot hold `=`). Empty values are left out: a
+/// label set to "" and one not set are the same series in Prometheus.
+fn encode_labels(labels: &std::collections::BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    for (name, value) in labels.iter().filter(|(_, v)| !v.is_empty()) {
+        out.push_str(&format!("{name}={}:{value}", value.len()));
+    }
+    out
+}
+
+fn decode_labels(mut text: &str) -> Vec<(&str, &str)> {
+    let mut out = Vec::new();
+    while let Some((name, rest)) = text.split_once('=')
+        && let Some((len, rest)) = rest.split_once(':')
+        && let Ok(len) = len.parse::<usize>()
+        && let Some(value) = rest.get(..len)
+    {
+        out.push((name, value));
+        text = &rest[len..];
+    }
+    out
+}
+
+/// Replaces each series' internal `__labels` with one label per current
+/// static label name (empty when the probe does not set it), so every
+/// series of a family has the same label names; then sorts labels and
+/// series as the registry does.
+fn expand_own_labels(families: &mut [MetricFamily], names: &[String]) {
+    for family in families.iter_mut() {
+        let mut touched = false;
+        for metric in family.mut_metric().iter_mut() {
+            let mut labels = metric.take_label();
+            let Some(at) = labels.iter().position(|l| l.name() == OWN_LABELS) else {
+                metric.set_label(labels);
+                continue;
+            };
+            touched = true;
+            let own = labels.swap_remove(at);
+            let decoded = decode_labels(own.value());
+            for name in names {
+                let value = decoded
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map_or("", |(_, v)| v);
+                let mut pair = LabelPair::default();
+                pair.set_name(name.clone());
+                pair.set_value(value.to_string());
+                labels.push(pair);
+            }
+            labels.sort_by(|a, b| a.name().cmp(b.name()));
+            metric.set_label(labels);
+        }
+        if touched {
+            // As the registry sorts, without allocating per comparison.
+            family.mut_metric().sort_by(|a, b| {
+                a.get_label()
+                    .iter()
+                    .map(|l| l.value())
+                    .cmp(b.get_label().iter().map(|l| l.value()))
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod own_label_tests {
+    use super::*;
+
+    #[test]
+    fn own_labels_round_trip_whatever_the_values_hold() {
+        let labels: std::collections::BTreeMap<String, String> =
+            [("a", "x=1:y"), ("b", ""), ("c", "ü:=\u{0}")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let encoded = encode_labels(&labels);
+        assert_eq!(
+            decode_labels(&encoded),
+            vec![("a", "x=1:y"), ("c", "ü:=\u{0}")]
+        );
+    }
 }

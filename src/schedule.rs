@@ -24,9 +24,13 @@ use crate::metrics::Metrics;
 use crate::probe::{Probe, ProbeResult, run_once};
 
 /// Counts per probe, for the slot invariant: `slots == runs + skips` once
-/// the scheduler has stopped and its last run finished.
+/// the scheduler has stopped and its last run finished. A schedule that a
+/// reload replaces hands its stats (and its next slot) to its successor.
 #[derive(Debug, Default)]
 pub struct SlotStats {
+    /// The next slot on the monotonic clock, for a successor to keep the
+    /// phase.
+    next_slot: std::sync::Mutex<Option<Instant>>,
     pub slots: AtomicU64,
     pub runs: AtomicU64,
     pub skips: AtomicU64,
@@ -45,6 +49,15 @@ impl SlotStats {
             0 => None,
             ms => Some(std::time::UNIX_EPOCH + Duration::from_millis(ms)),
         }
+    }
+
+    fn set_next_slot(&self, at: Option<Instant>) {
+        *self.next_slot.lock().unwrap_or_else(|p| p.into_inner()) = at;
+        self.set_next_run(at.map(wall_time));
+    }
+
+    fn next_slot(&self) -> Option<Instant> {
+        *self.next_slot.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn set_next_run(&self, at: Option<std::time::SystemTime>) {
@@ -67,6 +80,11 @@ impl SlotStats {
 pub type ResultSink = Arc<dyn Fn(&ProbeResult) + Send + Sync>;
 
 /// Runs `probe` on its schedule until `stop`, then waits for its last run.
+///
+/// `predecessor` is the schedule this one replaces (a reload changed the
+/// probe's settings), already stopped: until it has finished its last run,
+/// slots are skipped, so the probe still never overlaps itself. When
+/// `stats` comes from it, the first slot is its next one (the phase stays).
 pub async fn run_probe(
     probe: Arc<Probe>,
     metrics: Arc<Metrics>,
@@ -74,23 +92,36 @@ pub async fn run_probe(
     stop: CancellationToken,
     stats: Arc<SlotStats>,
     sink: Option<ResultSink>,
+    predecessor: Option<tokio::task::JoinHandle<()>>,
 ) {
     let schedule = probe.spec.schedule.clone();
-    let mut next = match first_slot(&schedule) {
-        Some(t) => t,
-        None => return,
+    let first = match (stats.next_slot(), &schedule) {
+        // An interval probe keeps its phase, unless its new interval is
+        // shorter than the wait.
+        (Some(at), Schedule::Every(every)) => Some(at.min(Instant::now() + *every)),
+        _ => first_slot(&schedule),
+    };
+    let Some(mut next) = first else {
+        stats.set_next_slot(None);
+        if let Some(h) = predecessor {
+            log_join(h.await, &probe.spec.display_name(), &metrics);
+        }
+        return;
     };
     stats.first_slot.get_or_init(|| next);
     metrics.set_next_run(&probe.spec, wall_time(next));
-    stats.set_next_run(Some(wall_time(next)));
-    let mut inflight: Option<tokio::task::JoinHandle<()>> = None;
+    stats.set_next_slot(Some(next));
+    let mut inflight: Option<tokio::task::JoinHandle<()>> = predecessor;
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep_until(next) => {}
         }
         stats.slots.fetch_add(1, Ordering::SeqCst);
-        if inflight.as_ref().is_some_and(|h| !h.is_finished()) {
+        if let Some(h) = inflight.take_if(|h| h.is_finished()) {
+            log_join(h.await, &probe.spec.display_name(), &metrics);
+        }
+        if inflight.is_some() {
             stats.skips.fetch_add(1, Ordering::SeqCst);
             metrics.record_skip(&probe.spec);
             tracing::warn!(probe = %probe.spec.display_name(), "slot skipped: the previous run is still going");
@@ -118,7 +149,7 @@ pub async fn run_probe(
             // No next occurrence (a cron date that never comes again): no
             // overdue slot to report either.
             metrics.clear_next_run(&probe.spec);
-            stats.set_next_run(None);
+            stats.set_next_slot(None);
             break;
         };
         next = after;
@@ -139,11 +170,34 @@ pub async fn run_probe(
         if !stop.is_cancelled() {
             metrics.set_next_run(&probe.spec, wall_time(next));
         }
-        stats.set_next_run(Some(wall_time(next)));
+        stats.set_next_slot(Some(next));
     }
     if let Some(h) = inflight {
-        let _ = h.await;
+        log_join(h.await, &probe.spec.display_name(), &metrics);
     }
+}
+
+/// A task of a probe's schedule ended: a panic is logged and counted
+/// (`prober_schedule_panics_total`), never dropped silently.
+pub fn log_join(ended: Result<(), tokio::task::JoinError>, probe: &str, metrics: &Metrics) {
+    match ended {
+        Ok(()) => {}
+        Err(e) if e.is_panic() => {
+            metrics.schedule_panicked();
+            tracing::error!(probe = %probe, "a task of the probe's schedule panicked: {}", panic_text(e.into_panic()));
+        }
+        // Cancelled: only an abort does that, and nothing aborts these.
+        Err(e) => tracing::warn!(probe = %probe, "a task of the probe's schedule ended: {e}"),
+    }
+}
+
+/// What a panic said, when it said it with a string.
+pub fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// The wall-clock time of a monotonic instant (for `probe_next_run_timestamp_seconds`).

@@ -8,19 +8,23 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ProbeSpec, Secret};
 use crate::discord::{ConnectError, DiscordSession, SessionEvent, intents_for};
 use crate::history::History;
 use crate::metrics::Metrics;
 use crate::probe::Probe;
-use crate::schedule::{self, SlotStats};
+use crate::schedule::{self, SlotStats, log_join};
 use crate::scrape::ScrapeCache;
 
 /// How often the prober checks its own gateway when no probe does.
@@ -59,12 +63,14 @@ pub struct ServeOptions {
     /// (`--web.enable-lifecycle`, as Prometheus and Alertmanager do); SIGHUP
     /// always works.
     pub enable_lifecycle: bool,
+    /// The HTTP listener's read timeout and connection limit.
+    pub web: crate::web::listener::Limits,
 }
 
 struct Scheduled {
     spec: ProbeSpec,
     stop: CancellationToken,
-    handle: tokio::task::JoinHandle<()>,
+    handle: JoinHandle<()>,
     stats: Arc<SlotStats>,
 }
 
@@ -73,21 +79,85 @@ pub struct Service {
     path: PathBuf,
     options: ServeOptions,
     config: RwLock<Config>,
-    metrics: RwLock<Arc<Metrics>>,
+    /// One for the service's life: reloads change its label names, never
+    /// its series (see src/metrics.rs).
+    metrics: Arc<Metrics>,
     session: Mutex<Option<(String, Arc<DiscordSession>)>>,
-    follower: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    follower: Mutex<Option<JoinHandle<()>>>,
     scheduled: Arc<tokio::sync::Mutex<HashMap<String, Scheduled>>>,
     limit: Arc<Semaphore>,
+    /// The permits `limit` is meant to hold (`serve.max_concurrency`).
+    limit_size: Mutex<usize>,
     /// Serializes reloads (SIGHUP and POST /-/reload may race).
     reloading: tokio::sync::Mutex<()>,
     /// Set when the Discord session was replaced or dropped.
-    session_replaced: std::sync::atomic::AtomicBool,
+    session_replaced: AtomicBool,
     /// Why Discord is not connected, while the start-up connection is retried.
     discord_down: Mutex<Option<String>>,
+    /// Every task the service spawns besides the schedules themselves
+    /// (Discord retries and watchers, drains of stopped schedules, limit
+    /// shrinks): `shutdown` waits for all of them.
+    tasks: TaskTracker,
+    /// Cancelled by `shutdown`: retries and watchers end.
+    stopping: CancellationToken,
     /// What `/metrics` serves.
     pub(crate) scrape: ScrapeCache,
     /// Recent runs per probe and the last reload (the status page).
     pub(crate) history: History,
+}
+
+/// What a reload does to each probe, by display name (sorted).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Plan {
+    /// Unchanged: the schedule runs on untouched.
+    keep: Vec<String>,
+    /// Changed settings, or a Discord probe on a replaced session: a new
+    /// schedule takes over from the old one (phase and slot counts kept;
+    /// series kept when name, kind and labels are the same).
+    replace: Vec<String>,
+    /// No longer configured.
+    stop: Vec<String>,
+    /// Newly configured.
+    start: Vec<String>,
+}
+
+impl Plan {
+    /// `running`: the scheduled probes' specs; `session_changed`: the
+    /// Discord session they were built on is gone.
+    fn new(running: &HashMap<String, ProbeSpec>, config: &Config, session_changed: bool) -> Plan {
+        let wanted: HashMap<String, &ProbeSpec> = config
+            .probes
+            .iter()
+            .map(|p| (p.display_name(), p))
+            .collect();
+        let mut plan = Plan::default();
+        for (name, old) in running {
+            match wanted.get(name) {
+                None => plan.stop.push(name.clone()),
+                Some(new) if fingerprint(new) != fingerprint(old) => {
+                    plan.replace.push(name.clone())
+                }
+                Some(new) if session_changed && new.kind.needs_discord() => {
+                    plan.replace.push(name.clone())
+                }
+                Some(_) => plan.keep.push(name.clone()),
+            }
+        }
+        plan.start = wanted
+            .keys()
+            .filter(|name| !running.contains_key(*name))
+            .cloned()
+            .collect();
+        for list in [
+            &mut plan.keep,
+            &mut plan.replace,
+            &mut plan.stop,
+            &mut plan.start,
+        ] {
+            list.sort();
+        }
+        plan
+    }
 }
 
 impl Service {
@@ -99,15 +169,18 @@ impl Service {
         let service = Arc::new(Service {
             path,
             limit: Arc::new(Semaphore::new(config.serve.max_concurrency)),
+            limit_size: Mutex::new(config.serve.max_concurrency),
             options,
             config: RwLock::new(config.clone()),
-            metrics: RwLock::new(metrics),
+            metrics,
             session: Mutex::new(None),
             follower: Mutex::new(None),
             scheduled: Arc::new(tokio::sync::Mutex::new(HashMap::new())),
             reloading: tokio::sync::Mutex::new(()),
-            session_replaced: std::sync::atomic::AtomicBool::new(false),
+            session_replaced: AtomicBool::new(false),
             discord_down: Mutex::new(None),
+            tasks: TaskTracker::new(),
+            stopping: CancellationToken::new(),
             scrape: ScrapeCache::default(),
             history: History::default(),
         });
@@ -119,15 +192,12 @@ impl Service {
                 return Err(e.message);
             }
             tracing::error!("{}; retrying every {:?}", e.message, DISCORD_RETRY);
-            *service
-                .discord_down
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some(e.message);
-            service.clone().retry_discord(DISCORD_RETRY);
+            *lock(&service.discord_down) = Some(e.message);
+            service.retry_discord(DISCORD_RETRY);
         } else {
             service.watch_session_end();
         }
-        service.reconcile(&config, true).await;
+        service.reconcile(&config).await;
         Ok(service)
     }
 
@@ -143,23 +213,33 @@ impl Service {
         };
         let mut events = session.subscribe();
         let service = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let token_rejected = loop {
-                if let Some(ended) = session.ended() {
-                    break ended.token_rejected;
+        let stopping = self.stopping.clone();
+        self.tasks.spawn(async move {
+            let ended = async {
+                loop {
+                    if let Some(ended) = session.ended() {
+                        return Some(ended.token_rejected);
+                    }
+                    match events.recv().await {
+                        Ok(SessionEvent::Ended { token_rejected }) => return Some(token_rejected),
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                    }
                 }
-                match events.recv().await {
-                    Ok(SessionEvent::Ended { token_rejected }) => break token_rejected,
-                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                }
+            };
+            let token_rejected = tokio::select! {
+                _ = stopping.cancelled() => return,
+                ended = ended => match ended {
+                    Some(t) => t,
+                    None => return,
+                },
             };
             let Some(service) = service.upgrade() else {
                 return;
             };
             let reason = session.ended().map(|e| e.reason).unwrap_or_default();
             {
-                let mut current = service.session.lock().unwrap_or_else(|p| p.into_inner());
+                let mut current = lock(&service.session);
                 if !current
                     .as_ref()
                     .is_some_and(|(_, s)| Arc::ptr_eq(s, &session))
@@ -168,42 +248,56 @@ impl Service {
                 }
                 *current = None;
             }
-            *service
-                .discord_down
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some(reason);
-            service
-                .session_replaced
-                .store(true, std::sync::atomic::Ordering::SeqCst);
+            *lock(&service.discord_down) = Some(reason);
+            service.session_replaced.store(true, Ordering::SeqCst);
             let every = if token_rejected {
                 DISCORD_TOKEN_RETRY
             } else {
                 DISCORD_RETRY
             };
             tracing::warn!("retrying the Discord connection every {every:?}");
-            service.clone().retry_discord(every);
+            service.retry_discord(every);
         });
     }
 
     /// Retries the Discord connection until it succeeds, then rebuilds the
-    /// probes on the new session.
-    fn retry_discord(self: Arc<Self>, every: Duration) {
-        tokio::spawn(async move {
+    /// Discord probes on the new session. Ends at shutdown; holds the
+    /// service only while trying.
+    fn retry_discord(self: &Arc<Self>, every: Duration) {
+        let service = Arc::downgrade(self);
+        let stopping = self.stopping.clone();
+        self.tasks.spawn(async move {
             loop {
-                tokio::time::sleep(every).await;
-                let config = self.config();
-                if !config.needs_discord() || self.session().is_some() {
+                tokio::select! {
+                    _ = stopping.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                let Some(service) = service.upgrade() else {
+                    return;
+                };
+                let config = service.config();
+                if !config.needs_discord() || service.session().is_some() {
                     return;
                 }
-                let _one_at_a_time = self.reloading.lock().await;
-                match self.connect_discord(&config).await {
-                    Ok(()) => {
-                        *self.discord_down.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                let attempt = async {
+                    let _one_at_a_time = service.reloading.lock().await;
+                    let connected = service.connect_discord(&config).await;
+                    if connected.is_ok() {
+                        *lock(&service.discord_down) = None;
                         tracing::info!("the prober connected to Discord");
-                        self.watch_session_end();
-                        self.reconcile(&config, false).await;
-                        return;
+                        service.watch_session_end();
+                        service.reconcile(&config).await;
                     }
+                    connected
+                };
+                // A shutdown drops an attempt midway; a session being
+                // built stops with it (DiscordSession::connect).
+                let connected = tokio::select! {
+                    _ = stopping.cancelled() => return,
+                    connected = attempt => connected,
+                };
+                match connected {
+                    Ok(()) => return,
                     Err(e) => tracing::warn!("{}; retrying", e.message),
                 }
             }
@@ -218,23 +312,22 @@ impl Service {
     }
 
     pub fn metrics(&self) -> Arc<Metrics> {
-        self.metrics
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.metrics.clone()
     }
 
     fn session(&self) -> Option<Arc<DiscordSession>> {
-        self.session
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|(_, s)| s.clone())
+        lock(&self.session).as_ref().map(|(_, s)| s.clone())
     }
 
     /// Whether `POST /-/reload` may reload (see [`ServeOptions`]).
     pub fn lifecycle_enabled(&self) -> bool {
         self.options.enable_lifecycle
+    }
+
+    /// Tasks of the service still running besides the schedules (for
+    /// tests: none after [`Service::shutdown`]).
+    pub fn tasks_running(&self) -> usize {
+        self.tasks.len()
     }
 
     /// Ready: the config is loaded and, with Discord probes, the prober's
@@ -247,10 +340,7 @@ impl Service {
             Some(s) if let Some(ended) = s.ended() => Err(ended.reason),
             Some(s) if s.is_connected() => Ok(()),
             Some(_) => Err("the prober's Discord gateway is not connected".into()),
-            None => Err(self
-                .discord_down
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
+            None => Err(lock(&self.discord_down)
                 .clone()
                 .unwrap_or_else(|| "the prober has no Discord session".into())),
         }
@@ -271,15 +361,14 @@ impl Service {
     pub async fn reload(&self) -> Result<(), String> {
         let _one_at_a_time = self.reloading.lock().await;
         let result = self.try_reload().await;
-        let metrics = self.metrics();
         self.history.record_reload(result.as_ref().err().cloned());
         match &result {
             Ok(()) => {
-                metrics.set_config_reload_ok(true);
+                self.metrics.set_config_reload_ok(true);
                 tracing::info!(config = %self.path.display(), "configuration reloaded");
             }
             Err(e) => {
-                metrics.set_config_reload_ok(false);
+                self.metrics.set_config_reload_ok(false);
                 tracing::error!(config = %self.path.display(), "reload failed, the previous configuration keeps running: {e}");
             }
         }
@@ -291,29 +380,49 @@ impl Service {
     async fn try_reload(&self) -> Result<(), String> {
         let config = load(&self.path, &self.options)?;
         self.connect_discord(&config).await.map_err(|e| e.message)?;
-        let relabel = !self.metrics().fits(&config);
-        if relabel {
-            // Label names changed: fresh families, and every probe restarts.
-            let metrics = Arc::new(Metrics::new(&config).with_process_metrics());
-            *self.metrics.write().unwrap_or_else(|p| p.into_inner()) = metrics;
-        }
-        self.reconcile(&config, relabel).await;
+        self.metrics.apply_config(&config);
+        self.resize_limit(config.serve.max_concurrency);
+        self.reconcile(&config).await;
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
         Ok(())
+    }
+
+    /// Gives the run limit `size` permits: more at once, fewer as runs in
+    /// flight release theirs.
+    fn resize_limit(&self, size: usize) {
+        let mut current = lock(&self.limit_size);
+        if size > *current {
+            self.limit.add_permits(size - *current);
+        } else if size < *current {
+            let fewer = *current - size;
+            let held = fewer - self.limit.forget_permits(fewer);
+            if held > 0 {
+                // Held by runs in flight: taken (and dropped) as they end.
+                // The config caps the limit far below u32::MAX.
+                let (limit, stopping) = (self.limit.clone(), self.stopping.clone());
+                let held = u32::try_from(held).unwrap_or(u32::MAX);
+                self.tasks.spawn(async move {
+                    tokio::select! {
+                        _ = stopping.cancelled() => {}
+                        permits = limit.acquire_many_owned(held) => {
+                            if let Ok(p) = permits {
+                                p.forget();
+                            }
+                        }
+                    }
+                });
+            }
+        }
+        *current = size;
     }
 
     /// Connects (or reconnects, when its settings changed) the prober's
     /// Discord session; drops it when no probe needs Discord.
     async fn connect_discord(&self, config: &Config) -> Result<(), ConnectFailure> {
         if !config.needs_discord() {
-            let old = self
-                .session
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
+            let old = lock(&self.session).take();
             if let Some((_, s)) = old {
-                self.session_replaced
-                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                self.session_replaced.store(true, Ordering::SeqCst);
                 s.shutdown().await;
             }
             return Ok(());
@@ -324,10 +433,7 @@ impl Service {
             intents_for(config),
             config.target.user_id
         );
-        let same = self
-            .session
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let same = lock(&self.session)
             .as_ref()
             .is_some_and(|(f, _)| *f == fingerprint);
         if same {
@@ -350,145 +456,159 @@ impl Service {
             }
         };
         session.watch_liveness(LIVENESS_EVERY);
-        let old = self
-            .session
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .replace((fingerprint, session));
+        let old = lock(&self.session).replace((fingerprint, session));
         if let Some((_, s)) = old {
             s.shutdown().await;
         }
-        self.session_replaced
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.session_replaced.store(true, Ordering::SeqCst);
         Ok(())
     }
 
-    /// Starts, stops and restarts probe schedules to match `config`.
-    async fn reconcile(&self, config: &Config, restart_all: bool) {
-        let metrics = self.metrics();
+    /// Starts, stops and replaces probe schedules to match `config` (see
+    /// [`Plan`]), then points the Discord metrics at the current session.
+    async fn reconcile(&self, config: &Config) {
         let session = self.session();
+        let session_changed = self.session_replaced.swap(false, Ordering::SeqCst);
+        let mut scheduled = self.scheduled.lock().await;
+        let running: HashMap<String, ProbeSpec> = scheduled
+            .iter()
+            .map(|(name, s)| (name.clone(), s.spec.clone()))
+            .collect();
+        let plan = Plan::new(&running, config, session_changed);
         let wanted: HashMap<String, &ProbeSpec> = config
             .probes
             .iter()
             .map(|p| (p.display_name(), p))
             .collect();
-        let mut scheduled = self.scheduled.lock().await;
-        // Probes built on a replaced session must be rebuilt.
-        let session_changed = self
-            .session_replaced
-            .swap(false, std::sync::atomic::Ordering::SeqCst);
-        // Stop what is gone or changed.
-        let old_config = self.config();
-        let stale: Vec<String> = scheduled
-            .iter()
-            .filter(|(name, s)| {
-                restart_all
-                    || session_changed
-                    || wanted
-                        .get(*name)
-                        .is_none_or(|spec| fingerprint(spec) != fingerprint(&s.spec))
-            })
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in stale {
-            let removed = if wanted.contains_key(&name) {
-                None
-            } else {
-                old_config
-                    .probes
-                    .iter()
-                    .find(|p| p.display_name() == name)
-                    .cloned()
-            };
-            if let Some(spec) = &removed {
-                metrics.forget_probe(spec);
-            }
-            if let Some(s) = scheduled.remove(&name) {
-                s.stop.cancel();
-                // Its in-flight run finishes (within its limit) on its own
-                // and records its result, which would bring a removed
-                // probe's series back: forget them again after it, unless
-                // a later reload configured the name anew meanwhile.
-                let (metrics, all) = (metrics.clone(), self.scheduled.clone());
-                tokio::spawn(async move {
-                    let _ = s.handle.await;
-                    let Some(spec) = removed else { return };
-                    // Under the lock, so a reload cannot add the name back
-                    // between the check and the forgetting. A probe of that
-                    // name with other labels (another kind) does not clash.
-                    let all = all.lock().await;
-                    let clash = all.get(&name).is_some_and(|s| {
-                        metrics.label_values(&s.spec) == metrics.label_values(&spec)
-                    });
-                    if !clash {
-                        metrics.forget_probe(&spec);
-                    }
-                    drop(all);
-                });
+        for name in &plan.stop {
+            if let Some(old) = scheduled.remove(name) {
+                self.retire(old, None);
             }
         }
-        self.history.retain(|name| wanted.contains_key(name));
-        // Start what is new or changed.
-        for (name, spec) in wanted {
-            if scheduled.contains_key(&name) {
+        for name in plan.replace.iter().chain(&plan.start) {
+            let Some(spec) = wanted.get(name) else {
                 continue;
-            }
-            metrics.init_probe(spec);
-            let down = self
-                .discord_down
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            let built = match (&session, down) {
-                (None, Some(why)) if spec.kind.needs_discord() => Ok(Probe::unavailable(
-                    spec.clone(),
-                    format!(
-                        "the prober is not connected to Discord ({why}); the bot was not probed"
-                    ),
-                )),
-                _ => Probe::new(spec.clone(), session.as_ref()),
             };
-            let probe = match built {
-                Ok(p) => Arc::new(p),
-                Err(e) => {
-                    tracing::error!(probe = %name, "cannot start the probe: {e}");
-                    continue;
+            let (predecessor, stats) = match scheduled.remove(name) {
+                Some(old) => {
+                    let stats = old.stats.clone();
+                    (Some(self.retire(old, Some(spec))), Some(stats))
                 }
+                None => (None, None),
             };
-            let stop = CancellationToken::new();
-            let stats = Arc::new(SlotStats::default());
-            let handle = tokio::spawn(schedule::run_probe(
+            if let Some(s) = self.start_schedule(spec, config, session.as_ref(), predecessor, stats)
+            {
+                scheduled.insert(name.clone(), s);
+            }
+        }
+        drop(scheduled);
+        self.history.retain(|name| wanted.contains_key(name));
+        self.follow_discord(config, session.as_ref());
+    }
+
+    /// Stops a schedule. Its series are forgotten unless `successor` has the
+    /// same name, kind and labels; they are forgotten again once its last run
+    /// (which finishes within its limit, and records) has ended, unless a
+    /// probe with the same series is configured by then. Returns the drain
+    /// task, which the successor waits for before its first run.
+    fn retire(&self, old: Scheduled, successor: Option<&ProbeSpec>) -> JoinHandle<()> {
+        old.stop.cancel();
+        let metrics = self.metrics.clone();
+        let same_series =
+            successor.is_some_and(|s| metrics.label_values(s) == metrics.label_values(&old.spec));
+        let forget = (!same_series).then(|| old.spec.clone());
+        if let Some(spec) = &forget {
+            metrics.forget_probe(spec);
+        }
+        let all = self.scheduled.clone();
+        self.tasks.spawn(async move {
+            log_join(old.handle.await, &old.spec.display_name(), &metrics);
+            let Some(spec) = forget else { return };
+            // Under the lock, so a reload cannot add the series back between
+            // the check and the forgetting.
+            let all = all.lock().await;
+            let clash = all
+                .values()
+                .any(|s| metrics.label_values(&s.spec) == metrics.label_values(&spec));
+            if !clash {
+                metrics.forget_probe(&spec);
+            }
+        })
+    }
+
+    /// Builds a probe and starts its schedule; `predecessor` and `stats` come
+    /// from the schedule it replaces.
+    fn start_schedule(
+        &self,
+        spec: &ProbeSpec,
+        config: &Config,
+        session: Option<&Arc<DiscordSession>>,
+        predecessor: Option<JoinHandle<()>>,
+        stats: Option<Arc<SlotStats>>,
+    ) -> Option<Scheduled> {
+        let name = spec.display_name();
+        self.metrics.init_probe(spec);
+        let down = lock(&self.discord_down).clone();
+        let built = match (session, down) {
+            (None, Some(why)) if spec.kind.needs_discord() => Ok(Probe::unavailable(
+                spec.clone(),
+                format!("the prober is not connected to Discord ({why}); the bot was not probed"),
+            )),
+            _ => Probe::new(spec.clone(), session),
+        };
+        let probe = match built {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                tracing::error!(probe = %name, "cannot start the probe: {e}");
+                if let Some(h) = predecessor {
+                    let metrics = self.metrics.clone();
+                    self.tasks
+                        .spawn(async move { log_join(h.await, &name, &metrics) });
+                }
+                return None;
+            }
+        };
+        let stop = CancellationToken::new();
+        let stats = stats.unwrap_or_default();
+        let handle = tokio::spawn(supervise(
+            name,
+            self.metrics.clone(),
+            schedule::run_probe(
                 probe,
-                metrics.clone(),
+                self.metrics.clone(),
                 self.limit.clone(),
                 stop.clone(),
                 stats.clone(),
                 Some(self.history.track(spec, config.serve.history)),
-            ));
-            scheduled.insert(
-                name,
-                Scheduled {
-                    spec: spec.clone(),
-                    stop,
-                    handle,
-                    stats,
-                },
-            );
-        }
-        drop(scheduled);
-        // The Discord metrics follow the current session and config.
-        let mut follower = self.follower.lock().unwrap_or_else(|p| p.into_inner());
+                predecessor,
+            ),
+        ));
+        Some(Scheduled {
+            spec: spec.clone(),
+            stop,
+            handle,
+            stats,
+        })
+    }
+
+    /// The Discord metrics follow the current session and config.
+    fn follow_discord(&self, config: &Config, session: Option<&Arc<DiscordSession>>) {
+        let mut follower = lock(&self.follower);
         if let Some(f) = follower.take() {
             f.abort();
         }
-        if let Some(s) = &session {
-            *follower = Some(metrics.follow_discord(config, s));
+        if let Some(s) = session {
+            *follower = Some(self.metrics.follow_discord(config, s));
         }
     }
 
-    /// Stops scheduling, lets in-flight runs finish (each within its own
-    /// limit), and closes the Discord session.
+    /// Stops scheduling and retrying, lets in-flight runs finish (each
+    /// within its own limit), closes the Discord session, and waits for
+    /// every task the service started.
     pub async fn shutdown(&self) {
+        self.stopping.cancel();
+        // A reload in progress finishes first; retries give up at once.
+        let _no_more_reloads = self.reloading.lock().await;
         let scheduled: Vec<Scheduled> = self
             .scheduled
             .lock()
@@ -500,29 +620,38 @@ impl Service {
             s.stop.cancel();
         }
         for s in scheduled {
-            let _ = s.handle.await;
+            log_join(s.handle.await, &s.spec.display_name(), &self.metrics);
         }
-        if let Some(f) = self
-            .follower
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
+        let follower = lock(&self.follower).take();
+        if let Some(f) = follower {
             f.abort();
+            let _ = f.await;
         }
-        let session = self
-            .session
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let session = lock(&self.session).take();
         if let Some((_, s)) = session {
             s.shutdown().await;
         }
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 }
 
+/// Runs a probe's schedule; a panic is logged and counted
+/// (`prober_schedule_panics_total`) instead of ending it silently.
+async fn supervise(name: String, metrics: Arc<Metrics>, schedule: impl Future<Output = ()>) {
+    if let Err(panic) = std::panic::AssertUnwindSafe(schedule).catch_unwind().await {
+        metrics.schedule_panicked();
+        tracing::error!(probe = %name, "the probe's schedule panicked and stopped (a reload that changes the probe starts it again): {}", schedule::panic_text(panic));
+    }
+}
+
+/// A spec's every setting (ProbeSpec has no `PartialEq`: regexes).
 fn fingerprint(spec: &ProbeSpec) -> String {
     format!("{spec:?}")
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn load(path: &std::path::Path, options: &ServeOptions) -> Result<Config, String> {
@@ -556,12 +685,87 @@ pub async fn run(
             service.scrape.refresh(|| source.metrics(), stop).await;
         })
     };
-    let stop = shutdown.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
-        .map_err(|e| format!("HTTP server failed: {e}"))?;
+    crate::web::listener::serve(listener, app, service.options.web, shutdown.clone()).await;
     service.shutdown().await;
     let _ = refresher.await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(yaml: &str) -> Config {
+        Config::from_yaml(yaml, std::path::Path::new("t.yaml")).unwrap()
+    }
+
+    fn running(config: &Config) -> HashMap<String, ProbeSpec> {
+        config
+            .probes
+            .iter()
+            .map(|p| (p.display_name(), p.clone()))
+            .collect()
+    }
+
+    const OLD: &str = r#"
+target: {name: bot, user_id: "1234567890123456789", exporter_url: "http://127.0.0.1:9/metrics"}
+discord: {token_env: T}
+probes:
+  - name: same
+    http: {url: "http://127.0.0.1:9/"}
+  - name: slower
+    timeout: 1s
+    http: {url: "http://127.0.0.1:9/"}
+  - name: gone
+    exporter: {}
+  - name: help
+    command: {channel_id: "1234567890123456790", message: "!help"}
+"#;
+
+    #[test]
+    fn a_plan_keeps_the_unchanged_and_replaces_only_what_changed() {
+        let old = config(OLD);
+        let new = config(&OLD.replace("timeout: 1s", "timeout: 2s").replace(
+            "  - name: gone\n    exporter: {}\n",
+            "  - name: new\n    exporter: {}\n",
+        ));
+        let plan = Plan::new(&running(&old), &new, false);
+        assert_eq!(
+            plan,
+            Plan {
+                keep: vec!["help".into(), "same".into()],
+                replace: vec!["slower".into()],
+                stop: vec!["gone".into()],
+                start: vec!["new".into()],
+            }
+        );
+    }
+
+    #[test]
+    fn a_new_discord_session_replaces_only_the_discord_probes() {
+        let old = config(OLD);
+        let plan = Plan::new(&running(&old), &old, true);
+        assert_eq!(plan.replace, vec!["help".to_string()]);
+        assert_eq!(plan.keep, vec!["gone", "same", "slower"]);
+        assert!(plan.stop.is_empty() && plan.start.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_panicking_schedule_is_logged_and_counted() {
+        let metrics = Arc::new(Metrics::new(&config(OLD)));
+        let count = |m: &Metrics| {
+            crate::exposition::parse(&m.render())
+                .unwrap()
+                .iter()
+                .find(|s| s.name == "prober_schedule_panics_total")
+                .map(|s| s.value)
+        };
+        assert_eq!(count(&metrics), Some(0.0));
+        supervise("p".into(), metrics.clone(), async { panic!("boom") }).await;
+        assert_eq!(count(&metrics), Some(1.0));
+        // A run's task that panicked, seen when its schedule awaits it.
+        let run = tokio::spawn(async { panic!("bang") });
+        log_join(run.await, "p", &metrics);
+        assert_eq!(count(&metrics), Some(2.0));
+    }
 }

@@ -69,6 +69,10 @@ pub struct ServeSettings {
 /// exporter (8000), Prometheus (9090) or blackbox_exporter (9115).
 pub const DEFAULT_SERVE_LISTEN: &str = "0.0.0.0:9477";
 pub const DEFAULT_MAX_CONCURRENCY: usize = 64;
+/// The largest `serve.max_concurrency`: far above what one process can run
+/// at once (each run holds a socket), far below tokio's
+/// `Semaphore::MAX_PERMITS`, which would panic.
+pub const MAX_MAX_CONCURRENCY: u64 = 100_000;
 pub const DEFAULT_HISTORY: usize = 100;
 
 /// The bot being probed.

@@ -355,8 +355,12 @@ fn check_serve(c: &mut Checker, raw: Option<&raw::RawServe>) -> ServeSettings {
         }
     }
     if let Some(n) = &raw.max_concurrency {
-        if n.value == 0 {
-            c.error(n, "serve.max_concurrency", "must be at least 1");
+        if n.value == 0 || n.value > MAX_MAX_CONCURRENCY {
+            c.error(
+                n,
+                "serve.max_concurrency",
+                format!("must be between 1 and {MAX_MAX_CONCURRENCY}"),
+            );
         } else {
             s.max_concurrency = n.value as usize;
         }

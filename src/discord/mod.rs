@@ -193,6 +193,52 @@ pub struct DiscordSession {
     pub(crate) send_gate: send_gate::SendGate,
 }
 
+/// Stops a serenity client when dropped, unless disarmed (`manager` taken).
+struct StopOnDrop {
+    manager: Option<Arc<ShardManager>>,
+    client: tokio::task::AbortHandle,
+    shared: Arc<Shared>,
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let Some(manager) = self.manager.take() else {
+            return;
+        };
+        if self.shared.shutting_down.load(Ordering::SeqCst) {
+            // `DiscordSession::shutdown` has stopped the client already.
+            self.client.abort();
+            return;
+        }
+        let client = self.client.clone();
+        // Stopping is async (it closes each shard with a 1000); a session
+        // only exists inside a runtime.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                manager.stop().await;
+                client.abort();
+            });
+        } else {
+            client.abort();
+        }
+    }
+}
+
+/// A session dropped without [`DiscordSession::shutdown`] still ends its
+/// tasks, and so (see `StopOnDrop`) its serenity client.
+impl Drop for DiscordSession {
+    fn drop(&mut self) {
+        for t in self
+            .tasks
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            t.abort();
+        }
+    }
+}
+
 impl std::fmt::Debug for DiscordSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DiscordSession")
@@ -507,6 +553,15 @@ impl DiscordSession {
         let shard_manager = client.shard_manager.clone();
         let mut ready = shared.connected.subscribe();
         let mut client_task = tokio::spawn(async move { client.start().await });
+        // From here until the session is shut down, dropping this (a caller
+        // dropped `connect` midway, the wrapper task below was aborted, the
+        // session was dropped) stops the client: its shard runners are tasks
+        // of their own that would stay connected to Discord.
+        let stop_on_drop = StopOnDrop {
+            manager: Some(shard_manager.clone()),
+            client: client_task.abort_handle(),
+            shared: shared.clone(),
+        };
 
         let token_source = discord.token.to_string();
         let outcome = tokio::time::timeout(CONNECT_TIMEOUT, async {
@@ -552,7 +607,10 @@ impl DiscordSession {
             let shared = shared.clone();
             let token_source = discord.token.to_string();
             tokio::spawn(async move {
+                let mut stop_on_drop = stop_on_drop;
                 let ended = client_task.await;
+                // The client has returned: nothing left to stop.
+                stop_on_drop.manager = None;
                 if shared.shutting_down.load(Ordering::SeqCst) {
                     return;
                 }

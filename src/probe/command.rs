@@ -160,14 +160,7 @@ impl CommandProbe {
                 .delete_message(&self.session.http, MessageId::new(id))
                 .await
             {
-                // No URL in the text: HTTP error details never carry one.
-                let why = match &e {
-                    serenity::Error::Http(HttpError::UnsuccessfulRequest(r)) => {
-                        format!("HTTP {} {}", r.status_code.as_u16(), r.error.message)
-                    }
-                    serenity::Error::Http(HttpError::Request(e)) => super::describe_http_error(e),
-                    other => other.to_string(),
-                };
+                let why = cleanup_error(&e);
                 tracing::warn!(
                     probe = %self.name,
                     channel = channel.get(),
@@ -551,4 +544,15 @@ fn ended_elsewhere() -> Check {
 
 fn format_wait(d: Duration) -> humantime::FormattedDuration {
     humantime::format_duration(Duration::from_millis(d.as_millis() as u64))
+}
+
+/// A failed delete, without the request URL (reqwest's errors carry it).
+fn cleanup_error(e: &serenity::Error) -> String {
+    match e {
+        serenity::Error::Http(HttpError::UnsuccessfulRequest(r)) => {
+            format!("HTTP {} {}", r.status_code.as_u16(), r.error.message)
+        }
+        serenity::Error::Http(HttpError::Request(e)) => super::describe_http_error(e),
+        other => other.to_string(),
+    }
 }

@@ -181,6 +181,7 @@ fn check(s: Scenario) -> Result<(), TestCaseError> {
                 stop.clone(),
                 stats.clone(),
                 None,
+                None,
             ));
             schedules.push((task, stats, mine));
         }
@@ -260,7 +261,7 @@ fn the_check_catches_a_lost_slot() {
             config.probes[0].clone(),
             Script(Arc::new(|| Box::pin(async { Check::new(Outcome::Success, "ok") }))),
         ));
-        let task = tokio::spawn(run_probe(probe, metrics.clone(), limit, stop.clone(), stats.clone(), None));
+        let task = tokio::spawn(run_probe(probe, metrics.clone(), limit, stop.clone(), stats.clone(), None, None));
         tokio::task::yield_now().await;
         let first = *stats.first_slot.get().unwrap();
         let stop_at = first + Duration::from_millis(350);
@@ -319,6 +320,7 @@ async fn cron_slots_under_the_scheduler_are_one_per_second() {
         Arc::new(Semaphore::new(4)),
         stop.clone(),
         stats.clone(),
+        None,
         None,
     ));
     // The time passing is the scenario: four whole seconds come due.

@@ -1,7 +1,9 @@
 //! The HTTP surface of `probe serve`: routes and handlers over the
 //! [`Service`] (src/serve.rs), which owns schedules, reloads and metrics.
-//! `view` gathers what the status page (`pages`) and the JSON API show.
+//! `view` gathers what the status page (`pages`) and the JSON API show;
+//! `listener` accepts connections, within limits.
 
+pub mod listener;
 mod pages;
 mod view;
 

@@ -1,5 +1,6 @@
 //! Integration tests: one binary; every server runs on 127.0.0.1.
 
+mod cleanup;
 mod cli;
 mod config_files;
 mod deploy;
@@ -11,9 +12,11 @@ pub(crate) mod discord_probes;
 mod exporter_probe;
 mod http_probe;
 mod interactions_probe;
+mod listener;
 mod metrics;
 mod monitoring;
 mod monitoring_db;
+mod reload;
 mod serve;
 mod shared_channels;
 mod status_page;

@@ -51,6 +51,7 @@ async fn a_probe_never_overlaps_itself_and_every_slot_is_a_run_or_a_skip() {
         stop.clone(),
         stats.clone(),
         None,
+        None,
     ));
     // Let a dozen slots come due; the scenario needs the time to pass.
     tokio::time::sleep(Duration::from_millis(1400)).await;
@@ -565,6 +566,7 @@ async fn a_token_rejected_mid_session_is_said_everywhere() {
         )),
         rewrite: None,
         enable_lifecycle: false,
+        web: Default::default(),
     };
     let service = twi_probe::serve::Service::start(path, options)
         .await
@@ -658,8 +660,7 @@ async fn a_prober_started_blind_connects_when_discord_comes_up() {
         token: Some(twi_probe::config::Secret::new(
             sb.account("prober").unwrap().token.clone(),
         )),
-        rewrite: None,
-        enable_lifecycle: false,
+        ..Default::default()
     };
     let service = twi_probe::serve::Service::start(path, options)
         .await
