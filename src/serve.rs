@@ -20,7 +20,7 @@ use crate::discord::{ConnectError, DiscordSession, SessionEvent, intents_for};
 use crate::history::History;
 use crate::metrics::Metrics;
 use crate::probe::Probe;
-use crate::schedule::{self, SlotStats};
+use crate::schedule::{self, ResultSink, SlotStats};
 use crate::scrape::ScrapeCache;
 
 /// How often the prober checks its own gateway when no probe does.
@@ -63,6 +63,9 @@ pub struct ServeOptions {
 
 struct Scheduled {
     spec: ProbeSpec,
+    /// Shared with scrapes of `GET /probe?probe=NAME` (its state, its runs).
+    probe: Arc<Probe>,
+    sink: ResultSink,
     stop: CancellationToken,
     handle: tokio::task::JoinHandle<()>,
     stats: Arc<SlotStats>,
@@ -224,7 +227,7 @@ impl Service {
             .clone()
     }
 
-    fn session(&self) -> Option<Arc<DiscordSession>> {
+    pub(crate) fn session(&self) -> Option<Arc<DiscordSession>> {
         self.session
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -254,6 +257,32 @@ impl Service {
                 .clone()
                 .unwrap_or_else(|| "the prober has no Discord session".into())),
         }
+    }
+
+    /// What a scrape of `GET /probe?probe=NAME` runs: every spec of that
+    /// name (presence: one per shard) with its probe and history sink.
+    pub(crate) async fn scrape_targets(&self, name: &str) -> Vec<(Arc<Probe>, ResultSink)> {
+        let scheduled = self.scheduled.lock().await;
+        let mut found: Vec<_> = scheduled
+            .values()
+            .filter(|s| s.spec.name == name)
+            .map(|s| (s.probe.clone(), s.sink.clone()))
+            .collect();
+        found.sort_by_key(|(p, _)| p.spec.display_name());
+        found
+    }
+
+    /// The permits that bound runs at once (`serve.max_concurrency`).
+    pub(crate) fn run_permits(&self) -> Arc<Semaphore> {
+        self.limit.clone()
+    }
+
+    /// Why the Discord session is missing, when it is.
+    pub(crate) fn discord_down(&self) -> Option<String> {
+        self.discord_down
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Slot counts per probe (display name), for the slot invariant.
@@ -427,7 +456,9 @@ impl Service {
                 });
             }
         }
-        self.history.retain(|name| wanted.contains_key(name));
+        // Modules' runs (scrapes of /probe) have rings under their names too.
+        self.history
+            .retain(|name| wanted.contains_key(name) || config.modules.contains_key(name));
         // Start what is new or changed.
         for (name, spec) in wanted {
             if scheduled.contains_key(&name) {
@@ -457,18 +488,21 @@ impl Service {
             };
             let stop = CancellationToken::new();
             let stats = Arc::new(SlotStats::default());
+            let sink = self.history.track(spec, config.serve.history);
             let handle = tokio::spawn(schedule::run_probe(
-                probe,
+                probe.clone(),
                 metrics.clone(),
                 self.limit.clone(),
                 stop.clone(),
                 stats.clone(),
-                Some(self.history.track(spec, config.serve.history)),
+                Some(sink.clone()),
             ));
             scheduled.insert(
                 name,
                 Scheduled {
                     spec: spec.clone(),
+                    probe,
+                    sink,
                     stop,
                     handle,
                     stats,
