@@ -111,14 +111,16 @@ impl OnDemand {
                     let result = match stored.try_begin() {
                         Some(_guard) => {
                             let probe = fitted(&stored, deadline, service);
-                            counted(service, &stored.spec, &sink, deadline, probe).await
+                            counted(service, &spec, &sink, deadline, probe).await
                         }
                         None => {
-                            refused(
+                            let result = refused(
                                 &spec,
                                 "a run of this probe (scheduled or for another scrape) is going; this scrape did not start another, nothing was sent",
                             )
-                            .await
+                            .await;
+                            record(service, &spec, &sink, &result);
+                            result
                         }
                     };
                     Run { spec, result }
@@ -131,21 +133,22 @@ impl OnDemand {
                     return Err(format!("no module named {module:?} is configured"));
                 };
                 let spec = m.probe_for(target)?;
+                self.init_series(&service.metrics(), m);
+                let sink = service.history.track(&m.template, config.serve.history);
                 let result = match self.begin(module, target) {
                     Some(_guard) => {
-                        let metrics = service.metrics();
-                        self.init_series(&metrics, m);
-                        let sink = service.history.track(&m.template, config.serve.history);
                         let probe = build(&spec, service);
                         let probe = fitted(&probe, deadline, service);
                         counted(service, &m.template, &sink, deadline, probe).await
                     }
                     None => {
-                        refused(
+                        let result = refused(
                             &spec,
                             "a run of this module for this target (for another scrape) is going; this scrape did not start another, nothing was sent",
                         )
-                        .await
+                        .await;
+                        record(service, &m.template, &sink, &result);
+                        result
                     }
                 };
                 Ok(vec![Run { spec, result }])
@@ -155,10 +158,13 @@ impl OnDemand {
 
     fn begin(&self, module: &str, target: &str) -> Option<ModuleRun<'_>> {
         let key = (module.to_string(), target.to_string());
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        running
-            .insert(key.clone())
-            .then_some(ModuleRun { owner: self, key })
+        let fresh = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone());
+        // Built only when it owns the key (its drop takes the lock).
+        fresh.then(|| ModuleRun { owner: self, key })
     }
 
     /// A module's run counters start at zero in `/metrics`, once per
@@ -195,8 +201,8 @@ impl Drop for ModuleRun<'_> {
     }
 }
 
-/// A run that did not start: `inconclusive`, logged like any run, recorded
-/// nowhere else (no run of the probe happened).
+/// A run that did not start: `inconclusive` (logged like any run; the
+/// caller records it: every answer of `/probe` counts as one run).
 async fn refused(spec: &ProbeSpec, why: &'static str) -> ProbeResult {
     run_guarded(
         spec.display_name(),
@@ -282,15 +288,15 @@ async fn counted(
             .and_then(Result::ok),
         None => permits.acquire_owned().await.ok(),
     };
-    if permit.is_none() {
-        return refused(
-            &probe.spec,
-            "the prober was running serve.max_concurrency probes for the whole scrape; nothing was sent",
-        )
-        .await;
-    }
     let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
     let result = match (&probe.spec.kind, left) {
+        _ if permit.is_none() => {
+            refused(
+                &probe.spec,
+                "the prober was running serve.max_concurrency probes for the whole scrape; nothing was sent",
+            )
+            .await
+        }
         (ProbeKind::Command(_), Some(left)) if reply_wait(left) < MIN_REPLY_WAIT => {
             refused(
                 &probe.spec,
@@ -302,14 +308,22 @@ async fn counted(
             let metrics = service.metrics();
             metrics.run_started();
             let result = run_within(probe, left.unwrap_or(Duration::MAX)).await;
+            // In flight until its result is recorded, as scheduled runs.
             metrics.record(series, &result);
             metrics.run_finished();
             sink(&result);
-            result
+            drop(permit);
+            return result;
         }
     };
-    drop(permit);
+    record(service, series, sink, &result);
     result
+}
+
+/// Counts a run in `/metrics` (under `series`) and the history.
+fn record(service: &Service, series: &ProbeSpec, sink: &ResultSink, result: &ProbeResult) {
+    service.metrics().record(series, result);
+    sink(result);
 }
 
 /// The metrics of one scrape's runs, in the text format 0.0.4: blackbox

@@ -14,6 +14,7 @@ mod interactions_probe;
 mod metrics;
 mod monitoring;
 mod monitoring_db;
+mod probe_endpoint;
 mod serve;
 mod shared_channels;
 mod status_page;
