@@ -525,3 +525,13 @@ async fn prometheus_scrapes_probe_for_file_sd_targets_and_a_discord_module() {
     drop(prom);
     r.stop().await;
 }
+
+#[test]
+fn the_multi_target_scrape_config_passes_promtool() {
+    let path = monitoring().join("prometheus.multi-target.yml");
+    let out = crate::monitoring::run_ok(
+        &crate::monitoring::promtool(),
+        &["check", "config", path.to_str().unwrap()],
+    );
+    assert!(out.contains("SUCCESS"), "{out}");
+}
