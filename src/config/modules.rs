@@ -190,13 +190,10 @@ fn check_module(
         Some(t) => c.duration(t, &format!("{path}.timeout")),
         None => ctx.default_timeout,
     };
+    // Checked as written, then anchored: the whole target must match.
     let allow = raw.allow_targets.as_ref().and_then(|t| {
-        let anchored = Text {
-            value: format!("^(?:{})$", t.value),
-            referenced: t.referenced,
-            defined: t.defined,
-        };
-        c.regex(&anchored, &format!("{path}.allow_targets"))
+        c.regex(t, &format!("{path}.allow_targets"))?;
+        Regex::new(&format!("^(?:{})$", t.value)).ok()
     });
     let sections = [
         raw.http.as_ref().map(|_| "http"),
@@ -336,4 +333,100 @@ fn check_module(
         },
         targets,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{Config, ProbeKind, Schedule};
+
+    const YAML: &str = r#"
+target: {name: bot, user_id: "10"}
+discord: {token_env: T}
+defaults: {every: never}
+probes:
+  - name: on-scrape
+    http: {url: "http://bot/"}
+  - name: timed
+    every: 1m
+    command: {channel_id: "5", message: "!help"}
+modules:
+  web:
+    timeout: 3s
+    allow_targets: 'https://[a-z.]+/health'
+    http: {}
+  help:
+    command:
+      channels: [{channel_id: "5", guild_id: "4"}, {channel_id: "6"}]
+      message: "!help"
+  online:
+    presence: {guilds: ["4194304"], shard_count: 2}
+"#;
+
+    fn config() -> Config {
+        Config::from_yaml(YAML, Path::new("t.yaml")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn every_never_means_on_scrape_only() {
+        let c = config();
+        assert_eq!(c.probe("on-scrape").unwrap().schedule, Schedule::OnScrape);
+        assert_eq!(c.probe("on-scrape").unwrap().schedule.min_interval(), None);
+        assert_eq!(
+            c.probe("timed").unwrap().schedule,
+            Schedule::Every(std::time::Duration::from_secs(60))
+        );
+        // The module's scrapes take turns in channel 5: the timed probe may
+        // wait for one of them.
+        let ProbeKind::Command(timed) = &c.probe("timed").unwrap().kind else {
+            panic!("command")
+        };
+        assert!(!timed.turn_wait.is_zero());
+    }
+
+    #[test]
+    fn targets_are_checked_strictly() {
+        let c = config();
+        let web = &c.modules["web"];
+        assert_eq!(web.template.timeout, std::time::Duration::from_secs(3));
+        let spec = web.probe_for("https://bot.example/health").unwrap();
+        let ProbeKind::Http(h) = &spec.kind else {
+            panic!("http")
+        };
+        assert_eq!(h.url.as_str(), "https://bot.example/health");
+        // Anchored: a prefix or a suffix does not do.
+        for bad in [
+            "https://bot.example/health/x",
+            "xhttps://bot.example/health",
+            "http://bot.example/health",
+        ] {
+            assert!(web.probe_for(bad).is_err(), "{bad}");
+        }
+        let help = &c.modules["help"];
+        let ProbeKind::Command(cmd) = help.probe_for("5").unwrap().kind else {
+            panic!()
+        };
+        assert_eq!((cmd.channel_id, cmd.guild_id), (5, Some(4)));
+        let ProbeKind::Command(cmd) = help.probe_for("9/6").unwrap().kind else {
+            panic!()
+        };
+        assert_eq!((cmd.channel_id, cmd.guild_id), (6, Some(9)));
+        for bad in [
+            "7",
+            "3/5",
+            "05x",
+            "",
+            "0",
+            "-5",
+            "5/",
+            "18446744073709551616",
+        ] {
+            assert!(help.probe_for(bad).is_err(), "{bad:?}");
+        }
+        let online = &c.modules["online"];
+        let spec = online.probe_for("4194304").unwrap();
+        assert_eq!(spec.labels.get("shard").map(String::as_str), Some("1"));
+        assert!(online.probe_for("4194305").is_err());
+    }
 }
