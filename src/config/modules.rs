@@ -429,4 +429,19 @@ modules:
         assert_eq!(spec.labels.get("shard").map(String::as_str), Some("1"));
         assert!(online.probe_for("4194305").is_err());
     }
+
+    #[test]
+    fn the_sandbox_world_has_what_modules_may_name() {
+        let world = crate::sandbox::sandbox_for(&config());
+        let channels: Vec<u64> = world
+            .guilds
+            .iter()
+            .flat_map(|g| g.channels.iter().filter_map(|c| c.id))
+            .collect();
+        assert!(
+            channels.contains(&5) && channels.contains(&6),
+            "{channels:?}"
+        );
+        assert!(world.guilds.iter().any(|g| g.id == Some(4194304)));
+    }
 }
