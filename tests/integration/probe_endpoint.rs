@@ -535,3 +535,57 @@ fn the_multi_target_scrape_config_passes_promtool() {
     );
     assert!(out.contains("SUCCESS"), "{out}");
 }
+
+#[tokio::test]
+async fn a_slot_that_comes_due_during_a_scrapes_run_is_skipped() {
+    use std::sync::Arc;
+    use tokio::sync::Semaphore;
+    use twi_probe::metrics::Metrics;
+    use twi_probe::probe::Probe;
+    use twi_probe::schedule::{SlotStats, run_probe};
+
+    let server = TestServer::start(Reply::ok("ok")).await;
+    let cfg = crate::support::config(&format!(
+        "target: {{name: bot}}\nprobes:\n  - name: p\n    every: 100ms\n    timeout: 90ms\n    http: {{url: \"{}\"}}\n",
+        server.url("/page")
+    ));
+    let probe = Arc::new(Probe::new(cfg.probes[0].clone(), None).unwrap());
+    // As a scrape's run of the probe holds it.
+    let scrape_run = probe.try_begin().expect("no run yet");
+    assert!(probe.try_begin().is_none(), "one run at a time");
+    let stats = Arc::new(SlotStats::default());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(run_probe(
+        probe.clone(),
+        Arc::new(Metrics::new(&cfg)),
+        Arc::new(Semaphore::new(4)),
+        stop.clone(),
+        stats.clone(),
+        None,
+    ));
+    let stats_now = || stats.snapshot();
+    poll(
+        "slots skipped",
+        Duration::from_secs(20),
+        String::new,
+        || async {
+            let (_, runs, skips) = stats_now();
+            assert_eq!(runs, 0, "no scheduled run during the scrape's");
+            (skips >= 2).then_some(())
+        },
+    )
+    .await;
+    assert!(server.methods_seen().is_empty(), "nothing was fetched");
+    drop(scrape_run);
+    poll(
+        "a run once the scrape's ended",
+        Duration::from_secs(20),
+        String::new,
+        || async { (!server.methods_seen().is_empty()).then_some(()) },
+    )
+    .await;
+    stop.cancel();
+    task.await.unwrap();
+    let (slots, runs, skips) = stats.snapshot();
+    assert_eq!(slots, runs + skips);
+}
