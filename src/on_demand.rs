@@ -174,11 +174,11 @@ impl OnDemand {
             Arc::as_ptr(metrics) as usize,
             format!("{:?}", module.template),
         );
-        let fresh = self
-            .initialised
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key);
+        let mut initialised = self.initialised.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the current registry's entries matter.
+        initialised.retain(|(registry, _)| *registry == key.0);
+        let fresh = initialised.insert(key);
+        drop(initialised);
         if fresh {
             metrics.init_probe(&module.template);
         }

@@ -408,6 +408,16 @@ impl Service {
             .swap(false, std::sync::atomic::Ordering::SeqCst);
         // Stop what is gone or changed.
         let old_config = self.config();
+        // A module removed or changed: its series go, as a probe's do.
+        for m in old_config.modules.values() {
+            if config
+                .modules
+                .get(&m.name)
+                .is_none_or(|new| fingerprint(&new.template) != fingerprint(&m.template))
+            {
+                metrics.forget_probe(&m.template);
+            }
+        }
         let stale: Vec<String> = scheduled
             .iter()
             .filter(|(name, s)| {

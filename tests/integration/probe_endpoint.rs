@@ -19,6 +19,7 @@ use crate::support::{Reply, TestServer, refused_addr};
 /// The sandbox, `probe serve` on it, and what the tests look at.
 struct Rig {
     sb: Sandbox,
+    service: std::sync::Arc<Service>,
     base: String,
     dir: TempDir,
     client: reqwest::Client,
@@ -90,7 +91,7 @@ async fn rig(bot_latency: Duration) -> Rig {
     let base = format!("http://{}", listener.local_addr().unwrap());
     let stop = CancellationToken::new();
     let served = tokio::spawn({
-        let stop = stop.clone();
+        let (stop, service) = (stop.clone(), service.clone());
         async move {
             twi_probe::serve::run(service, listener, stop)
                 .await
@@ -111,6 +112,7 @@ async fn rig(bot_latency: Duration) -> Rig {
     .await;
     Rig {
         sb,
+        service,
         base,
         dir,
         client,
@@ -340,6 +342,31 @@ async fn two_scrapes_of_one_channel_at_once_send_once_and_the_other_is_inconclus
         let kept = runs["runs"].as_array().unwrap().len();
         assert_eq!(kept as f64, 1.0 + inconclusive, "{runs}");
     }
+
+    // A reload without the module: its series and history go.
+    let path = r.dir.path().join("probes.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    let without = &yaml[..yaml.find("  help_command:").unwrap()];
+    std::fs::write(&path, format!("{without}  http_2xx:\n    http: {{}}\n")).unwrap();
+    r.service.reload().await.expect("the reload succeeds");
+    let metrics = r
+        .client
+        .get(format!("{}/metrics", r.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!metrics.contains("probe=\"help_command\""), "{metrics}");
+    assert!(metrics.contains("probe=\"help-on-scrape\""), "{metrics}");
+    let gone = r
+        .client
+        .get(format!("{}/api/v1/probes/help_command/runs", r.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 404);
     r.stop().await;
 }
 
