@@ -428,6 +428,14 @@ fn validate(path: &std::path::Path) -> ExitCode {
                     humantime::format_duration(p.timeout)
                 );
             }
+            for m in config.modules.values() {
+                println!(
+                    "  {:<24} {:<9} module for GET /probe, timeout {}",
+                    m.name,
+                    m.kind(),
+                    humantime::format_duration(m.template.timeout)
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => {

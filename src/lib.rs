@@ -9,6 +9,7 @@ pub mod exposition;
 pub mod history;
 pub mod logging;
 pub mod metrics;
+pub mod on_demand;
 pub mod probe;
 pub mod report;
 pub mod run;

@@ -6,7 +6,7 @@ use url::Url;
 use twi_sandbox::Description;
 use twi_sandbox::config::{ChannelConfig, GuildConfig, SandboxConfig, WebhookConfig};
 
-use crate::config::{Config, ProbeKind};
+use crate::config::{Config, ModuleTargets, ProbeKind};
 
 /// The sandbox for `config`: the target bot under its configured user id,
 /// and every guild and channel the Discord probes name.
@@ -26,17 +26,9 @@ pub fn sandbox_for(config: &Config) -> SandboxConfig {
     for p in &config.probes {
         match &p.kind {
             ProbeKind::Presence(ps) => add_guild(&mut guilds, ps.guild_id),
-            ProbeKind::Command(c) => match c.guild_id {
-                Some(g) => {
-                    add_guild(&mut guilds, g);
-                    let channels =
-                        &mut guilds.iter_mut().find(|(id, _)| *id == g).expect("added").1;
-                    if !channels.contains(&c.channel_id) {
-                        channels.push(c.channel_id);
-                    }
-                }
-                None => loose_channels.push(c.channel_id),
-            },
+            ProbeKind::Command(c) => {
+                add_channel(&mut guilds, &mut loose_channels, c.channel_id, c.guild_id)
+            }
             ProbeKind::Interactions(i) => {
                 for g in &i.guilds {
                     add_guild(&mut guilds, *g);
@@ -44,6 +36,22 @@ pub fn sandbox_for(config: &Config) -> SandboxConfig {
                 loose_channels.extend(i.channels.iter().copied());
             }
             _ => {}
+        }
+    }
+    // What modules may name (GET /probe) exists too.
+    for m in config.modules.values() {
+        match &m.targets {
+            ModuleTargets::Channels(list) => {
+                for (channel, guild) in list {
+                    add_channel(&mut guilds, &mut loose_channels, *channel, *guild);
+                }
+            }
+            ModuleTargets::Guilds(list) => {
+                for g in list {
+                    add_guild(&mut guilds, *g);
+                }
+            }
+            ModuleTargets::Urls(_) => {}
         }
     }
     if guilds.is_empty() && loose_channels.is_empty() {
@@ -94,6 +102,24 @@ pub fn sandbox_for(config: &Config) -> SandboxConfig {
         token: None,
     }];
     cfg
+}
+
+fn add_channel(
+    guilds: &mut Vec<(u64, Vec<u64>)>,
+    loose: &mut Vec<u64>,
+    channel: u64,
+    guild: Option<u64>,
+) {
+    match guild {
+        Some(g) => {
+            add_guild(guilds, g);
+            let channels = &mut guilds.iter_mut().find(|(id, _)| *id == g).expect("added").1;
+            if !channels.contains(&channel) {
+                channels.push(channel);
+            }
+        }
+        None => loose.push(channel),
+    }
 }
 
 fn add_guild(guilds: &mut Vec<(u64, Vec<u64>)>, id: u64) {

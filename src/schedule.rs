@@ -7,8 +7,9 @@
 //! 500 ms polling tick, which would add up to half a second of lateness.
 //!
 //! Invariant: every slot that comes due ends as exactly one run (and so one
-//! outcome) or one skip. A slot is skipped when the probe's previous run is
-//! still going, so a probe never overlaps itself.
+//! outcome) or one skip. A slot is skipped when a run of the probe is still
+//! going (its previous one, or a scrape's through `GET /probe`), so a probe
+//! never overlaps itself.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -121,16 +122,18 @@ pub async fn run_probe(
         if let Some(h) = inflight.take_if(|h| h.is_finished()) {
             log_join(h.await, &probe.spec.display_name(), &metrics);
         }
-        if inflight.is_some() {
-            stats.skips.fetch_add(1, Ordering::SeqCst);
-            metrics.record_skip(&probe.spec);
-            tracing::warn!(probe = %probe.spec.display_name(), "slot skipped: the previous run is still going");
-        } else {
+        // A run of this probe may also be a scrape's (`GET /probe`).
+        let guard = match inflight {
+            Some(_) => None,
+            None => probe.try_begin(),
+        };
+        if let Some(guard) = guard {
             stats.runs.fetch_add(1, Ordering::SeqCst);
             let (probe, metrics, limit, sink) =
                 (probe.clone(), metrics.clone(), limit.clone(), sink.clone());
             let due = next;
             inflight = Some(tokio::spawn(async move {
+                let _guard = guard;
                 let Ok(_permit) = limit.acquire_owned().await else {
                     return;
                 };
@@ -144,6 +147,10 @@ pub async fn run_probe(
                     sink(&result);
                 }
             }));
+        } else {
+            stats.skips.fetch_add(1, Ordering::SeqCst);
+            metrics.record_skip(&probe.spec);
+            tracing::warn!(probe = %probe.spec.display_name(), "slot skipped: a run of the probe (scheduled or scraped) is still going");
         }
         let Some(after) = next_slot(&schedule, next) else {
             // No next occurrence (a cron date that never comes again): no
@@ -220,12 +227,14 @@ fn first_slot(schedule: &Schedule) -> Option<Instant> {
             Some(Instant::now() + Duration::from_secs_f64(offset))
         }
         Schedule::Cron { .. } => next_slot(schedule, Instant::now()),
+        Schedule::OnScrape => None,
     }
 }
 
 fn next_slot(schedule: &Schedule, after: Instant) -> Option<Instant> {
     match schedule {
         Schedule::Every(every) => Some(after + *every),
+        Schedule::OnScrape => None,
         Schedule::Cron { expression, .. } => {
             let cron: croner::Cron = expression.parse().ok()?;
             // Map `after` to wall-clock time, find the next occurrence there.

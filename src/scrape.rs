@@ -298,6 +298,7 @@ mod tests {
                 history: 1,
             },
             probes: vec![],
+            modules: Default::default(),
         };
         Arc::new(Metrics::new(&config))
     }

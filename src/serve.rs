@@ -24,7 +24,7 @@ use crate::discord::{ConnectError, DiscordSession, SessionEvent, intents_for};
 use crate::history::History;
 use crate::metrics::Metrics;
 use crate::probe::Probe;
-use crate::schedule::{self, SlotStats, log_join};
+use crate::schedule::{self, ResultSink, SlotStats, log_join};
 use crate::scrape::ScrapeCache;
 
 /// How often the prober checks its own gateway when no probe does.
@@ -69,6 +69,9 @@ pub struct ServeOptions {
 
 struct Scheduled {
     spec: ProbeSpec,
+    /// Shared with scrapes of `GET /probe?probe=NAME` (its state, its runs).
+    probe: Arc<Probe>,
+    sink: ResultSink,
     stop: CancellationToken,
     handle: JoinHandle<()>,
     stats: Arc<SlotStats>,
@@ -315,7 +318,7 @@ impl Service {
         self.metrics.clone()
     }
 
-    fn session(&self) -> Option<Arc<DiscordSession>> {
+    pub(crate) fn session(&self) -> Option<Arc<DiscordSession>> {
         lock(&self.session).as_ref().map(|(_, s)| s.clone())
     }
 
@@ -344,6 +347,29 @@ impl Service {
                 .clone()
                 .unwrap_or_else(|| "the prober has no Discord session".into())),
         }
+    }
+
+    /// What a scrape of `GET /probe?probe=NAME` runs: every spec of that
+    /// name (presence: one per shard) with its probe and history sink.
+    pub(crate) async fn scrape_targets(&self, name: &str) -> Vec<(Arc<Probe>, ResultSink)> {
+        let scheduled = self.scheduled.lock().await;
+        let mut found: Vec<_> = scheduled
+            .values()
+            .filter(|s| s.spec.name == name)
+            .map(|s| (s.probe.clone(), s.sink.clone()))
+            .collect();
+        found.sort_by_key(|(p, _)| p.spec.display_name());
+        found
+    }
+
+    /// The permits that bound runs at once (`serve.max_concurrency`).
+    pub(crate) fn run_permits(&self) -> Arc<Semaphore> {
+        self.limit.clone()
+    }
+
+    /// Why the Discord session is missing, when it is.
+    pub(crate) fn discord_down(&self) -> Option<String> {
+        lock(&self.discord_down).clone()
     }
 
     /// Slot counts per probe (display name), for the slot invariant.
@@ -480,6 +506,18 @@ impl Service {
             .iter()
             .map(|p| (p.display_name(), p))
             .collect();
+        // A module removed or changed: its series go, as a probe's do
+        // (`self.config()` is still the config being replaced).
+        let old_config = self.config();
+        for m in old_config.modules.values() {
+            if config
+                .modules
+                .get(&m.name)
+                .is_none_or(|new| fingerprint(&new.template) != fingerprint(&m.template))
+            {
+                self.metrics.forget_probe(&m.template);
+            }
+        }
         for name in &plan.stop {
             if let Some(old) = scheduled.remove(name) {
                 self.retire(old, None);
@@ -502,7 +540,9 @@ impl Service {
             }
         }
         drop(scheduled);
-        self.history.retain(|name| wanted.contains_key(name));
+        // Modules' runs (scrapes of /probe) have rings under their names too.
+        self.history
+            .retain(|name| wanted.contains_key(name) || config.modules.contains_key(name));
         self.follow_discord(config, session.as_ref());
     }
 
@@ -570,21 +610,24 @@ impl Service {
         };
         let stop = CancellationToken::new();
         let stats = stats.unwrap_or_default();
+        let sink = self.history.track(spec, config.serve.history);
         let handle = tokio::spawn(supervise(
             name,
             self.metrics.clone(),
             schedule::run_probe(
-                probe,
+                probe.clone(),
                 self.metrics.clone(),
                 self.limit.clone(),
                 stop.clone(),
                 stats.clone(),
-                Some(self.history.track(spec, config.serve.history)),
+                Some(sink.clone()),
                 predecessor,
             ),
         ));
         Some(Scheduled {
             spec: spec.clone(),
+            probe,
+            sink,
             stop,
             handle,
             stats,

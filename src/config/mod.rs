@@ -7,6 +7,7 @@
 //! user sees them all at once.
 
 mod error;
+pub mod modules;
 mod raw;
 mod secret;
 pub mod turns;
@@ -21,6 +22,7 @@ use regex::Regex;
 use url::Url;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use modules::{Module, ModuleTargets};
 pub use secret::{Secret, TokenSource};
 
 use crate::probe::assertion::Assertion;
@@ -53,6 +55,8 @@ pub struct Config {
     pub labels: BTreeMap<String, String>,
     pub serve: ServeSettings,
     pub probes: Vec<ProbeSpec>,
+    /// Probe templates for `GET /probe?module=NAME&target=...`, by name.
+    pub modules: BTreeMap<String, Module>,
 }
 
 /// Settings of `probe serve`.
@@ -116,14 +120,18 @@ pub enum Schedule {
         /// The shortest gap between two runs, found over the next occurrences.
         min_interval: Duration,
     },
+    /// `every: never`: no schedule; the probe runs only when Prometheus
+    /// scrapes `GET /probe?probe=NAME` (or on `probe run`).
+    OnScrape,
 }
 
 impl Schedule {
-    /// The shortest time between two scheduled runs.
-    pub fn min_interval(&self) -> Duration {
+    /// The shortest time between two scheduled runs; `None` without a schedule.
+    pub fn min_interval(&self) -> Option<Duration> {
         match self {
-            Schedule::Every(d) => *d,
-            Schedule::Cron { min_interval, .. } => *min_interval,
+            Schedule::Every(d) => Some(*d),
+            Schedule::Cron { min_interval, .. } => Some(*min_interval),
+            Schedule::OnScrape => None,
         }
     }
 }
@@ -133,6 +141,7 @@ impl std::fmt::Display for Schedule {
         match self {
             Schedule::Every(d) => write!(f, "every {}", humantime::format_duration(*d)),
             Schedule::Cron { expression, .. } => write!(f, "cron \"{expression}\""),
+            Schedule::OnScrape => f.write_str("on scrape only"),
         }
     }
 }
@@ -376,6 +385,14 @@ impl Config {
         self.probes.iter().find(|p| p.name == name)
     }
 
+    /// The probes and the modules' templates: what the Discord session
+    /// must serve (intents, connection).
+    pub fn specs_with_modules(&self) -> impl Iterator<Item = &ProbeSpec> {
+        self.probes
+            .iter()
+            .chain(self.modules.values().map(|m| &m.template))
+    }
+
     /// Reads the prober's token; the error names the file, variable or file.
     pub fn discord_token(&self) -> Result<Secret, String> {
         self.discord
@@ -391,8 +408,8 @@ impl Config {
             .map_err(|e| format!("{}: {e}", self.source.display()))
     }
 
-    /// Whether any probe talks to Discord.
+    /// Whether any probe or module talks to Discord.
     pub fn needs_discord(&self) -> bool {
-        self.probes.iter().any(|p| p.kind.needs_discord())
+        self.specs_with_modules().any(|p| p.kind.needs_discord())
     }
 }

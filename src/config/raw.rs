@@ -23,7 +23,36 @@ pub struct RawConfig {
     #[serde(default)]
     pub labels: Labels,
     pub serve: Option<RawServe>,
-    pub probes: Spanned<Vec<Spanned<RawProbe>>>,
+    /// May be absent when modules are configured.
+    pub probes: Option<Spanned<Vec<Spanned<RawProbe>>>>,
+    /// Probe templates applied to a target given by the scrape (`/probe`).
+    #[serde(default)]
+    pub modules: HashMap<Text, Spanned<RawModule>>,
+}
+
+/// A probe template for `GET /probe?module=NAME&target=...`: one kind
+/// section, without the part the target fills in (`url`; for `command` the
+/// channel, from the listed `channels`; for `presence` the guild, from the
+/// listed `guilds`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModule {
+    pub timeout: Option<Text>,
+    /// http and exporter modules: a regex the whole target URL must match.
+    pub allow_targets: Option<Text>,
+    pub exporter: Option<Spanned<RawExporter>>,
+    pub http: Option<Spanned<RawHttp>>,
+    pub command: Option<Spanned<RawCommand>>,
+    pub presence: Option<Spanned<RawPresence>>,
+    pub interactions: Option<Spanned<RawInteractions>>,
+}
+
+/// One channel a command module may post in.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChannel {
+    pub channel_id: Spanned<Snowflake>,
+    pub guild_id: Option<Spanned<Snowflake>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,7 +138,10 @@ pub struct RawInteractions {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCommand {
-    pub channel_id: Spanned<Snowflake>,
+    /// Required in probes; in modules the target names it (from `channels`).
+    pub channel_id: Option<Spanned<Snowflake>>,
+    /// Modules only: the channels a scrape may name as its target.
+    pub channels: Option<Vec<Spanned<RawChannel>>>,
     /// The channel's guild: for presence-aware details and the sandbox.
     pub guild_id: Option<Spanned<Snowflake>>,
     /// What the prober sends; `{target}` becomes a mention of the bot.
@@ -162,7 +194,8 @@ pub struct RawExporter {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHttp {
-    pub url: Text,
+    /// Required in probes; in modules the scrape's target is the URL.
+    pub url: Option<Text>,
     pub method: Option<Text>,
     pub expect_status: Option<Vec<Spanned<StatusItem>>>,
     pub body_regex: Option<Text>,

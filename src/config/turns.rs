@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::{Config, ProbeKind, ProbeSpec};
+use super::{Config, Module, ModuleTargets, ProbeKind, ProbeSpec};
 
 /// How long a command probe waits for a gateway round trip that proves its
 /// own gateway was delivering before it reports a timeout (at most its own
@@ -27,11 +27,27 @@ pub fn longest_turn(timeout: Duration, send_interval: Duration) -> Duration {
 /// probes in its channel, one each. Turns are handed out first come, first
 /// served, and a probe never overlaps itself, so a probe waiting longer than
 /// that is held up by something other than its neighbours' turns.
-pub(super) fn assign_turn_waits(probes: &mut [ProbeSpec], send_interval: Duration) {
+///
+/// A command module's scrapes (`GET /probe`) take turns in its channels
+/// too, one at a time per channel: each listed channel counts one turn of
+/// the module.
+pub(super) fn assign_turn_waits(
+    probes: &mut [ProbeSpec],
+    modules: &BTreeMap<String, Module>,
+    send_interval: Duration,
+) {
     let mut per_channel: BTreeMap<u64, Duration> = BTreeMap::new();
     for p in probes.iter() {
         if let ProbeKind::Command(c) = &p.kind {
             *per_channel.entry(c.channel_id).or_default() += longest_turn(p.timeout, send_interval);
+        }
+    }
+    for m in modules.values() {
+        if let ModuleTargets::Channels(channels) = &m.targets {
+            for (channel, _) in channels {
+                *per_channel.entry(*channel).or_default() +=
+                    longest_turn(m.template.timeout, send_interval);
+            }
         }
     }
     for p in probes.iter_mut() {
@@ -65,10 +81,14 @@ pub fn crowded_channels(config: &Config) -> Vec<String> {
             .iter()
             .map(|p| p.timeout + discord.send_interval)
             .sum();
-        let Some(shortest) = probes.iter().min_by_key(|p| p.schedule.min_interval()) else {
+        // Probes that run only when scraped have no schedule to miss.
+        let Some((shortest, interval)) = probes
+            .iter()
+            .filter_map(|p| Some((p, p.schedule.min_interval()?)))
+            .min_by_key(|(_, interval)| *interval)
+        else {
             continue;
         };
-        let interval = shortest.schedule.min_interval();
         if round > interval {
             let names: Vec<&str> = probes.iter().map(|p| p.name.as_str()).collect();
             warnings.push(format!(

@@ -9,6 +9,7 @@ use regex::Regex;
 use serde_saphyr::{MessageFormatter, Spanned, UserMessageFormatter};
 use url::Url;
 
+use super::modules;
 use super::raw::{self, RawConfig, RawProbe, Snowflake, StatusItem, Text};
 use super::*;
 use crate::probe::reply::ReplyMatch;
@@ -75,13 +76,13 @@ fn user_path(path: &serde_path_to_error::Path) -> String {
 }
 
 /// Collects errors while walking the raw config.
-struct Checker {
-    file: String,
-    errors: Vec<ConfigError>,
+pub(super) struct Checker {
+    pub(super) file: String,
+    pub(super) errors: Vec<ConfigError>,
 }
 
 impl Checker {
-    fn error<T>(&mut self, at: &Spanned<T>, path: &str, message: impl Into<String>) {
+    pub(super) fn error<T>(&mut self, at: &Spanned<T>, path: &str, message: impl Into<String>) {
         self.errors.push(ConfigError {
             file: self.file.clone(),
             line: at.referenced.line(),
@@ -91,7 +92,7 @@ impl Checker {
         });
     }
 
-    fn duration(&mut self, text: &Text, path: &str) -> Option<Duration> {
+    pub(super) fn duration(&mut self, text: &Text, path: &str) -> Option<Duration> {
         match humantime::parse_duration(text.value.trim()) {
             Ok(d) if d.is_zero() => {
                 self.error(text, path, "duration must be greater than zero");
@@ -109,7 +110,14 @@ impl Checker {
         }
     }
 
-    /// An http(s) URL. The value is not quoted back: URLs can carry credentials.
+    /// A run interval, or `never`: the probe runs only when scraped.
+    fn every(&mut self, text: &Text, path: &str) -> Option<Schedule> {
+        if text.value.trim() == "never" {
+            return Some(Schedule::OnScrape);
+        }
+        self.duration(text, path).map(Schedule::Every)
+    }
+
     /// A size such as `16MiB`, `500 kB` or a number of bytes; at least 1 KiB.
     fn size(&mut self, text: &Text, path: &str) -> Option<u64> {
         match text.value.trim().parse::<bytesize::ByteSize>() {
@@ -132,7 +140,8 @@ impl Checker {
         }
     }
 
-    fn url(&mut self, text: &Text, path: &str) -> Option<Url> {
+    /// An http(s) URL. The value is not quoted back: URLs can carry credentials.
+    pub(super) fn url(&mut self, text: &Text, path: &str) -> Option<Url> {
         match Url::parse(text.value.trim()) {
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => Some(u),
             Ok(u) => {
@@ -153,7 +162,7 @@ impl Checker {
         }
     }
 
-    fn regex(&mut self, text: &Text, path: &str) -> Option<Regex> {
+    pub(super) fn regex(&mut self, text: &Text, path: &str) -> Option<Regex> {
         match Regex::new(&text.value) {
             Ok(r) => Some(r),
             Err(e) => {
@@ -226,7 +235,7 @@ impl Checker {
         }
     }
 
-    fn labels(&mut self, labels: &raw::Labels, path: &str) -> BTreeMap<String, String> {
+    pub(super) fn labels(&mut self, labels: &raw::Labels, path: &str) -> BTreeMap<String, String> {
         let name_re = Regex::new("^[a-zA-Z_][a-zA-Z0-9_]*$").expect("static regex");
         let mut entries: Vec<_> = labels.iter().collect();
         entries.sort_by_key(|(k, _)| (k.referenced.line(), k.referenced.column()));
@@ -276,8 +285,8 @@ pub(super) fn validate(raw: RawConfig, source: &Path) -> Result<Config, ConfigEr
     let discord = raw.discord.as_ref().and_then(|d| check_discord(&mut c, d));
 
     let default_every = match &raw.defaults.every {
-        Some(t) => c.duration(t, "defaults.every"),
-        None => Some(DEFAULT_EVERY),
+        Some(t) => c.every(t, "defaults.every"),
+        None => Some(Schedule::Every(DEFAULT_EVERY)),
     };
     let default_timeout = match &raw.defaults.timeout {
         Some(t) => c.duration(t, "defaults.timeout"),
@@ -286,12 +295,16 @@ pub(super) fn validate(raw: RawConfig, source: &Path) -> Result<Config, ConfigEr
     let labels = c.labels(&raw.labels, "labels");
     let serve = check_serve(&mut c, raw.serve.as_ref());
 
-    if raw.probes.value.is_empty() {
-        c.error(&raw.probes, "probes", "no probes are configured");
+    let raw_probes: &[Spanned<RawProbe>] = raw.probes.as_ref().map_or(&[], |p| &p.value);
+    if raw_probes.is_empty() && raw.modules.is_empty() {
+        match &raw.probes {
+            Some(p) => c.error(p, "probes", "no probes or modules are configured"),
+            None => c.error(&raw.target, "probes", "no probes or modules are configured"),
+        }
     }
     let mut seen_names = HashSet::new();
     let mut probes = Vec::new();
-    for (i, probe) in raw.probes.value.iter().enumerate() {
+    for (i, probe) in raw_probes.iter().enumerate() {
         let path = format!("probes[{i}]");
         let name = &probe.value.name;
         if name.value.trim().is_empty() {
@@ -306,7 +319,7 @@ pub(super) fn validate(raw: RawConfig, source: &Path) -> Result<Config, ConfigEr
         let ctx = ProbeContext {
             target: &target,
             has_discord: raw.discord.is_some(),
-            default_every,
+            default_every: default_every.clone(),
             default_timeout,
             global_labels: &labels,
         };
@@ -314,13 +327,21 @@ pub(super) fn validate(raw: RawConfig, source: &Path) -> Result<Config, ConfigEr
             probes.extend(specs);
         }
     }
+    let ctx = ProbeContext {
+        target: &target,
+        has_discord: raw.discord.is_some(),
+        default_every: None,
+        default_timeout,
+        global_labels: &labels,
+    };
+    let modules = modules::check_modules(&mut c, &raw.modules, &seen_names, &ctx);
 
     if !c.errors.is_empty() {
         c.errors.sort_by_key(|e| (e.line, e.column));
         return Err(ConfigErrors(c.errors));
     }
     if let Some(d) = &discord {
-        turns::assign_turn_waits(&mut probes, d.send_interval);
+        turns::assign_turn_waits(&mut probes, &modules, d.send_interval);
     }
     Ok(Config {
         source: source.to_path_buf(),
@@ -329,6 +350,7 @@ pub(super) fn validate(raw: RawConfig, source: &Path) -> Result<Config, ConfigEr
         labels,
         serve,
         probes,
+        modules,
     })
 }
 
@@ -500,12 +522,12 @@ fn check_discord(c: &mut Checker, d: &Spanned<raw::RawDiscord>) -> Option<Discor
     })
 }
 
-struct ProbeContext<'a> {
-    target: &'a Option<Target>,
-    has_discord: bool,
-    default_every: Option<Duration>,
-    default_timeout: Option<Duration>,
-    global_labels: &'a BTreeMap<String, String>,
+pub(super) struct ProbeContext<'a> {
+    pub(super) target: &'a Option<Target>,
+    pub(super) has_discord: bool,
+    pub(super) default_every: Option<Schedule>,
+    pub(super) default_timeout: Option<Duration>,
+    pub(super) global_labels: &'a BTreeMap<String, String>,
 }
 
 fn check_probe(
@@ -526,23 +548,22 @@ fn check_probe(
             );
             None
         }
-        (Some(every), None) => c
-            .duration(every, &format!("{path}.every"))
-            .map(Schedule::Every),
+        (Some(every), None) => c.every(every, &format!("{path}.every")),
         (None, Some(cron)) => c.cron(cron, &format!("{path}.cron")),
-        (None, None) => ctx.default_every.map(Schedule::Every),
+        (None, None) => ctx.default_every.clone(),
     };
     let timeout = match &p.timeout {
         Some(t) => c.duration(t, &format!("{path}.timeout")),
         None => ctx.default_timeout,
     };
-    if let (Some(schedule), Some(timeout)) = (&schedule, timeout)
-        && timeout >= schedule.min_interval()
+    if let (Some(interval), Some(timeout)) =
+        (schedule.as_ref().and_then(Schedule::min_interval), timeout)
+        && timeout >= interval
     {
         let message = format!(
             "timeout {} must be shorter than the interval between runs ({})",
             humantime::format_duration(timeout),
-            humantime::format_duration(schedule.min_interval())
+            humantime::format_duration(interval)
         );
         match (&p.timeout, &p.every, &p.cron) {
             (Some(t), _, _) => c.error(t, &format!("{path}.timeout"), message),
@@ -596,12 +617,12 @@ fn check_probe(
                 needs(c, kinds[0].0);
             }
             if let Some(e) = &p.exporter {
-                check_exporter(c, e, &format!("{path}.exporter"), ctx.target)
+                check_exporter(c, e, &format!("{path}.exporter"), ctx.target, false)
                     .map(|k| vec![ProbeKind::Exporter(k)])
             } else if let Some(h) = &p.http {
-                check_http(c, h, &format!("{path}.http")).map(|k| vec![ProbeKind::Http(k)])
+                check_http(c, h, &format!("{path}.http"), false).map(|k| vec![ProbeKind::Http(k)])
             } else if let Some(x) = &p.command {
-                check_command(c, x, &format!("{path}.command"), ctx.target)
+                check_command(c, x, &format!("{path}.command"), ctx.target, false)
                     .map(|k| vec![ProbeKind::Command(k)])
             } else if let Some(x) = &p.presence {
                 check_presence(c, x, &format!("{path}.presence"))
@@ -662,7 +683,7 @@ fn check_probe(
     )
 }
 
-fn snowflake(c: &mut Checker, v: &Spanned<Snowflake>, path: &str) -> Option<u64> {
+pub(super) fn snowflake(c: &mut Checker, v: &Spanned<Snowflake>, path: &str) -> Option<u64> {
     let parsed = match &v.value {
         Snowflake::Number(n) => Some(*n),
         Snowflake::Text(s) => s.trim().parse::<u64>().ok(),
@@ -674,19 +695,58 @@ fn snowflake(c: &mut Checker, v: &Spanned<Snowflake>, path: &str) -> Option<u64>
     parsed
 }
 
-fn check_command(
+/// A `command` section. In a module (`module`) the channel comes from the
+/// scrape's target (one of `channels`, which the caller checks): the spec's
+/// `channel_id` is 0 until then.
+pub(super) fn check_command(
     c: &mut Checker,
     x: &Spanned<raw::RawCommand>,
     path: &str,
     target: &Option<Target>,
+    module: bool,
 ) -> Option<CommandSpec> {
     let raw = &x.value;
     let errors_before = c.errors.len();
-    let channel_id = snowflake(c, &raw.channel_id, &format!("{path}.channel_id"));
-    let guild_id = raw
-        .guild_id
-        .as_ref()
-        .and_then(|g| snowflake(c, g, &format!("{path}.guild_id")));
+    let channel_id = match (&raw.channel_id, module) {
+        (Some(id), false) => snowflake(c, id, &format!("{path}.channel_id")),
+        (None, false) => {
+            c.error(
+                x,
+                &format!("{path}.channel_id"),
+                "missing channel_id: the channel to send in",
+            );
+            None
+        }
+        (Some(id), true) => {
+            c.error(
+                id,
+                &format!("{path}.channel_id"),
+                "a module's channel is the scrape's target: list the channels it may use in channels instead",
+            );
+            None
+        }
+        (None, true) => Some(0),
+    };
+    if raw.channels.is_some() && !module {
+        c.error(
+            x,
+            &format!("{path}.channels"),
+            "channels is for modules; a probe names its channel_id",
+        );
+    }
+    let guild_id = match (&raw.guild_id, module) {
+        (Some(g), true) => {
+            c.error(
+                g,
+                &format!("{path}.guild_id"),
+                "a module's guilds go with its channels: channels: [{channel_id, guild_id}]",
+            );
+            None
+        }
+        (g, _) => g
+            .as_ref()
+            .and_then(|g| snowflake(c, g, &format!("{path}.guild_id"))),
+    };
     let user_id = target.as_ref().and_then(|t| t.user_id);
     if user_id.is_none() {
         c.error(
@@ -734,7 +794,11 @@ fn check_command(
     })
 }
 
-fn check_match(c: &mut Checker, m: &Spanned<raw::RawMatch>, path: &str) -> Option<ReplyMatch> {
+pub(super) fn check_match(
+    c: &mut Checker,
+    m: &Spanned<raw::RawMatch>,
+    path: &str,
+) -> Option<ReplyMatch> {
     let raw = &m.value;
     let errors_before = c.errors.len();
     let regex = |c: &mut Checker, t: &Option<Text>, field: &str| {
@@ -908,15 +972,22 @@ fn check_presence(
     (c.errors.len() == errors_before).then_some(specs)
 }
 
-fn check_exporter(
+/// An `exporter` section; in a module (`module`) the URL is the scrape's target.
+pub(super) fn check_exporter(
     c: &mut Checker,
     e: &Spanned<raw::RawExporter>,
     path: &str,
     target: &Option<Target>,
+    module: bool,
 ) -> Option<ExporterSpec> {
     let raw = &e.value;
     let errors_before = c.errors.len();
     let url = match &raw.url {
+        Some(u) if module => {
+            c.error(u, &format!("{path}.url"), modules::TARGET_FIELD_IN_MODULE);
+            None
+        }
+        None if module => Some(modules::target_placeholder()),
         Some(u) => c.url(u, &format!("{path}.url")),
         None => match target.as_ref().and_then(|t| t.exporter_url.clone()) {
             Some(u) => Some(u),
@@ -975,10 +1046,27 @@ fn check_exporter(
     })
 }
 
-fn check_http(c: &mut Checker, h: &Spanned<raw::RawHttp>, path: &str) -> Option<HttpSpec> {
+/// An `http` section; in a module (`module`) the URL is the scrape's target.
+pub(super) fn check_http(
+    c: &mut Checker,
+    h: &Spanned<raw::RawHttp>,
+    path: &str,
+    module: bool,
+) -> Option<HttpSpec> {
     let raw = &h.value;
     let errors_before = c.errors.len();
-    let url = c.url(&raw.url, &format!("{path}.url"));
+    let url = match (&raw.url, module) {
+        (Some(u), false) => c.url(u, &format!("{path}.url")),
+        (None, false) => {
+            c.error(h, &format!("{path}.url"), "missing url: the URL to probe");
+            None
+        }
+        (Some(u), true) => {
+            c.error(u, &format!("{path}.url"), modules::TARGET_FIELD_IN_MODULE);
+            None
+        }
+        (None, true) => Some(modules::target_placeholder()),
+    };
     let method = match &raw.method {
         None => HttpMethod::Get,
         Some(m) => match m.value.to_ascii_uppercase().as_str() {

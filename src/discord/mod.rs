@@ -84,7 +84,7 @@ pub enum ConnectError {
 pub fn intents_for(config: &Config) -> GatewayIntents {
     let mut intents = GatewayIntents::GUILDS | GatewayIntents::GUILD_MESSAGES;
     let mut content_needed = false;
-    for p in &config.probes {
+    for p in config.specs_with_modules() {
         match &p.kind {
             ProbeKind::Command(c) => {
                 intents |= GatewayIntents::GUILD_MESSAGE_TYPING;
@@ -98,8 +98,7 @@ pub fn intents_for(config: &Config) -> GatewayIntents {
     }
     // Command probes also read the bot's presence for their timeout detail.
     if config
-        .probes
-        .iter()
+        .specs_with_modules()
         .any(|p| matches!(p.kind, ProbeKind::Command(_)))
     {
         intents |= GatewayIntents::GUILD_PRESENCES;

@@ -125,6 +125,12 @@ impl CommandProbe {
         // timed nor held against the bot.
         let queued = Instant::now();
         let Some(turn) = s.turns.take(channel, self.spec.turn_wait).await else {
+            if self.spec.turn_wait.is_zero() {
+                // A scrape's run (`GET /probe`) does not queue.
+                return inconclusive(format!(
+                    "channel busy: another probe's turn in channel {channel} is going (a run for a scrape does not wait for one); nothing was sent"
+                ));
+            }
             return inconclusive(format!(
                 "channel busy: no turn in channel {channel} within {}, longer than the other probes there can take; the bot was not probed",
                 format_wait(self.spec.turn_wait)

@@ -10,6 +10,7 @@ mod presence;
 pub mod reply;
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -189,6 +190,19 @@ impl ProbeResult {
 pub struct Probe {
     pub spec: ProbeSpec,
     kind: KindProbe,
+    /// Set while a run goes, scheduled or scraped: a probe never overlaps itself.
+    running: Arc<AtomicBool>,
+}
+
+/// A run of one probe in progress; dropping it ends the run (see
+/// [`Probe::try_begin`]).
+#[derive(Debug)]
+pub struct RunGuard(Arc<AtomicBool>);
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 #[derive(Debug)]
@@ -227,6 +241,7 @@ impl Probe {
         Probe {
             spec,
             kind: KindProbe::Unavailable(reason),
+            running: Arc::default(),
         }
     }
 
@@ -235,8 +250,18 @@ impl Probe {
     pub(crate) fn scripted(spec: ProbeSpec, script: Script) -> Self {
         Probe {
             spec,
+            running: Arc::default(),
             kind: KindProbe::Scripted(script),
         }
+    }
+
+    /// Starts a run unless one is going (the schedule's or a scrape's):
+    /// `None` then, and the caller skips.
+    pub fn try_begin(&self) -> Option<RunGuard> {
+        self.running
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+            .then(|| RunGuard(self.running.clone()))
     }
 
     /// Builds the probe. Discord kinds need the prober's session. Fails
@@ -263,7 +288,11 @@ impl Probe {
                 KindProbe::Interactions(InteractionsProbe::new(i.clone(), spec.timeout, session()?))
             }
         };
-        Ok(Probe { spec, kind })
+        Ok(Probe {
+            spec,
+            kind,
+            running: Arc::default(),
+        })
     }
 
     async fn check(&self) -> Check {
@@ -307,6 +336,32 @@ pub async fn run_once(probe: Arc<Probe>) -> ProbeResult {
     .await
 }
 
+/// Runs a probe once within `budget` (a scrape's: Prometheus' scrape
+/// timeout minus a margin) or its own limit, whichever is shorter. Cut by
+/// the budget, an `http` or `exporter` run is a `timeout` (the budget is its
+/// timeout then); a Discord run is `inconclusive`: its own waits were cut by
+/// the scrape, not by the bot.
+pub async fn run_within(probe: Arc<Probe>, budget: Duration) -> ProbeResult {
+    let name = probe.spec.display_name();
+    let kind = probe.spec.kind.name();
+    let (own, on_limit) = probe.run_limit();
+    let limit = own.min(budget);
+    let cut = move |limit: Duration| match on_limit {
+        Outcome::Timeout => Check::new(
+            Outcome::Timeout,
+            format!("no answer within {}", humantime::format_duration(limit)),
+        ),
+        _ => Check::new(
+            Outcome::Inconclusive,
+            format!(
+                "the scrape's time ({}: Prometheus' scrape timeout minus a margin) ran out before the result was decided; the bot is not blamed",
+                humantime::format_duration(limit)
+            ),
+        ),
+    };
+    run_limited(name, kind, limit, cut, async move { probe.check().await }).await
+}
+
 /// Runs one check under a timeout in its own task, so that a timeout
 /// becomes `timeout` and a panic becomes `inconclusive` for this run only,
 /// never taking the process or other probes down.
@@ -320,6 +375,36 @@ pub async fn run_guarded<F>(
 where
     F: Future<Output = Check> + Send + 'static,
 {
+    let on_limit = move |timeout: Duration| {
+        if on_timeout == Outcome::Timeout {
+            Check::new(
+                Outcome::Timeout,
+                format!("no answer within {}", humantime::format_duration(timeout)),
+            )
+        } else {
+            Check::new(
+                on_timeout,
+                format!(
+                    "internal error: the probe overran its {} limit",
+                    humantime::format_duration(timeout)
+                ),
+            )
+        }
+    };
+    run_limited(name, kind, timeout, on_limit, check).await
+}
+
+/// [`run_guarded`] with the check a run cut at `timeout` ends as.
+async fn run_limited<F>(
+    name: String,
+    kind: &'static str,
+    timeout: Duration,
+    on_limit: impl FnOnce(Duration) -> Check,
+    check: F,
+) -> ProbeResult
+where
+    F: Future<Output = Check> + Send + 'static,
+{
     let request_id = new_request_id();
     let span = tracing::info_span!("probe_run", request_id = %request_id, probe = %name, kind);
     let started_at = SystemTime::now();
@@ -328,17 +413,7 @@ where
     let task = tokio::spawn(tokio::time::timeout(timeout, check).instrument(span.clone()));
     let check = match task.await {
         Ok(Ok(check)) => check,
-        Ok(Err(_elapsed)) if on_timeout == Outcome::Timeout => Check::new(
-            Outcome::Timeout,
-            format!("no answer within {}", humantime::format_duration(timeout)),
-        ),
-        Ok(Err(_elapsed)) => Check::new(
-            on_timeout,
-            format!(
-                "internal error: the probe overran its {} limit",
-                humantime::format_duration(timeout)
-            ),
-        ),
+        Ok(Err(_elapsed)) => on_limit(timeout),
         Err(join_error) => Check::new(
             Outcome::Inconclusive,
             format!("internal error: {}", panic_message(join_error)),

@@ -5,6 +5,7 @@
 
 pub mod listener;
 mod pages;
+mod probe_endpoint;
 mod view;
 
 use std::sync::Arc;
@@ -20,9 +21,13 @@ use serde_json::json;
 use crate::scrape::accepts_gzip;
 use crate::serve::Service;
 
-/// The HTTP side: the status pages, their JSON, `/metrics`, `/healthz`,
-/// `/ready`, `POST /-/reload`.
+/// The HTTP side: the status pages, their JSON, `/metrics`, `/probe`,
+/// `/healthz`, `/ready`, `POST /-/reload`.
 pub fn router(service: Arc<Service>) -> Router {
+    let on_demand: probe_endpoint::ProbeState = (service.clone(), Arc::default());
+    let scrapes = Router::new()
+        .route("/probe", get(probe_endpoint::probe))
+        .with_state(on_demand);
     Router::new()
         .route("/", get(index))
         .route("/probes/{name}", get(probe_page))
@@ -33,6 +38,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/ready", get(ready))
         .route("/-/reload", post(reload))
         .with_state(service)
+        .merge(scrapes)
 }
 
 async fn metrics(State(s): State<Arc<Service>>, headers: HeaderMap) -> Response {

@@ -44,7 +44,8 @@ impl ProbeView {
     }
 }
 
-/// Every configured probe (presence probes once per shard), in config order.
+/// Every configured probe (presence probes once per shard), in config
+/// order, then every module.
 pub async fn overview(service: &Service) -> Overview {
     let config = service.config();
     let slots = service.slot_stats().await;
@@ -56,9 +57,11 @@ pub async fn overview(service: &Service) -> Overview {
             Err(e) => ("disconnected", Some(e)),
         }
     };
+    // Modules' runs (scrapes of /probe) show under the module's name.
     let probes = config
         .probes
         .iter()
+        .chain(config.modules.values().map(|m| &m.template))
         .map(|spec| {
             let name = spec.display_name();
             let (runs, state, capacity) = service

@@ -114,7 +114,7 @@ probes:
         Some("home")
     );
     let six = config.probe("six").unwrap();
-    assert_eq!(six.schedule.min_interval(), Duration::from_secs(300));
+    assert_eq!(six.schedule.min_interval(), Some(Duration::from_secs(300)));
     assert_eq!(six.labels.get("location").map(String::as_str), Some("away"));
     let plain = config.probe("plain").unwrap();
     assert_eq!(plain.schedule, Schedule::Every(Duration::from_secs(60)));

@@ -16,6 +16,7 @@ mod listener;
 mod metrics;
 mod monitoring;
 mod monitoring_db;
+mod probe_endpoint;
 mod reload;
 mod serve;
 mod shared_channels;
