@@ -10,6 +10,7 @@ mod deploy;
 mod discord;
 pub(crate) mod discord_probes;
 mod exporter_probe;
+mod frame_stamps;
 mod http_probe;
 mod interactions_probe;
 mod listener;

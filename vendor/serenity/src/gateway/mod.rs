@@ -42,6 +42,8 @@
 mod bridge;
 mod error;
 mod shard;
+// twi-probe patch: the stream under the websocket that stamps its reads.
+mod stamped;
 mod ws;
 
 use std::fmt;

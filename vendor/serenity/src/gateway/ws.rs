@@ -11,18 +11,20 @@ use futures::StreamExt;
 use tokio::net::TcpStream;
 #[cfg(feature = "client")]
 use tokio::time::{timeout, Duration};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::error::UrlError;
 #[cfg(feature = "client")]
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-#[cfg(feature = "client")]
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{connect_async_with_config, MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{client_async_tls_with_config, MaybeTlsStream, WebSocketStream};
 #[cfg(feature = "client")]
 use tracing::warn;
 use tracing::{debug, instrument, trace};
 use url::Url;
 
+use super::stamped::{LastRead, StampedTcp};
 use super::{ActivityData, ChunkGuildFilter, PresenceData};
 use crate::constants::{self, Opcode};
 #[cfg(feature = "client")]
@@ -96,8 +98,13 @@ struct WebSocketMessage<'a> {
     d: WebSocketMessageData<'a>,
 }
 
-// twi-probe patch: the second field is when the last frame was read (see `received_at`).
-pub struct WsClient(WebSocketStream<MaybeTlsStream<TcpStream>>, Option<std::time::Instant>);
+// twi-probe patch: the stream is a `StampedTcp`; the second field is when the last frame
+// arrived (see `received_at`), taken from the third, the stream's latest read.
+pub struct WsClient(
+    WebSocketStream<MaybeTlsStream<StampedTcp>>,
+    Option<std::time::Instant>,
+    LastRead,
+);
 
 #[cfg(feature = "client")]
 const TIMEOUT: Duration = Duration::from_millis(500);
@@ -111,16 +118,35 @@ impl WsClient {
             max_frame_size: None,
             ..Default::default()
         };
-        let (stream, _) = connect_async_with_config(url, Some(config), false).await?;
+        // twi-probe patch: what tokio-tungstenite's `connect_async_with_config` does (same TLS
+        // connector and features, Nagle left on), with the TCP stream wrapped to stamp its reads.
+        let request = url.into_client_request()?;
+        let uri = request.uri();
+        let host = uri.host().ok_or(WsError::Url(UrlError::NoHostName))?;
+        // An IPv6 literal comes in brackets.
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        let port = uri
+            .port_u16()
+            .or_else(|| match uri.scheme_str() {
+                Some("wss") => Some(443),
+                Some("ws") => Some(80),
+                _ => None,
+            })
+            .ok_or(WsError::Url(UrlError::UnsupportedUrlScheme))?;
+        let socket = TcpStream::connect((host, port)).await.map_err(WsError::Io)?;
+        let (socket, last_read) = StampedTcp::new(socket);
+        let (stream, _) = client_async_tls_with_config(request, socket, Some(config), None).await?;
 
-        Ok(Self(stream, None))
+        Ok(Self(stream, None, last_read))
     }
 
     #[cfg(feature = "client")]
     pub(crate) async fn recv_json(&mut self) -> Result<Option<GatewayEvent>> {
         let message = match timeout(TIMEOUT, self.0.next()).await {
             Ok(Some(Ok(msg))) => {
-                self.1 = Some(std::time::Instant::now());
+                // twi-probe patch: when the read that completed this frame returned (see
+                // `stamped`), not when the frame was taken out of the websocket.
+                self.1 = Some(self.2.get().unwrap_or_else(std::time::Instant::now));
                 msg
             },
             Ok(Some(Err(e))) => return Err(e.into()),
@@ -160,8 +186,9 @@ impl WsClient {
         Ok(Some(value))
     }
 
-    /// twi-probe patch: when the last frame was read from the websocket, before it was
-    /// decompressed and parsed: the moment an event reached this process.
+    /// twi-probe patch: when the last frame reached this process: the moment the socket read
+    /// that completed it returned (never earlier; frames that came in one read share it),
+    /// before it was decompressed, parsed and dispatched.
     pub fn received_at(&self) -> Option<std::time::Instant> {
         self.1
     }
