@@ -64,6 +64,20 @@
 //!    scrapes included). VmRSS sampled every 100 ms: median and peak; and
 //!    VmHWM at the end.
 //!
+//! 5. **footprint** — issue 17's figures, each with its goal: `probe serve`
+//!    (child process) with each of `--footprint-probes` (10, 1,000, 10,000)
+//!    http probes in turn, every 1 s (every n/1,000 s above 1,000 probes,
+//!    so at most 1,000 runs/s); once every probe has run
+//!    `--footprint-runs` times (3; polled from `probe_runs_total`) and the
+//!    body was scraped, VmRSS (and its anonymous / file-backed split). Idle
+//!    RSS is the smallest size's (goal ≤ 10 MiB); growth per 1,000 probes
+//!    is (RSS(n) − RSS(smallest)) / (n − smallest) × 1,000 (goal ≤ 5 MiB);
+//!    body per probe is the body's growth per probe between the smallest
+//!    and largest size (goal ≤ 800 bytes). At the largest size, `/metrics`
+//!    is then scraped `--footprint-scrapes` (60) times every
+//!    `--footprint-scrape-every` (1 s; `--gzip` applies): p50, p99, max
+//!    (goals p99 ≤ 20 ms, max ≤ 50 ms), and VmRSS and VmHWM after them.
+//!
 //! Results go to stdout, ending with a `summary` block; exits non-zero only
 //! on errors, never because a goal was missed. The machine's load average is
 //! printed with each part: other work on the machine skews every figure.
@@ -97,6 +111,12 @@ const GOAL_LATENESS_P99_S: f64 = 0.010;
 const GOAL_SCRAPE_P99_S: f64 = 0.005;
 const GOAL_CPU_RATIO: f64 = 0.5;
 const GOAL_RSS_RATIO: f64 = 1.0;
+const MIB: f64 = 1024.0 * 1024.0;
+const GOAL_IDLE_RSS_MIB: f64 = 10.0;
+const GOAL_GROWTH_PER_1000_MIB: f64 = 5.0;
+const GOAL_BODY_PER_PROBE: f64 = 800.0;
+const GOAL_SCRAPE_10K_P99_S: f64 = 0.020;
+const GOAL_SCRAPE_10K_MAX_S: f64 = 0.050;
 const LATENESS: &str = "prober_schedule_lateness_seconds";
 const RSS_SAMPLE_EVERY: Duration = Duration::from_millis(100);
 const RENDERS: usize = 200;
@@ -144,6 +164,18 @@ struct Args {
     /// `cargo build --release --bin probe` into its own target directory.
     #[arg(long, value_name = "PATH")]
     probe_bin: Option<PathBuf>,
+    /// Part footprint: the numbers of http probes, smallest first.
+    #[arg(long, value_delimiter = ',', default_values_t = [10, 1000, 10000])]
+    footprint_probes: Vec<usize>,
+    /// Part footprint: runs of every probe before RSS is read.
+    #[arg(long, default_value_t = 3)]
+    footprint_runs: u64,
+    /// Part footprint: scrapes timed at the largest size.
+    #[arg(long, default_value_t = 60)]
+    footprint_scrapes: usize,
+    /// Part footprint: their interval.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    footprint_scrape_every: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -152,6 +184,7 @@ enum Part {
     Render,
     Serve,
     Blackbox,
+    Footprint,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -182,7 +215,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     parts.dedup();
     let needs_bin = parts
         .iter()
-        .any(|p| matches!(p, Part::Serve | Part::Blackbox));
+        .any(|p| matches!(p, Part::Serve | Part::Blackbox | Part::Footprint));
     let probe_bin = match (&args.probe_bin, needs_bin) {
         (Some(p), _) => Some(p.clone()),
         (None, true) => Some(build_probe_binary("bench_serve")?),
@@ -217,6 +250,12 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 Part::Schedule => summary.extend(part_schedule(args, &dir, &target)?),
                 Part::Render => summary.extend(part_render(args, &dir, &target)?),
                 Part::Serve => summary.extend(part_serve(
+                    args,
+                    &dir,
+                    probe_bin.as_deref().expect("built above"),
+                    &target,
+                )?),
+                Part::Footprint => summary.extend(part_footprint(
                     args,
                     &dir,
                     probe_bin.as_deref().expect("built above"),
@@ -876,6 +915,170 @@ fn part_blackbox(
 }
 
 // ---------------------------------------------------------------------------
+// 5. Footprint: issue 17's figures
+
+/// One size of part footprint.
+struct Footprint {
+    probes: usize,
+    rss: u64,
+    anon: u64,
+    file: u64,
+    body: usize,
+}
+
+fn part_footprint(
+    args: &Args,
+    dir: &Path,
+    bin: &Path,
+    target: &Target,
+) -> anyhow::Result<Vec<String>> {
+    let sizes = &args.footprint_probes;
+    ensure!(
+        sizes.len() >= 2 && sizes.windows(2).all(|w| w[0] < w[1]),
+        "--footprint-probes needs two or more sizes, smallest first"
+    );
+    println!(
+        "\n[footprint] probe serve with {sizes:?} http probes; RSS once each probe ran {} times and was scraped (load average {})",
+        args.footprint_runs,
+        load_average()
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = reqwest::Client::new();
+    let mut rows: Vec<Footprint> = Vec::new();
+    let mut scrape_lines = Vec::new();
+    for (k, &n) in sizes.iter().enumerate() {
+        // At most 1,000 runs/s, so the machine keeps up at any size.
+        let every = Duration::from_secs((n as u64).div_ceil(1000).max(1));
+        let path = write_probes_every(
+            dir,
+            &format!("footprint-{n}.yaml"),
+            n,
+            "f",
+            target.addr,
+            every,
+        )?;
+        let child = ServeChild::spawn(bin, &path, &args.log_level)?;
+        let url = format!("http://{}/metrics", child.addr);
+        let deadline = Instant::now() + every * (args.footprint_runs as u32 + 3) + START_BOUND;
+        let poll = every.max(Duration::from_secs(1));
+        let body = loop {
+            let text = rt.block_on(fetch(&client, &url))?;
+            let samples = samples(&text)?;
+            let mut runs: HashMap<&str, f64> = HashMap::new();
+            for s in samples.iter().filter(|s| s.name == "probe_runs_total") {
+                *runs
+                    .entry(s.label("probe").unwrap_or_default())
+                    .or_default() += s.value;
+            }
+            let least = runs.values().copied().fold(f64::INFINITY, f64::min);
+            if runs.len() == n && least >= args.footprint_runs as f64 {
+                break text;
+            }
+            child.check_alive()?;
+            ensure!(
+                Instant::now() < deadline,
+                "{n} probes: not every probe ran {} times in time ({} probes seen, least {least} runs)",
+                args.footprint_runs,
+                runs.len()
+            );
+            std::thread::sleep(poll);
+        };
+        // The body was just scraped; the reading counts it.
+        let mem = read_mem(child.pid()).context("reading probe serve's memory")?;
+        let (anon, file) = rss_split(child.pid()).unwrap_or_default();
+        println!(
+            "{n:>6} probes (every {}): VmRSS {:.2} MiB ({:.2} MiB anonymous, {:.2} MiB file-backed); body {} bytes",
+            humantime::format_duration(every),
+            mem.rss as f64 / MIB,
+            anon as f64 / MIB,
+            file as f64 / MIB,
+            body.len()
+        );
+        rows.push(Footprint {
+            probes: n,
+            rss: mem.rss,
+            anon,
+            file,
+            body: body.len(),
+        });
+        if k + 1 == sizes.len() {
+            let times = rt.block_on(async {
+                let mut tick = tokio::time::interval(args.footprint_scrape_every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut lat = Vec::new();
+                for _ in 0..args.footprint_scrapes {
+                    tick.tick().await;
+                    let t = Instant::now();
+                    fetch_size(&client, &url, args.gzip).await?;
+                    lat.push(t.elapsed().as_secs_f64());
+                }
+                anyhow::Ok(lat)
+            })?;
+            ensure!(!times.is_empty(), "--footprint-scrapes must be at least 1");
+            let d = Dist::new(times);
+            let after = read_mem(child.pid()).context("reading probe serve's memory")?;
+            let met = d.quantile(0.99) <= GOAL_SCRAPE_10K_P99_S && d.max() <= GOAL_SCRAPE_10K_MAX_S;
+            println!(
+                "{n:>6} probes: {} scrapes every {}{}: {}; then VmRSS {:.2} MiB, VmHWM {:.2} MiB",
+                d.len(),
+                humantime::format_duration(args.footprint_scrape_every),
+                if args.gzip { " asking for gzip" } else { "" },
+                d.describe_ms(),
+                after.rss as f64 / MIB,
+                after.hwm as f64 / MIB
+            );
+            scrape_lines.push(format!(
+                "scrape at {n} probes ({} every {}{}): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; goal p99 ≤ 20 ms, no stall over 50 ms: {}",
+                d.len(),
+                humantime::format_duration(args.footprint_scrape_every),
+                if args.gzip { ", gzip" } else { "" },
+                d.quantile(0.5) * 1e3,
+                d.quantile(0.99) * 1e3,
+                d.max() * 1e3,
+                verdict(met)
+            ));
+        }
+        child.check_alive()?;
+    }
+    let first = &rows[0];
+    let idle = first.rss as f64 / MIB;
+    let mut out = vec![format!(
+        "idle RSS, {} http probes: {idle:.2} MiB ({:.2} anonymous + {:.2} file-backed); goal ≤ {GOAL_IDLE_RSS_MIB} MiB: {}",
+        first.probes,
+        first.anon as f64 / MIB,
+        first.file as f64 / MIB,
+        verdict(idle <= GOAL_IDLE_RSS_MIB)
+    )];
+    for row in &rows[1..] {
+        let per =
+            (row.rss as f64 - first.rss as f64) / MIB / (row.probes - first.probes) as f64 * 1000.0;
+        out.push(format!(
+            "RSS growth per 1,000 http probes, {} → {}: {per:.2} MiB (RSS {:.2} → {:.2} MiB); goal ≤ {GOAL_GROWTH_PER_1000_MIB} MiB: {}",
+            first.probes,
+            row.probes,
+            first.rss as f64 / MIB,
+            row.rss as f64 / MIB,
+            verdict(per <= GOAL_GROWTH_PER_1000_MIB)
+        ));
+    }
+    let last = rows.last().expect("two sizes or more");
+    let per_probe = (last.body - first.body) as f64 / (last.probes - first.probes) as f64;
+    out.push(format!(
+        "/metrics body per http probe: {per_probe:.0} bytes ({} bytes at {} probes); goal ≤ {GOAL_BODY_PER_PROBE} bytes: {}",
+        last.body,
+        last.probes,
+        verdict(per_probe <= GOAL_BODY_PER_PROBE)
+    ));
+    out.extend(scrape_lines);
+    for line in &out {
+        println!("{line}");
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------
 // The target
 
 /// A local HTTP target answering 200 at once, on its own one-thread runtime,
@@ -966,11 +1169,24 @@ fn write_probes(
     prefix: &str,
     target: SocketAddr,
 ) -> anyhow::Result<PathBuf> {
+    write_probes_every(dir, file, n, prefix, target, Duration::from_secs(1))
+}
+
+/// As [`write_probes`], every `every`.
+fn write_probes_every(
+    dir: &Path,
+    file: &str,
+    n: usize,
+    prefix: &str,
+    target: SocketAddr,
+    every: Duration,
+) -> anyhow::Result<PathBuf> {
+    let every = humantime::format_duration(every);
     let mut yaml = String::from("target: {name: bench}\nserve: {max_concurrency: 256}\nprobes:\n");
     for i in 0..n {
         let _ = write!(
             yaml,
-            "  - name: {prefix}{i:04}\n    every: 1s\n    timeout: 900ms\n    http: {{url: \"http://{target}/{prefix}{i:04}\"}}\n"
+            "  - name: {prefix}{i:04}\n    every: {every}\n    timeout: 900ms\n    http: {{url: \"http://{target}/{prefix}{i:04}\"}}\n"
         );
     }
     let path = dir.join(file);

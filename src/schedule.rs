@@ -117,6 +117,17 @@ pub async fn run_probe(
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep_until(next) => {}
+            // A finished run's task stays allocated (its whole future, ~4 KB)
+            // while its handle is held: let go of it as soon as it ends.
+            _ = async {
+                match inflight.as_mut() {
+                    Some(h) => drop(h.await),
+                    None => std::future::pending().await,
+                }
+            } => {
+                inflight = None;
+                continue;
+            }
         }
         stats.slots.fetch_add(1, Ordering::SeqCst);
         if let Some(h) = inflight.take_if(|h| h.is_finished()) {
