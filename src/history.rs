@@ -53,6 +53,9 @@ struct Run {
     detail: u16,
 }
 
+// The size the docs promise (ARCHITECTURE.md's code map).
+const _: () = assert!(std::mem::size_of::<Run>() == 24);
+
 const HAS_EXTRA: u64 = 1 << 56;
 
 /// What a compact [`Run`] cannot hold.
