@@ -165,6 +165,7 @@ fn main() {
                 stop.clone(),
                 Arc::new(Default::default()),
                 Some(sink.clone()),
+                None,
             ));
         }
         println!(

@@ -119,13 +119,14 @@ pub async fn run_probe(
             _ = tokio::time::sleep_until(next) => {}
             // A finished run's task stays allocated (its whole future, ~4 KB)
             // while its handle is held: let go of it as soon as it ends.
-            _ = async {
+            joined = async {
                 match inflight.as_mut() {
-                    Some(h) => drop(h.await),
+                    Some(h) => h.await,
                     None => std::future::pending().await,
                 }
             } => {
                 inflight = None;
+                log_join(joined, &probe.spec.display_name(), &metrics);
                 continue;
             }
         }
