@@ -93,6 +93,7 @@ impl Core {
         let world = World::build(&cfg, &ids)?;
         let replay_cap = cfg.gateway.replay_buffer;
         let truth = Truth::new(cfg.retention.truth_records);
+        let interactions = super::interactions::Interactions::new(cfg.retention.truth_records);
         Ok(Arc::new(Core {
             cfg,
             ids,
@@ -102,7 +103,7 @@ impl Core {
                 replay_cap,
             }),
             truth,
-            interactions: Default::default(),
+            interactions,
             faults: Faults::default(),
             next_conn: AtomicU64::new(1),
             gateway_url: std::sync::OnceLock::new(),

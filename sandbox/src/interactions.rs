@@ -6,7 +6,7 @@
 //!
 //! Everything kept per interaction is bounded: live tokens expire after 15
 //! minutes (and at most [`MAX_LIVE`] are kept), ground truth keeps the
-//! newest [`MAX_TRUTH`] records.
+//! newest `retention.truth_records` records, as for messages.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -27,8 +27,6 @@ pub const RESPONSE_DEADLINE: Duration = Duration::from_secs(3);
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(15 * 60);
 /// Live interactions kept at most (the oldest go first).
 const MAX_LIVE: usize = 10_000;
-/// Ground-truth records kept at most (the oldest go first).
-const MAX_TRUTH: usize = 10_000;
 /// Edits remembered per record, and follow-ups per interaction.
 const MAX_EDITS: usize = 100;
 
@@ -117,9 +115,11 @@ struct Inner {
     truth: VecDeque<InteractionTruth>,
 }
 
-#[derive(Default)]
 pub struct Interactions {
     inner: Mutex<Inner>,
+    /// Ground-truth records kept at most (`retention.truth_records`; the
+    /// oldest go first).
+    truth_records: usize,
 }
 
 /// What a user asks the control API to run.
@@ -137,6 +137,13 @@ pub struct RunCommand {
 }
 
 impl Interactions {
+    pub fn new(truth_records: usize) -> Self {
+        Interactions {
+            inner: Mutex::default(),
+            truth_records,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -301,7 +308,7 @@ pub fn run(core: &Core, cmd: &RunCommand) -> Result<u64, String> {
             edits: Vec::new(),
             ephemeral: false,
         });
-        while inner.truth.len() > MAX_TRUTH {
+        while inner.truth.len() > core.interactions.truth_records {
             inner.truth.pop_front();
         }
     }

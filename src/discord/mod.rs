@@ -818,14 +818,19 @@ impl DiscordSession {
             .copied()
     }
 
-    /// Interaction responses seen after `cursor`, the new cursor, and how
-    /// many were lost to the log's bound (see [`interactions::InteractionLog`]).
-    pub fn interactions_since(&self, cursor: u64) -> (Vec<interactions::SeenResponse>, u64, u64) {
+    /// Interaction responses `reader` has not seen after `cursor`, the new
+    /// cursor, and how many were lost to the log's bound (see
+    /// [`interactions::InteractionLog`]).
+    pub fn interactions_since(
+        &self,
+        reader: &InteractionReader,
+        cursor: u64,
+    ) -> (Vec<interactions::SeenResponse>, u64, u64) {
         self.shared
             .interactions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .since(cursor)
+            .since(reader.id, cursor)
     }
 
     /// Completes when an interaction response is next added to the log
@@ -834,13 +839,20 @@ impl DiscordSession {
         self.shared.interactions_seen.notified()
     }
 
-    /// The current end of the interaction log: a new probe starts here.
-    pub fn interactions_cursor(&self) -> u64 {
-        self.shared
+    /// A new reader of the interaction log, starting at its current end; the
+    /// log keeps entries until every reader (dropped ones aside) read them.
+    pub fn interactions_reader(&self) -> InteractionReader {
+        let (id, start) = self
+            .shared
             .interactions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .cursor()
+            .add_reader();
+        InteractionReader {
+            shared: self.shared.clone(),
+            id,
+            start,
+        }
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<SessionEvent> {
@@ -882,5 +894,32 @@ impl DiscordSession {
         {
             t.abort();
         }
+    }
+}
+
+/// One reader of the interaction log (an `interactions` probe); dropping it
+/// lets the log forget what only this reader had left to read.
+pub struct InteractionReader {
+    shared: Arc<Shared>,
+    id: u64,
+    /// The log's end when the reader was made: where it starts reading.
+    pub start: u64,
+}
+
+impl std::fmt::Debug for InteractionReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InteractionReader")
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl Drop for InteractionReader {
+    fn drop(&mut self) {
+        self.shared
+            .interactions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove_reader(self.id);
     }
 }

@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime};
 
 use super::{Check, InteractionObservation, Outcome};
 use crate::config::InteractionsSpec;
-use crate::discord::DiscordSession;
 use crate::discord::interactions::SeenResponse;
+use crate::discord::{DiscordSession, InteractionReader};
 use crate::snowflake;
 
 /// Deferred responses awaiting their final edit, at most; and for at most
@@ -28,6 +28,8 @@ pub struct InteractionsProbe {
     /// How long a run waits for a first complete response: the timeout.
     wait: Duration,
     session: Arc<DiscordSession>,
+    /// This probe's place among the interaction log's readers.
+    reader: InteractionReader,
     state: Mutex<State>,
 }
 
@@ -46,11 +48,13 @@ struct Done {
 
 impl InteractionsProbe {
     pub fn new(spec: InteractionsSpec, wait: Duration, session: Arc<DiscordSession>) -> Self {
-        let cursor = session.interactions_cursor();
+        let reader = session.interactions_reader();
+        let cursor = reader.start;
         InteractionsProbe {
             spec,
             wait,
             session,
+            reader,
             state: Mutex::new(State {
                 cursor,
                 ..State::default()
@@ -72,7 +76,7 @@ impl InteractionsProbe {
     /// and `observations`.
     fn absorb(&self, done: &mut Vec<Done>, observations: &mut Vec<InteractionObservation>) -> u64 {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let (seen, cursor, lost) = self.session.interactions_since(state.cursor);
+        let (seen, cursor, lost) = self.session.interactions_since(&self.reader, state.cursor);
         state.cursor = cursor;
         for r in seen.iter().filter(|r| self.watched(r) && !r.followup) {
             let label = self.spec.command_label(&r.command).to_string();

@@ -324,3 +324,19 @@ async fn a_late_callback_is_an_unknown_interaction() {
     assert!(err.contains("bot account"), "{err}");
     sb.shutdown().await;
 }
+
+#[tokio::test]
+async fn interaction_ground_truth_keeps_the_newest_truth_records() {
+    let mut cfg = quiet_config();
+    cfg.retention.truth_records = 3;
+    let sb = start_sandbox(cfg).await;
+    register(&sb).await;
+    let ids: Vec<u64> = (0..5).map(|_| run(&sb, "ping")).collect();
+    let kept: Vec<u64> = sb
+        .control()
+        .interaction_truths()
+        .iter()
+        .map(|t| t.interaction_id)
+        .collect();
+    assert_eq!(kept, ids[2..], "the oldest go first");
+}
