@@ -26,9 +26,13 @@ const ROUNDS: usize = 7;
 const TIMEOUT: Duration = Duration::from_millis(700);
 const SILENT_TIMEOUT: Duration = Duration::from_millis(400);
 /// Truth and the prober may disagree within Discord's clock resolution
-/// (1 ms) plus the prober's start before the request's arrival: runs whose
-/// answer came this close to the timeout are not judged.
-const TOO_CLOSE: Duration = Duration::from_millis(5);
+/// (1 ms) plus the prober's own delays: its clock starts before its request
+/// arrives, and it reads the answer after the sandbox stamped it. On an
+/// idle machine these are under a millisecond (the benchmark measures
+/// them); on a test machine starved of CPU (2 cores at a load of 9 or more)
+/// they reached tens of ms. Runs whose answer came this close to the
+/// timeout are not judged.
+const TOO_CLOSE: Duration = Duration::from_millis(25);
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -298,7 +302,7 @@ async fn runs_in_shared_channels_agree_with_ground_truth() {
     assert!(judged >= 200, "{judged} runs");
     assert!(tally.success >= 60, "{tally:?}");
     assert!(tally.timeout >= 60, "{tally:?}");
-    assert!(tally.too_close <= 10, "{tally:?}");
+    assert!(tally.too_close <= 20, "{tally:?}");
     assert!(tally.unattributable <= judged / 5, "{tally:?}");
     session.shutdown().await;
     sb.shutdown().await;
