@@ -1,6 +1,6 @@
 //! `probe serve`: the scheduler's rules, and the service as a process.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -544,22 +544,7 @@ async fn a_probe_removed_while_its_run_is_in_flight_does_not_come_back() {
 #[tokio::test]
 async fn a_token_rejected_mid_session_is_said_everywhere() {
     let sb = crate::discord::start_sandbox(twi_sandbox::SandboxConfig::default()).await;
-    let d = sb.description();
-    let bot = &sb.account("twi-bot-shard").unwrap().id;
-    let dir = std::env::temp_dir().join(format!("twi-probe-4004-{}", rand_suffix()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("probes.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            "target: {{name: twi-bot-shard, user_id: \"{bot}\"}}\n\
-             discord: {{token_env: UNUSED_IN_TESTS, api_base: \"{}\"}}\n\
-             probes:\n  - name: presence\n    every: 1h\n    timeout: 2s\n    \
-             presence: {{guilds: [\"{}\"]}}\n",
-            d.rest_base, d.guilds[0].id
-        ),
-    )
-    .unwrap();
+    let path = presence_config(&sb, "twi-probe-4004", "1h", "2s");
     let options = twi_probe::serve::ServeOptions {
         token: Some(twi_probe::config::Secret::new(
             sb.account("prober").unwrap().token.clone(),
@@ -568,7 +553,7 @@ async fn a_token_rejected_mid_session_is_said_everywhere() {
         enable_lifecycle: false,
         web: Default::default(),
     };
-    let service = twi_probe::serve::Service::start(path, options)
+    let service = twi_probe::serve::Service::start(path.clone(), options)
         .await
         .unwrap();
     assert_eq!(service.ready(), Ok(()));
@@ -594,7 +579,7 @@ async fn a_token_rejected_mid_session_is_said_everywhere() {
     assert_eq!(gauge_of(&text, "prober_gateway_connected"), 0.0);
     service.shutdown().await;
     sb.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
 }
 
 /// `POST /-/reload` is refused (403) unless `--web.enable-lifecycle` is
@@ -640,29 +625,14 @@ async fn a_prober_started_blind_connects_when_discord_comes_up() {
             })
             .unwrap();
     }
-    let d = sb.description();
-    let bot = &sb.account("twi-bot-shard").unwrap().id;
-    let dir = std::env::temp_dir().join(format!("twi-probe-blind-{}", rand_suffix()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("probes.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            "target: {{name: twi-bot-shard, user_id: \"{bot}\"}}\n\
-             discord: {{token_env: UNUSED_IN_TESTS, api_base: \"{}\"}}\n\
-             probes:\n  - name: presence\n    every: 1s\n    timeout: 900ms\n    \
-             presence: {{guilds: [\"{}\"]}}\n",
-            d.rest_base, d.guilds[0].id
-        ),
-    )
-    .unwrap();
+    let path = presence_config(&sb, "twi-probe-blind", "1s", "900ms");
     let options = twi_probe::serve::ServeOptions {
         token: Some(twi_probe::config::Secret::new(
             sb.account("prober").unwrap().token.clone(),
         )),
         ..Default::default()
     };
-    let service = twi_probe::serve::Service::start(path, options)
+    let service = twi_probe::serve::Service::start(path.clone(), options)
         .await
         .expect("an unreachable Discord is not fatal");
     assert!(service.ready().is_err(), "blind, and /ready says so");
@@ -697,5 +667,27 @@ async fn a_prober_started_blind_connects_when_discord_comes_up() {
     assert_eq!(service.ready(), Ok(()));
     service.shutdown().await;
     sb.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+/// A probes.yaml with one presence probe against `sb`, in a temp dir of its
+/// own (for the in-process `Service` tests).
+fn presence_config(sb: &twi_sandbox::Sandbox, tag: &str, every: &str, timeout: &str) -> PathBuf {
+    let d = sb.description();
+    let bot = &sb.account("twi-bot-shard").unwrap().id;
+    let dir = std::env::temp_dir().join(format!("{tag}-{}", rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("probes.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "target: {{name: twi-bot-shard, user_id: \"{bot}\"}}\n\
+             discord: {{token_env: UNUSED_IN_TESTS, api_base: \"{}\"}}\n\
+             probes:\n  - name: presence\n    every: {every}\n    timeout: {timeout}\n    \
+             presence: {{guilds: [\"{}\"]}}\n",
+            d.rest_base, d.guilds[0].id
+        ),
+    )
+    .unwrap();
+    path
 }
