@@ -83,7 +83,12 @@ pub(crate) struct Serve {
     pub(crate) dir: std::path::PathBuf,
     /// The sandbox's control URL, with `--sandbox`.
     pub(crate) control: Option<String>,
+    /// The child's last log lines, shown when a wait fails.
+    log_tail: Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
 }
+
+/// How many of the child's last log lines a failed wait shows.
+const LOG_TAIL_LINES: usize = 60;
 
 impl Serve {
     async fn start(yaml: &str) -> Serve {
@@ -130,13 +135,25 @@ impl Serve {
                 break format!("http://{}", rest.split('/').next().unwrap());
             }
         };
-        // Keep draining stderr so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // Keep draining stderr so the child never blocks on a full pipe,
+        // keeping the last lines for a failure's message.
+        let log_tail = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+        let tail = log_tail.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut tail = tail.lock().unwrap();
+                if tail.len() == LOG_TAIL_LINES {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+        });
         Serve {
             child,
             base,
             dir,
             control,
+            log_tail,
         }
     }
 
@@ -169,10 +186,20 @@ impl Serve {
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "{what} never happened:\n{text}"
+                "{what} never happened:\n{text}\nthe prober's last log lines:\n{}",
+                self.log_tail()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The child's last log lines, one per line.
+    pub(crate) fn log_tail(&self) -> String {
+        let tail = self.log_tail.lock().unwrap();
+        tail.iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     pub(crate) fn write_config(&self, yaml: &str) {

@@ -195,12 +195,17 @@ impl ShardQueuer {
             stage: ConnectionStage::Disconnected,
         };
 
+        // twi-probe patch: the runner's entry exists before the runner runs. Upstream spawned
+        // the runner first, so a runner that reached READY before this insert had its stage
+        // update dropped (`update_shard_latency_and_stage` updates existing entries only) and
+        // the entry said `Disconnected` until the next heartbeat ACK, up to a heartbeat
+        // interval later.
+        self.runners.lock().await.insert(id, runner_info);
+
         spawn_named("shard_queuer::stop", async move {
             drop(Box::pin(runner.run()).await);
             debug!("[ShardRunner {:?}] Stopping", runner.shard.shard_info());
         });
-
-        self.runners.lock().await.insert(id, runner_info);
 
         Ok(())
     }
