@@ -2,9 +2,13 @@
 //! brought its frame returned (`vendor/serenity/PATCHES.md`, patch 5), not the
 //! moment serenity took the frame out of the websocket: replies that arrive
 //! together must not be stamped later and later as serenity handles the ones
-//! before them. Checked against a raw gateway on 127.0.0.1 that writes two
-//! MESSAGE_CREATEs with one write: both arrive in one read, so both carry the
-//! same `Context::received_at`. Unpatched, each got its own (later) instant.
+//! before them, and a frame is stamped when it arrives even while the client's
+//! runtime is busy. Checked against a raw gateway on 127.0.0.1, run on a
+//! runtime of its own: two MESSAGE_CREATEs written with one write arrive in
+//! one read, so both carry the same `Context::received_at` (unpatched, each
+//! got its own, later instant); a MESSAGE_CREATE written while the client's
+//! only runtime thread is busy is stamped before that work ends (a reader on
+//! the client's runtime could stamp it only after).
 
 use std::time::{Duration, Instant};
 
@@ -15,11 +19,12 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use serenity::all::{
     ClientBuilder, Context, EventHandler, GatewayIntents, HttpBuilder, Message as DiscordMessage,
+    Ready,
 };
 use serenity::async_trait;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -64,9 +69,16 @@ fn text_frame(payload: &str) -> Vec<u8> {
     f
 }
 
-/// HELLO, then READY after IDENTIFY, then two MESSAGE_CREATEs in one write;
-/// then holds the connection until the client closes it.
-async fn raw_gateway(listener: TcpListener, url: String) {
+/// HELLO, then READY after IDENTIFY; then, once told to go, `frames` in one
+/// write, reporting the instant just before it; then holds the connection
+/// until the client closes it.
+async fn raw_gateway(
+    listener: TcpListener,
+    url: String,
+    go: oneshot::Receiver<()>,
+    frames: Vec<u8>,
+    writing: std::sync::mpsc::Sender<Instant>,
+) {
     let (tcp, _) = listener.accept().await.expect("gateway accepts");
     let mut ws = tokio_tungstenite::accept_async(tcp)
         .await
@@ -88,54 +100,138 @@ async fn raw_gateway(listener: TcpListener, url: String) {
     ws.send(Message::text(dispatch("READY", 1, ready)))
         .await
         .expect("READY sent");
-    let mut both = text_frame(&message_create(11, 2));
-    both.extend(text_frame(&message_create(12, 3)));
+    go.await.expect("told to go");
     let tcp = ws.get_mut();
-    tcp.write_all(&both).await.expect("one write");
+    let _ = writing.send(Instant::now());
+    tcp.write_all(&frames).await.expect("one write");
     tcp.flush().await.expect("flush");
     while let Some(Ok(_)) = ws.next().await {}
 }
 
-struct Stamps(mpsc::UnboundedSender<(u64, Option<Instant>)>);
+/// The gateway and the REST route serenity asks for before it connects
+/// (`GET /api/v10/gateway`), on a runtime and thread of their own, so that
+/// they keep going while the client's runtime is busy.
+struct FakeDiscord {
+    runtime: Option<tokio::runtime::Runtime>,
+    rest_base: String,
+}
+
+impl FakeDiscord {
+    fn start(
+        go: oneshot::Receiver<()>,
+        frames: Vec<u8>,
+        writing: std::sync::mpsc::Sender<Instant>,
+    ) -> Self {
+        // Set up from a plain thread: the test's own runtime cannot block on another.
+        std::thread::spawn(move || Self::start_here(go, frames, writing))
+            .join()
+            .unwrap()
+    }
+
+    fn start_here(
+        go: oneshot::Receiver<()>,
+        frames: Vec<u8>,
+        writing: std::sync::mpsc::Sender<Instant>,
+    ) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let rest_base = runtime.block_on(async move {
+            let gateway = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let gateway_url = format!("ws://{}", gateway.local_addr().unwrap());
+            tokio::spawn(raw_gateway(
+                gateway,
+                gateway_url.clone(),
+                go,
+                frames,
+                writing,
+            ));
+            let rest = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let rest_base = format!("http://{}", rest.local_addr().unwrap());
+            let answer = json!({"url": gateway_url});
+            let app = Router::new().route(
+                "/api/v10/gateway",
+                get(move || {
+                    let answer = answer.clone();
+                    async move { Json(answer) }
+                }),
+            );
+            tokio::spawn(async move { axum::serve(rest, app).await });
+            rest_base
+        });
+        FakeDiscord {
+            runtime: Some(runtime),
+            rest_base,
+        }
+    }
+}
+
+impl Drop for FakeDiscord {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// A serenity client of the fake Discord whose handler reports READY and
+/// each message's id and `received_at`.
+async fn client(
+    discord: &FakeDiscord,
+    ready: oneshot::Sender<()>,
+) -> (
+    mpsc::UnboundedReceiver<(u64, Option<Instant>)>,
+    std::sync::Arc<serenity::all::ShardManager>,
+    tokio::task::JoinHandle<serenity::Result<()>>,
+) {
+    let http = HttpBuilder::new("Bot test-token")
+        .proxy(discord.rest_base.clone())
+        .ratelimiter_disabled(true)
+        .build();
+    let (tx, stamps) = mpsc::unbounded_channel();
+    let intents = GatewayIntents::GUILD_MESSAGES | GatewayIntents::MESSAGE_CONTENT;
+    let mut client = ClientBuilder::new_with_http(http, intents)
+        .event_handler(Stamps {
+            messages: tx,
+            ready: std::sync::Mutex::new(Some(ready)),
+        })
+        .await
+        .expect("client builds");
+    let shard_manager = client.shard_manager.clone();
+    let task = tokio::spawn(async move { client.start().await });
+    (stamps, shard_manager, task)
+}
+
+struct Stamps {
+    messages: mpsc::UnboundedSender<(u64, Option<Instant>)>,
+    ready: std::sync::Mutex<Option<oneshot::Sender<()>>>,
+}
 
 #[async_trait]
 impl EventHandler for Stamps {
+    async fn ready(&self, _: Context, _: Ready) {
+        if let Some(ready) = self.ready.lock().unwrap().take() {
+            let _ = ready.send(());
+        }
+    }
+
     async fn message(&self, ctx: Context, msg: DiscordMessage) {
-        let _ = self.0.send((msg.id.get(), ctx.received_at));
+        let _ = self.messages.send((msg.id.get(), ctx.received_at));
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_written_together_carry_the_same_arrival_stamp() {
-    let gateway = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gateway_url = format!("ws://{}", gateway.local_addr().unwrap());
-    let server = tokio::spawn(raw_gateway(gateway, gateway_url.clone()));
-
-    // GET /api/v10/gateway, all serenity asks of REST before it connects.
-    let rest = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let rest_base = format!("http://{}", rest.local_addr().unwrap());
-    let answer = json!({"url": gateway_url});
-    let app = Router::new().route(
-        "/api/v10/gateway",
-        get(move || {
-            let answer = answer.clone();
-            async move { Json(answer) }
-        }),
-    );
-    let rest_task = tokio::spawn(async move { axum::serve(rest, app).await });
-
-    let http = HttpBuilder::new("Bot test-token")
-        .proxy(rest_base)
-        .ratelimiter_disabled(true)
-        .build();
-    let (tx, mut stamps) = mpsc::unbounded_channel();
-    let intents = GatewayIntents::GUILD_MESSAGES | GatewayIntents::MESSAGE_CONTENT;
-    let mut client = ClientBuilder::new_with_http(http, intents)
-        .event_handler(Stamps(tx))
-        .await
-        .expect("client builds");
-    let shard_manager = client.shard_manager.clone();
-    let client_task = tokio::spawn(async move { client.start().await });
+    let (go, go_rx) = oneshot::channel();
+    go.send(()).unwrap();
+    let mut both = text_frame(&message_create(11, 2));
+    both.extend(text_frame(&message_create(12, 3)));
+    let (writing, _) = std::sync::mpsc::channel();
+    let discord = FakeDiscord::start(go_rx, both, writing);
+    let (ready, _) = oneshot::channel();
+    let (mut stamps, shard_manager, client_task) = client(&discord, ready).await;
 
     let mut got = Vec::new();
     while got.len() < 2 {
@@ -146,8 +242,6 @@ async fn events_written_together_carry_the_same_arrival_stamp() {
     }
     shard_manager.stop().await;
     let _ = client_task.await;
-    server.abort();
-    rest_task.abort();
 
     got.sort_by_key(|(id, _)| *id);
     let (first, second) = (got[0].1, got[1].1);
@@ -155,5 +249,45 @@ async fn events_written_together_carry_the_same_arrival_stamp() {
     assert_eq!(
         first, second,
         "two frames that came in one read must carry that read's instant"
+    );
+}
+
+/// How long the client's runtime is kept busy after the frame was written.
+const BUSY: Duration = Duration::from_millis(300);
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_frame_is_stamped_when_it_arrives_even_while_the_clients_runtime_is_busy() {
+    let (go, go_rx) = oneshot::channel();
+    let (writing, writing_rx) = std::sync::mpsc::channel();
+    let discord = FakeDiscord::start(go_rx, text_frame(&message_create(21, 2)), writing);
+    let (ready, ready_rx) = oneshot::channel();
+    let (mut stamps, shard_manager, client_task) = client(&discord, ready).await;
+    tokio::time::timeout(WAIT, ready_rx)
+        .await
+        .expect("READY within the wait")
+        .unwrap();
+
+    // The runtime's only thread is busy (blocked, as by heavy work) from
+    // before the frame is written until BUSY after.
+    go.send(()).unwrap();
+    let written = writing_rx.recv().expect("the gateway writes");
+    std::thread::sleep(BUSY);
+    let busy_ended = Instant::now();
+
+    let (id, stamp) = tokio::time::timeout(WAIT, stamps.recv())
+        .await
+        .expect("the MESSAGE_CREATE within the wait")
+        .unwrap();
+    shard_manager.stop().await;
+    let _ = client_task.await;
+
+    assert_eq!(id, 21);
+    let stamp = stamp.expect("received_at");
+    assert!(stamp >= written, "stamped before it was written");
+    assert!(
+        stamp < busy_ended,
+        "stamped {:?} after it was written, when the busy runtime got to it ({:?}): the read waited for the runtime",
+        stamp - written,
+        busy_ended - written
     );
 }

@@ -5,10 +5,15 @@
 //! tungstenite asks only once the frames it holds have been handled. So when several events
 //! arrive together, the later ones sit in the kernel while serenity parses and dispatches the
 //! earlier ones, and a clock read at the time a frame is yielded runs late by that work (a few
-//! ms for 20 replies arriving at once). Here a task of its own reads the socket as soon as bytes
-//! arrive and stamps each read with the moment it returned; the websocket is then served from
-//! those reads, never more than one read's bytes at a time, and [`LastRead`] holds the stamp of
-//! the read whose bytes it was handed last.
+//! ms for 20 replies arriving at once). Here a thread of its own reads the socket as soon as
+//! bytes arrive and stamps each read with the moment it returned; the websocket is then served
+//! from those reads, never more than one read's bytes at a time, and [`LastRead`] holds the stamp
+//! of the read whose bytes it was handed last.
+//!
+//! The reader is an OS thread with its own single-threaded tokio runtime, not a task on the
+//! caller's runtime: a task waits for a free worker before it can read and stamp, and a prober
+//! busy with other work (20 replies being parsed, dispatched and matched on 2 workers) delayed
+//! its stamps by up to a few ms. The thread wakes on its own epoll as soon as bytes arrive.
 //!
 //! A frame's stamp is taken as that [`LastRead`] when tungstenite yields the frame. It is never
 //! earlier than the frame's last byte reaching this process (TCP delivers in order, so every
@@ -23,13 +28,12 @@ use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 /// The most one socket read takes: more than a burst of gateway events.
 const READ_SIZE: usize = 64 * 1024;
-/// Reads queued for the websocket before the reading task waits (TCP then pushes back on the
+/// Reads queued for the websocket before the reading thread waits (TCP then pushes back on the
 /// sender, as when upstream stops reading).
 const QUEUED_READS: usize = 16;
 
@@ -50,7 +54,7 @@ impl LastRead {
     }
 }
 
-/// A TCP stream whose reads come from a task that reads the socket as bytes arrive.
+/// A TCP stream whose reads come from a thread that reads the socket as bytes arrive.
 pub(crate) struct StampedTcp {
     reads: mpsc::Receiver<Chunk>,
     /// The read being handed out, from `pos` on, and when it returned.
@@ -58,16 +62,28 @@ pub(crate) struct StampedTcp {
     pos: usize,
     at: Option<Instant>,
     last: LastRead,
-    write: OwnedWriteHalf,
+    write: TcpStream,
 }
 
 impl StampedTcp {
-    /// Starts the reading task (on the current tokio runtime). It ends when the stream is
-    /// dropped, the peer closes, or a read fails.
-    pub(crate) fn new(stream: TcpStream) -> (Self, LastRead) {
-        let (read, write) = stream.into_split();
+    /// Starts the reading thread. It ends when the stream is dropped, the peer closes, or a read
+    /// fails. Must be called on a tokio runtime (the writing half stays on it).
+    pub(crate) fn new(stream: TcpStream) -> io::Result<(Self, LastRead)> {
+        // Two handles on one socket: the reader's, registered with the reading thread's
+        // runtime, and the writer's, on the caller's.
+        let std_stream = stream.into_std()?;
+        let reader = std_stream.try_clone()?;
+        let write = TcpStream::from_std(std_stream)?;
         let (tx, reads) = mpsc::channel(QUEUED_READS);
-        tokio::spawn(read_socket(read, tx));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+        std::thread::Builder::new().name("gateway-reader".into()).spawn(move || {
+            runtime.block_on(async move {
+                match TcpStream::from_std(reader) {
+                    Ok(reader) => read_socket(reader, tx).await,
+                    Err(e) => drop(tx.send(Err(e)).await),
+                }
+            });
+        })?;
         let last = LastRead::default();
         let stream = Self {
             reads,
@@ -77,11 +93,11 @@ impl StampedTcp {
             last: last.clone(),
             write,
         };
-        (stream, last)
+        Ok((stream, last))
     }
 }
 
-async fn read_socket(mut read: OwnedReadHalf, tx: mpsc::Sender<Chunk>) {
+async fn read_socket(mut read: TcpStream, tx: mpsc::Sender<Chunk>) {
     let mut buf = vec![0; READ_SIZE];
     loop {
         let chunk = tokio::select! {
@@ -117,7 +133,7 @@ impl AsyncRead for StampedTcp {
                     this.at = Some(at);
                 },
                 Some(Err(e)) => return Poll::Ready(Err(e)),
-                // The reading task ended: end of stream.
+                // The reading thread ended: end of stream.
                 None => return Poll::Ready(Ok(())),
             }
         }

@@ -134,7 +134,7 @@ impl WsClient {
             })
             .ok_or(WsError::Url(UrlError::UnsupportedUrlScheme))?;
         let socket = TcpStream::connect((host, port)).await.map_err(WsError::Io)?;
-        let (socket, last_read) = StampedTcp::new(socket);
+        let (socket, last_read) = StampedTcp::new(socket).map_err(WsError::Io)?;
         let (stream, _) = client_async_tls_with_config(request, socket, Some(config), None).await?;
 
         Ok(Self(stream, None, last_read))
