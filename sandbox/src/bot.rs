@@ -60,6 +60,9 @@ impl Default for BotBehaviour {
     }
 }
 
+/// How long [`SimBot::go_online`] waits for READY.
+const READY_LIMIT: Duration = Duration::from_secs(30);
+
 /// A fixed latency (`median` alone) or a log-normal one with a long tail.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -195,6 +198,8 @@ pub struct SimBot {
     busy: tokio::sync::watch::Sender<usize>,
     /// Whether its slash commands are registered (after its first READY).
     registered: tokio::sync::watch::Sender<bool>,
+    /// How many READYs it has received (one per gateway session).
+    readies: tokio::sync::watch::Sender<u64>,
 }
 
 /// Counts a command as being answered while it lives.
@@ -241,6 +246,7 @@ impl SimBot {
             born: Instant::now(),
             busy: tokio::sync::watch::Sender::new(0),
             registered: tokio::sync::watch::Sender::new(false),
+            readies: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -288,11 +294,30 @@ impl SimBot {
         *self.behaviour.lock().unwrap_or_else(|p| p.into_inner()) = b;
     }
 
-    /// Connects to the sandbox's gateway (if not connected already).
+    /// Connects to the sandbox's gateway (if not connected already) and
+    /// returns once its session is READY, so that what follows (a probe's
+    /// command, a test's request) finds the bot online. If READY does not
+    /// come within [`READY_LIMIT`] it says so; the client keeps trying.
     pub async fn go_online(self: &Arc<Self>) -> Result<(), String> {
+        let mut readies = self.readies.subscribe();
+        let before = *readies.borrow_and_update();
+        if !self.start_client().await? {
+            return Ok(());
+        }
+        match tokio::time::timeout(READY_LIMIT, readies.wait_for(|n| *n > before)).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(format!(
+                "simulated bot: no READY within {} of connecting (it keeps trying)",
+                humantime::format_duration(READY_LIMIT)
+            )),
+        }
+    }
+
+    /// Starts its client unless it is running; says whether it did.
+    async fn start_client(self: &Arc<Self>) -> Result<bool, String> {
         let mut running = self.running.lock().await;
         if running.is_some() {
-            return Ok(());
+            return Ok(false);
         }
         // The sandbox is reached through serenity's proxy setting, which
         // needs its ratelimiter off; the bot handles 429s by not retrying.
@@ -317,7 +342,7 @@ impl SimBot {
             shard_manager,
             task,
         });
-        Ok(())
+        Ok(true)
     }
 
     /// Closes its gateway connection cleanly (presence goes offline at once).
@@ -586,6 +611,7 @@ fn error_embed() -> CreateEmbed {
 impl EventHandler for Handler {
     async fn ready(&self, ctx: Context, ready: Ready) {
         tracing::info!(target: "twi_sandbox", "simulated bot {} is ready", ready.user.name);
+        self.bot.readies.send_modify(|n| *n += 1);
         // Registers its slash commands per guild, as `tree.sync(guild=...)` does.
         for g in &ready.guilds {
             let commands = SLASH_COMMANDS

@@ -412,3 +412,30 @@ async fn posting_a_behaviour_changes_only_the_given_fields() {
     assert_eq!(sb.control().bot().unwrap().behaviour().error_rate, 0.25);
     sb.shutdown().await;
 }
+
+/// `Sandbox::start`, a restart and coming back online return only once the
+/// simulated bot's session is READY: a command sent right after finds it
+/// listening (it used to connect in the background, so a probe sent at once
+/// could be posted before the bot was there to see it).
+#[tokio::test]
+async fn the_bot_is_online_when_start_and_restart_return() {
+    let sb = start_sandbox(SandboxConfig::default()).await;
+    let control = sb.control();
+    assert!(
+        control.is_connected("twi-bot-shard").unwrap(),
+        "after start"
+    );
+    control.bot_restart().await.unwrap();
+    assert!(
+        control.is_connected("twi-bot-shard").unwrap(),
+        "after a restart"
+    );
+    control.bot_offline().await.unwrap();
+    assert!(!control.is_connected("twi-bot-shard").unwrap(), "offline");
+    control.bot_online().await.unwrap();
+    assert!(
+        control.is_connected("twi-bot-shard").unwrap(),
+        "back online"
+    );
+    sb.shutdown().await;
+}
