@@ -244,6 +244,7 @@ async fn connection(core: Arc<Core>, stream: TcpStream, shutdown: CancellationTo
                 Some(Out::Frame { text, truth }) => {
                     // Everything already queued goes out with one flush: a
                     // frame-by-frame writer falls behind under load.
+                    let write_started = Instant::now();
                     let mut written = vec![truth];
                     let mut fed = writer.feed(&text).await;
                     let mut next = None;
@@ -266,7 +267,7 @@ async fn connection(core: Arc<Core>, stream: TcpStream, shutdown: CancellationTo
                     let at = Instant::now();
                     if let Some(account) = ctx.account {
                         for (message_id, event) in written.into_iter().flatten() {
-                            core.truth.dispatch_written(message_id, event, account, ctx.conn.id, at);
+                            core.truth.dispatch_written(message_id, event, account, ctx.conn.id, write_started, at);
                         }
                     }
                     if let Some(out) = next

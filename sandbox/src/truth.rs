@@ -32,7 +32,13 @@ pub struct DispatchTruth {
     pub event: &'static str,
     pub account_id: u64,
     pub connection_id: u64,
-    /// When the frame was handed to the socket.
+    /// When the write that carried the frame began: it cannot have reached
+    /// the socket earlier. With `written`, a bracket around the moment the
+    /// reader could first read it (a busy machine can hold the writer
+    /// between its write and the clock read of `written` for tens of ms).
+    pub write_started: Instant,
+    /// When that write (and its flush) had returned: the frame was in the
+    /// socket by then.
     pub written: Instant,
 }
 
@@ -52,6 +58,7 @@ pub struct DispatchTruthJson {
     pub event: &'static str,
     pub account_id: String,
     pub connection_id: u64,
+    pub write_started_us: u64,
     pub written_us: u64,
 }
 
@@ -115,6 +122,7 @@ impl Truth {
         event: &'static str,
         account_id: u64,
         connection_id: u64,
+        write_started: Instant,
         written: Instant,
     ) {
         if let Some(r) = self.lock().0.get_mut(&message_id)
@@ -124,6 +132,7 @@ impl Truth {
                 event,
                 account_id,
                 connection_id,
+                write_started,
                 written,
             });
         }
@@ -168,6 +177,7 @@ impl Truth {
                     event: d.event,
                     account_id: d.account_id.to_string(),
                     connection_id: d.connection_id,
+                    write_started_us: self.unix_us(d.write_started),
                     written_us: self.unix_us(d.written),
                 })
                 .collect(),
@@ -191,7 +201,7 @@ mod tests {
         let now = Instant::now();
         for id in 1..=5 {
             truth.message_created(id, 10 + id % 2, 7, now, now);
-            truth.dispatch_written(id, "MESSAGE_CREATE", 7, 1, now);
+            truth.dispatch_written(id, "MESSAGE_CREATE", 7, 1, now, now);
         }
         let kept: Vec<u64> = truth.messages(None).iter().map(|r| r.message_id).collect();
         assert_eq!(kept, [3, 4, 5]);
@@ -207,9 +217,9 @@ mod tests {
         let now = Instant::now();
         truth.message_created(1, 10, 7, now, now);
         for conn in 0..(MAX_DISPATCHES as u64 + 10) {
-            truth.dispatch_written(1, "MESSAGE_UPDATE", 7, conn, now);
+            truth.dispatch_written(1, "MESSAGE_UPDATE", 7, conn, now, now);
         }
-        truth.dispatch_written(99, "MESSAGE_CREATE", 7, 1, now);
+        truth.dispatch_written(99, "MESSAGE_CREATE", 7, 1, now, now);
         assert_eq!(truth.message(1).unwrap().dispatches.len(), MAX_DISPATCHES);
         assert!(truth.message(99).is_none());
     }

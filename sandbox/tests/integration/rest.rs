@@ -632,7 +632,8 @@ async fn ground_truth_orders_arrival_creation_and_dispatch() {
         .iter()
         .find(|d| d.account_id == bot)
         .expect("dispatch to the reader");
-    assert!(d.written >= t.created);
+    assert!(d.write_started >= t.created);
+    assert!(d.written >= d.write_started, "a bracket");
     assert!(d.written - t.request_arrived < Duration::from_secs(1));
 
     let json: Value = reqwest::get(format!(
@@ -645,10 +646,9 @@ async fn ground_truth_orders_arrival_creation_and_dispatch() {
     .await
     .unwrap();
     assert_eq!(json["message_id"], id.to_string());
-    assert!(
-        json["dispatches"][0]["written_us"].as_u64().unwrap()
-            >= json["request_arrived_us"].as_u64().unwrap()
-    );
+    let started = json["dispatches"][0]["write_started_us"].as_u64().unwrap();
+    assert!(started >= json["request_arrived_us"].as_u64().unwrap());
+    assert!(json["dispatches"][0]["written_us"].as_u64().unwrap() >= started);
     reader.stop().await;
     sb.shutdown().await;
 }
