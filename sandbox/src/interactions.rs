@@ -502,9 +502,9 @@ fn publish(core: &Core, state: &mut State, message: &Message, event: &'static st
             std::time::Instant::now(),
         );
     }
-    if let Some(c) = state.world.channels.get_mut(&message.channel_id) {
-        c.messages.insert(message.id, message.clone());
-    }
+    // Through the world's store, so responses count against
+    // `retention.messages` like any message (an edit replaces in place).
+    state.world.store_message(message.clone());
     state.dispatch_guild(
         message.guild_id,
         event,
@@ -593,9 +593,7 @@ pub fn message_op(
             }
             drop(inner);
             let mut state = core.state();
-            if let Some(c) = state.world.channels.get_mut(&m.channel_id) {
-                c.messages.remove(&m.id);
-            }
+            state.world.remove_message(m.channel_id, m.id);
             if m.flags & EPHEMERAL == 0 {
                 let d = json!({
                     "id": m.id.to_string(),
