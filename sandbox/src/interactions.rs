@@ -717,3 +717,46 @@ pub fn followup(core: &Core, app: &str, token: &str, body: &Value) -> Result<Val
         false,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(id: u64, created: SystemTime) -> Live {
+        Live {
+            id,
+            application_id: 1,
+            token: format!("t{id}"),
+            guild_id: 2,
+            channel_id: 3,
+            user_id: 4,
+            name: "ping".into(),
+            created,
+            acknowledged: false,
+            original: None,
+            ephemeral: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn live_interactions_expire_with_their_token_and_are_capped() {
+        let now = SystemTime::now();
+        let mut inner = Inner::default();
+        let mut add = |inner: &mut Inner, id: u64, created: SystemTime| {
+            inner.live.insert(id, live(id, created));
+            inner.order.push_back(id);
+        };
+        add(&mut inner, 1, now - TOKEN_LIFETIME);
+        add(&mut inner, 2, now - TOKEN_LIFETIME + Duration::from_secs(1));
+        expire(&mut inner, now);
+        assert_eq!(inner.order, [2], "a token lives 15 minutes");
+        assert!(!inner.live.contains_key(&1));
+        for id in 3..(MAX_LIVE as u64 + 13) {
+            add(&mut inner, id, now);
+        }
+        expire(&mut inner, now);
+        assert_eq!(inner.live.len(), MAX_LIVE);
+        assert_eq!(inner.order.len(), MAX_LIVE);
+        assert_eq!(inner.order.front(), Some(&13), "the oldest go first");
+    }
+}
