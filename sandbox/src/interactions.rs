@@ -742,7 +742,7 @@ mod tests {
     fn live_interactions_expire_with_their_token_and_are_capped() {
         let now = SystemTime::now();
         let mut inner = Inner::default();
-        let mut add = |inner: &mut Inner, id: u64, created: SystemTime| {
+        let add = |inner: &mut Inner, id: u64, created: SystemTime| {
             inner.live.insert(id, live(id, created));
             inner.order.push_back(id);
         };
