@@ -17,10 +17,15 @@
 //! 900ms` and `discord.send_interval: 1s` (the least the prober allows;
 //! Discord's 5 messages per 5 s per channel allow no more), and counts
 //! `probe_runs_total` until `--runs` (8,800) runs are done: the hour's
-//! runs, messages and dispatches in about 20 minutes. What is not sped up:
+//! runs, messages and dispatches in about 20 minutes. The simulated users
+//! are sped up with the runs: 12 slash commands a minute
+//! (`--sandbox-commands-per-minute`, three times `--sandbox`'s default of
+//! 4), so the hour's interactions (about 240, each an INTERACTION_CREATE,
+//! a response message, ground truth) happen too. What is not sped up:
 //! wall-clock timers (the sandbox's occasional bot outages, every 5–15
-//! minutes, happen about a third as often per run; rate-limit windows,
-//! heartbeats).
+//! minutes, happen about a third as often per run; interaction tokens live
+//! 15 minutes of wall time, so about 180 are held at once instead of 60;
+//! rate-limit windows, heartbeats).
 //!
 //! RSS is read at start (the first `/metrics` answer), after warm-up
 //! (`--warmup-runs`, default 2,200 runs: the first 15 simulated minutes,
@@ -60,6 +65,9 @@ struct Args {
 }
 
 const COMMAND_PROBES: usize = 6;
+/// The simulated users' slash commands a minute: `--sandbox`'s default (4)
+/// sped up as the runs are (about threefold).
+const COMMANDS_PER_MINUTE: &str = "12";
 /// Runs in an hour of the config (2,927 in 20 minutes).
 const HOUR_RUNS: u64 = 8_800;
 const GUILD: u64 = 1_020_304_050_607_080_902;
@@ -178,6 +186,8 @@ fn main() -> anyhow::Result<()> {
             "--sandbox",
             "--listen",
             &addr.to_string(),
+            "--sandbox-commands-per-minute",
+            COMMANDS_PER_MINUTE,
             "--config",
         ])
         .arg(&config)
