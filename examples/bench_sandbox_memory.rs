@@ -29,9 +29,14 @@
 //!
 //! RSS is read at start (the first `/metrics` answer), after warm-up
 //! (`--warmup-runs`, default 2,200 runs: the first 15 simulated minutes,
-//! by which the sandbox's bounded stores are full: 1,000 messages, 2,000
+//! by which the stores that the probes fill are full: 2,000 message
 //! ground-truth records and answers, 1,000 replayed dispatches per
-//! session) and at the end, with a line every 10 simulated minutes. Goal:
+//! session) and at the end, with a line every 10 simulated minutes. Three
+//! bounded stores are still filling after warm-up, as in the first hour of
+//! a real `--sandbox`: the channels' messages (the probes delete theirs and
+//! the bot's replies, so what stays is the interaction responses, about
+//! 180 more), the interactions' ground truth (2,000 at most) and the live
+//! interaction tokens (15 minutes of wall time). Goal:
 //! end − warm-up < 1 MiB. Exits non-zero only on errors, never because the
 //! goal was missed. Only loopback traffic; the child is killed at the end.
 
