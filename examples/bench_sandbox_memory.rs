@@ -17,16 +17,26 @@
 //! 900ms` and `discord.send_interval: 1s` (the least the prober allows;
 //! Discord's 5 messages per 5 s per channel allow no more), and counts
 //! `probe_runs_total` until `--runs` (8,800) runs are done: the hour's
-//! runs, messages and dispatches in about 20 minutes. What is not sped up:
+//! runs, messages and dispatches in about 20 minutes. The simulated users
+//! are sped up with the runs: 12 slash commands a minute
+//! (`--sandbox-commands-per-minute`, three times `--sandbox`'s default of
+//! 4), so the hour's interactions (about 240, each an INTERACTION_CREATE,
+//! a response message, ground truth) happen too. What is not sped up:
 //! wall-clock timers (the sandbox's occasional bot outages, every 5–15
-//! minutes, happen about a third as often per run; rate-limit windows,
-//! heartbeats).
+//! minutes, happen about a third as often per run; interaction tokens live
+//! 15 minutes of wall time, so about 180 are held at once instead of 60;
+//! rate-limit windows, heartbeats).
 //!
 //! RSS is read at start (the first `/metrics` answer), after warm-up
 //! (`--warmup-runs`, default 2,200 runs: the first 15 simulated minutes,
-//! by which the sandbox's bounded stores are full: 1,000 messages, 2,000
+//! by which the stores that the probes fill are full: 2,000 message
 //! ground-truth records and answers, 1,000 replayed dispatches per
-//! session) and at the end, with a line every 10 simulated minutes. Goal:
+//! session) and at the end, with a line every 10 simulated minutes. Three
+//! bounded stores are still filling after warm-up, as in the first hour of
+//! a real `--sandbox`: the channels' messages (the probes delete theirs and
+//! the bot's replies, so what stays is the interaction responses, about
+//! 180 more), the interactions' ground truth (2,000 at most) and the live
+//! interaction tokens (15 minutes of wall time). Goal:
 //! end − warm-up < 1 MiB. Exits non-zero only on errors, never because the
 //! goal was missed. Only loopback traffic; the child is killed at the end.
 
@@ -60,6 +70,9 @@ struct Args {
 }
 
 const COMMAND_PROBES: usize = 6;
+/// The simulated users' slash commands a minute: `--sandbox`'s default (4)
+/// sped up as the runs are (about threefold).
+const COMMANDS_PER_MINUTE: &str = "12";
 /// Runs in an hour of the config (2,927 in 20 minutes).
 const HOUR_RUNS: u64 = 8_800;
 const GUILD: u64 = 1_020_304_050_607_080_902;
@@ -178,6 +191,8 @@ fn main() -> anyhow::Result<()> {
             "--sandbox",
             "--listen",
             &addr.to_string(),
+            "--sandbox-commands-per-minute",
+            COMMANDS_PER_MINUTE,
             "--config",
         ])
         .arg(&config)

@@ -142,7 +142,8 @@ impl Controls {
         Some(pairs.swap_remove(rand::random_range(0..pairs.len())))
     }
 
-    /// Ground truth for interactions, oldest first (the newest 10 000).
+    /// Ground truth for interactions, oldest first (the newest
+    /// `retention.truth_records`).
     pub fn interaction_truths(&self) -> Vec<InteractionTruth> {
         self.core.interactions.truth()
     }

@@ -12,7 +12,6 @@ use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -221,12 +220,10 @@ async fn connection(core: Arc<Core>, stream: TcpStream, shutdown: CancellationTo
     if writer.send(&hello.to_string()).await.is_err() {
         return;
     }
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (conn, mut rx) = Conn::new(core.next_conn_id(), core.cfg.gateway.replay_buffer);
+    let overflow = conn.overflow.clone();
     let mut ctx = Ctx {
-        conn: Conn {
-            id: core.next_conn_id(),
-            tx,
-        },
+        conn,
         session: None,
         account: None,
     };
@@ -237,101 +234,116 @@ async fn connection(core: Arc<Core>, stream: TcpStream, shutdown: CancellationTo
     let round_trip = core.cfg.gateway.heartbeat_round_trip;
     let mut acks_due: VecDeque<tokio::time::Instant> = VecDeque::new();
 
-    let end = loop {
-        tokio::select! {
-            biased;
-            out = rx.recv() => match out {
-                Some(Out::Frame { text, truth }) => {
-                    // Everything already queued goes out with one flush: a
-                    // frame-by-frame writer falls behind under load.
-                    let write_started = Instant::now();
-                    let mut written = vec![truth];
-                    let mut fed = writer.feed(&text).await;
-                    let mut next = None;
-                    while fed.is_ok() && written.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(Out::Frame { text, truth }) => {
-                                written.push(truth);
-                                fed = writer.feed(&text).await;
+    let run = async {
+        loop {
+            tokio::select! {
+                biased;
+                out = rx.recv() => match out {
+                    Some(Out::Frame { text, truth }) => {
+                        // Everything already queued goes out with one flush: a
+                        // frame-by-frame writer falls behind under load.
+                        let write_started = Instant::now();
+                        let mut written = vec![truth];
+                        let mut fed = writer.feed(&text).await;
+                        let mut next = None;
+                        while fed.is_ok() && written.len() < MAX_BATCH {
+                            match rx.try_recv() {
+                                Ok(Out::Frame { text, truth }) => {
+                                    written.push(truth);
+                                    fed = writer.feed(&text).await;
+                                }
+                                Ok(other) => {
+                                    next = Some(other);
+                                    break;
+                                }
+                                Err(_) => break,
                             }
-                            Ok(other) => {
-                                next = Some(other);
-                                break;
+                        }
+                        if fed.is_err() || writer.flush().await.is_err() {
+                            break End::Dropped;
+                        }
+                        let at = Instant::now();
+                        if let Some(account) = ctx.account {
+                            for (message_id, event) in written.into_iter().flatten() {
+                                core.truth.dispatch_written(message_id, event, account, ctx.conn.id, write_started, at);
                             }
-                            Err(_) => break,
+                        }
+                        if let Some(out) = next
+                            && let Some(end) = control(out, &mut writer, &mut ctx).await
+                        {
+                            break end;
                         }
                     }
-                    if fed.is_err() || writer.flush().await.is_err() {
+                    Some(out) => {
+                        if let Some(end) = control(out, &mut writer, &mut ctx).await {
+                            break end;
+                        }
+                    }
+                    None => break End::Dropped,
+                },
+                msg = source.next() => match msg {
+                    Some(Ok(Message::Text(text))) => {
+                        match on_payload(&core, &mut ctx, &text) {
+                            Ok(Reply::None) => {}
+                            Ok(Reply::Send(v)) => {
+                                if writer.send(&v.to_string()).await.is_err() {
+                                    break End::Dropped;
+                                }
+                            }
+                            Ok(Reply::Heartbeat(ack)) => {
+                                let now = tokio::time::Instant::now();
+                                deadline = now + allowance;
+                                if ack {
+                                    acks_due.push_back(now + round_trip);
+                                }
+                            }
+                            Err(Close(code, reason)) => {
+                                writer.close(code, reason).await;
+                                break End::ServerClosed(code);
+                            }
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        writer.close(4002, "Decode error").await;
+                        break End::ServerClosed(4002);
+                    }
+                    Some(Ok(Message::Close(frame))) => {
+                        // Completes the closing handshake (tungstenite queued the reply).
+                        let _ = writer.sink.close().await;
+                        break End::ClientClosed(frame.map(|f| u16::from(f.code)));
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => break End::Dropped,
+                },
+                _ = tokio::time::sleep_until(acks_due.front().copied().unwrap_or(deadline)), if !acks_due.is_empty() => {
+                    acks_due.pop_front();
+                    let ack = json!({"op": 11, "d": null, "s": null, "t": null});
+                    if writer.send(&ack.to_string()).await.is_err() {
                         break End::Dropped;
                     }
-                    let at = Instant::now();
-                    if let Some(account) = ctx.account {
-                        for (message_id, event) in written.into_iter().flatten() {
-                            core.truth.dispatch_written(message_id, event, account, ctx.conn.id, write_started, at);
-                        }
-                    }
-                    if let Some(out) = next
-                        && let Some(end) = control(out, &mut writer, &mut ctx).await
-                    {
-                        break end;
-                    }
                 }
-                Some(out) => {
-                    if let Some(end) = control(out, &mut writer, &mut ctx).await {
-                        break end;
-                    }
+                _ = tokio::time::sleep_until(deadline) => {
+                    writer.close(4009, "Session timed out").await;
+                    break End::ServerClosed(4009);
                 }
-                None => break End::Dropped,
-            },
-            msg = source.next() => match msg {
-                Some(Ok(Message::Text(text))) => {
-                    match on_payload(&core, &mut ctx, &text) {
-                        Ok(Reply::None) => {}
-                        Ok(Reply::Send(v)) => {
-                            if writer.send(&v.to_string()).await.is_err() {
-                                break End::Dropped;
-                            }
-                        }
-                        Ok(Reply::Heartbeat(ack)) => {
-                            let now = tokio::time::Instant::now();
-                            deadline = now + allowance;
-                            if ack {
-                                acks_due.push_back(now + round_trip);
-                            }
-                        }
-                        Err(Close(code, reason)) => {
-                            writer.close(code, reason).await;
-                            break End::ServerClosed(code);
-                        }
-                    }
-                }
-                Some(Ok(Message::Binary(_))) => {
-                    writer.close(4002, "Decode error").await;
-                    break End::ServerClosed(4002);
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    // Completes the closing handshake (tungstenite queued the reply).
-                    let _ = writer.sink.close().await;
-                    break End::ClientClosed(frame.map(|f| u16::from(f.code)));
-                }
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => break End::Dropped,
-            },
-            _ = tokio::time::sleep_until(acks_due.front().copied().unwrap_or(deadline)), if !acks_due.is_empty() => {
-                acks_due.pop_front();
-                let ack = json!({"op": 11, "d": null, "s": null, "t": null});
-                if writer.send(&ack.to_string()).await.is_err() {
+                _ = shutdown.cancelled() => {
+                    writer.close(1001, "Going away").await;
                     break End::Dropped;
                 }
             }
-            _ = tokio::time::sleep_until(deadline) => {
-                writer.close(4009, "Session timed out").await;
-                break End::ServerClosed(4009);
-            }
-            _ = shutdown.cancelled() => {
-                writer.close(1001, "Going away").await;
-                break End::Dropped;
-            }
+        }
+    };
+    // A client that stopped reading fills its queue (`hub::queue_capacity`);
+    // this also interrupts a write that waits on its full socket.
+    let end = tokio::select! {
+        end = run => end,
+        _ = overflow.cancelled() => {
+            core.log_event(&format!(
+                "gateway: connection {} dropped: the client is not reading ({} frames waiting)",
+                ctx.conn.id,
+                rx.len()
+            ));
+            End::Dropped
         }
     };
     if let Some(session_id) = ctx.session {
@@ -565,15 +577,13 @@ fn resume(core: &Arc<Core>, ctx: &mut Ctx, d: &Value) -> Result<Reply, Close> {
         return Err(Close(4007, "Invalid seq"));
     }
     if let Some(old) = session.conn.take() {
-        let _ = old
-            .tx
-            .send(Out::Close(4009, "Session resumed elsewhere".into()));
+        old.send(Out::Close(4009, "Session resumed elsewhere".into()));
     }
     session.detach_generation += 1;
     session.conn = Some(ctx.conn.clone());
     for (s, text) in &session.replay {
         if *s > seq {
-            let _ = ctx.conn.tx.send(Out::Frame {
+            ctx.conn.send(Out::Frame {
                 text: text.clone(),
                 truth: None,
             });
@@ -770,7 +780,7 @@ pub fn invalidate_account(core: &Core, account: u64) -> usize {
     let ids = state.sessions_of(account);
     for id in &ids {
         if let Some(conn) = state.sessions.get(id).and_then(|s| s.conn.clone()) {
-            let _ = conn.tx.send(Out::Invalidate);
+            conn.send(Out::Invalidate);
         }
         end_session(&mut state, id);
     }
@@ -782,7 +792,7 @@ fn send_to_account(core: &Core, account: u64, out: impl Fn() -> Out) -> usize {
     let mut n = 0;
     for s in state.sessions.values().filter(|s| s.account_id == account) {
         if let Some(conn) = &s.conn {
-            let _ = conn.tx.send(out());
+            conn.send(out());
             n += 1;
         }
     }

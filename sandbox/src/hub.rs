@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::config::SandboxConfig;
 use super::faults::Faults;
@@ -33,10 +34,41 @@ pub enum Out {
     Close(u16, String),
 }
 
+/// A gateway connection as the hub sees it: where its frames queue.
 #[derive(Debug, Clone)]
 pub struct Conn {
     pub id: u64,
-    pub tx: mpsc::UnboundedSender<Out>,
+    tx: mpsc::Sender<Out>,
+    /// Cancelled when the queue overflowed: the connection's task drops
+    /// the connection (its session stays resumable).
+    pub overflow: CancellationToken,
+}
+
+/// How many frames may wait for one connection's socket: a whole replay
+/// after RESUME (`replay_buffer`) and as many new dispatches. A client that
+/// falls further behind is not reading; Discord documents no figure, but a
+/// server cannot buffer for it without end, and every library treats a
+/// dropped connection by resuming (or identifying again when it is further
+/// behind than the replay buffer).
+pub fn queue_capacity(replay_buffer: usize) -> usize {
+    replay_buffer.saturating_mul(2).max(1)
+}
+
+impl Conn {
+    /// A connection's end of the hub, and the queue its task writes from.
+    pub fn new(id: u64, replay_buffer: usize) -> (Conn, mpsc::Receiver<Out>) {
+        let (tx, rx) = mpsc::channel(queue_capacity(replay_buffer));
+        let overflow = CancellationToken::new();
+        (Conn { id, tx, overflow }, rx)
+    }
+
+    /// Queues `out` without waiting (the hub's lock is held); a full queue
+    /// marks the connection to be dropped instead of growing.
+    pub fn send(&self, out: Out) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(out) {
+            self.overflow.cancel();
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -235,6 +267,52 @@ fn push(s: &mut Session, event: &'static str, d: Value, truth: Option<u64>, cap:
     }
     if let Some(conn) = &s.conn {
         let truth = truth.map(|id| (id, event));
-        let _ = conn.tx.send(Out::Frame { text, truth });
+        conn.send(Out::Frame { text, truth });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(conn: Conn) -> Session {
+        Session {
+            id: "s".into(),
+            account_id: 1,
+            shard: [0, 1],
+            intents: 0,
+            status: Status::Online,
+            activities: Value::Array(Vec::new()),
+            seq: 0,
+            replay: VecDeque::new(),
+            conn: Some(conn),
+            detach_generation: 0,
+            all_members_requested: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_connection_that_does_not_read_is_dropped_when_its_queue_is_full() {
+        let replay = 3;
+        let (conn, mut rx) = Conn::new(1, replay);
+        let overflow = conn.overflow.clone();
+        let mut s = session(conn);
+        for _ in 0..queue_capacity(replay) {
+            push(&mut s, "TYPING_START", json!({}), None, replay);
+        }
+        assert!(!overflow.is_cancelled(), "a full queue is still kept");
+        push(&mut s, "TYPING_START", json!({}), None, replay);
+        assert!(overflow.is_cancelled(), "one more frame overflows");
+        for _ in 0..100 {
+            push(&mut s, "TYPING_START", json!({}), None, replay);
+        }
+        assert_eq!(rx.len(), queue_capacity(replay), "the queue never grows");
+        assert_eq!(s.replay.len(), replay, "nor the replay buffer");
+        assert_eq!(s.replay.back().map(|r| r.0), Some(s.seq));
+        // The frames already queued are still in order.
+        let Ok(Out::Frame { text, .. }) = rx.try_recv() else {
+            panic!("a frame")
+        };
+        assert!(text.contains(r#""s":1"#), "{text}");
     }
 }

@@ -502,9 +502,9 @@ fn publish(core: &Core, state: &mut State, message: &Message, event: &'static st
             std::time::Instant::now(),
         );
     }
-    if let Some(c) = state.world.channels.get_mut(&message.channel_id) {
-        c.messages.insert(message.id, message.clone());
-    }
+    // Through the world's store, so responses count against
+    // `retention.messages` like any message (an edit replaces in place).
+    state.world.store_message(message.clone());
     state.dispatch_guild(
         message.guild_id,
         event,
@@ -593,9 +593,7 @@ pub fn message_op(
             }
             drop(inner);
             let mut state = core.state();
-            if let Some(c) = state.world.channels.get_mut(&m.channel_id) {
-                c.messages.remove(&m.id);
-            }
+            state.world.remove_message(m.channel_id, m.id);
             if m.flags & EPHEMERAL == 0 {
                 let d = json!({
                     "id": m.id.to_string(),
@@ -718,4 +716,47 @@ pub fn followup(core: &Core, app: &str, token: &str, body: &Value) -> Result<Val
         true,
         false,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(id: u64, created: SystemTime) -> Live {
+        Live {
+            id,
+            application_id: 1,
+            token: format!("t{id}"),
+            guild_id: 2,
+            channel_id: 3,
+            user_id: 4,
+            name: "ping".into(),
+            created,
+            acknowledged: false,
+            original: None,
+            ephemeral: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn live_interactions_expire_with_their_token_and_are_capped() {
+        let now = SystemTime::now();
+        let mut inner = Inner::default();
+        let add = |inner: &mut Inner, id: u64, created: SystemTime| {
+            inner.live.insert(id, live(id, created));
+            inner.order.push_back(id);
+        };
+        add(&mut inner, 1, now - TOKEN_LIFETIME);
+        add(&mut inner, 2, now - TOKEN_LIFETIME + Duration::from_secs(1));
+        expire(&mut inner, now);
+        assert_eq!(inner.order, [2], "a token lives 15 minutes");
+        assert!(!inner.live.contains_key(&1));
+        for id in 3..(MAX_LIVE as u64 + 13) {
+            add(&mut inner, id, now);
+        }
+        expire(&mut inner, now);
+        assert_eq!(inner.live.len(), MAX_LIVE);
+        assert_eq!(inner.order.len(), MAX_LIVE);
+        assert_eq!(inner.order.front(), Some(&13), "the oldest go first");
+    }
 }

@@ -488,3 +488,70 @@ async fn asking_for_all_members_twice_in_30s_is_rate_limited_like_discord() {
     assert_eq!(chunk["d"]["nonce"], "third");
     sb.shutdown().await;
 }
+
+/// A client that stops reading is dropped, without a close frame, once
+/// `2 × replay_buffer` frames wait for it (hub::queue_capacity), also while
+/// the sandbox's write is blocked on its full socket; its session is kept
+/// (a RESUME finds it: too far behind, 4007, where an ended session would
+/// get op 9).
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_and_its_session_kept() {
+    let mut cfg = quiet_config();
+    cfg.gateway.replay_buffer = 32;
+    cfg.rate_limits.messages_per_channel = 1_000_000;
+    cfg.rate_limits.global_per_second = 1_000_000;
+    let sb = start_sandbox(cfg).await;
+    let prober = sb.account("prober").unwrap().token.clone();
+    let mut stalled = RawGateway::connect(&sb, "v=10&encoding=json").await;
+    stalled.recv().await.unwrap(); // HELLO
+    // GUILDS | GUILD_MESSAGES | MESSAGE_CONTENT
+    stalled
+        .identify(&prober, 1 | (1 << 9) | (1 << 15), None)
+        .await;
+    let ready = stalled.until_dispatch("READY").await;
+    let session_id = ready["d"]["session_id"].as_str().unwrap().to_string();
+    assert!(sb.control().is_connected("prober").unwrap());
+
+    // From now on nothing reads `stalled`: large messages fill the socket
+    // buffers, then the queue.
+    let http = crate::discord::sandbox_http(&sb, "twi-bot-shard");
+    let channel = serenity::all::ChannelId::new(sb.channel_id("probes").unwrap());
+    let content = "x".repeat(2000);
+    let mut sent = 0;
+    while sb.control().is_connected("prober").unwrap() {
+        assert!(
+            sent < 6_000,
+            "still connected after {sent} messages of 2 KB it never read"
+        );
+        // About 1,400 are needed on loopback; 8 at a time keeps this short,
+        // and far below the 64 frames a reading client may have queued.
+        let batch =
+            (0..8).map(|_| channel.send_message(&http, CreateMessage::new().content(&content)));
+        for result in futures_util::future::join_all(batch).await {
+            result.unwrap();
+        }
+        sent += 8;
+    }
+
+    let mut again = RawGateway::connect(&sb, "v=10&encoding=json").await;
+    again.recv().await.unwrap(); // HELLO
+    let resume =
+        json!({"op": 6, "d": {"token": prober, "session_id": session_id, "seq": ready["s"]}});
+    again.send(resume).await;
+    assert_eq!(
+        again.recv().await.err(),
+        Some(Some(4007)),
+        "the session is still there, and the client far behind its replay buffer"
+    );
+    // What reached its socket before the drop, then no close frame (1006).
+    let mut frames = 0;
+    let end = loop {
+        match stalled.recv().await {
+            Ok(_) => frames += 1,
+            Err(code) => break code,
+        }
+        assert!(frames <= sent + 10, "the stalled connection never ends");
+    };
+    assert_eq!(end, None, "dropped, not closed with a code");
+    sb.shutdown().await;
+}

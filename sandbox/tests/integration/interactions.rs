@@ -340,3 +340,60 @@ async fn interaction_ground_truth_keeps_the_newest_truth_records() {
         .collect();
     assert_eq!(kept, ids[2..], "the oldest go first");
 }
+
+#[tokio::test]
+async fn interaction_responses_count_against_the_message_retention() {
+    let mut cfg = quiet_config();
+    cfg.retention.messages = 3;
+    let sb = start_sandbox(cfg).await;
+    let app = register(&sb).await;
+    let mut bot = logged_in(&sb, "twi-bot-shard").await;
+    let auth = format!("Bot {}", sb.account("twi-bot-shard").unwrap().token);
+    let probes = sb.channel_id("probes").unwrap();
+    let mut tokens = Vec::new();
+    let answer = async |bot: &mut RawGateway, n: usize| {
+        let id = run(&sb, "ping");
+        let d = bot.until_dispatch("INTERACTION_CREATE").await["d"].clone();
+        let token = d["token"].as_str().unwrap().to_string();
+        let (status, v) = call(
+            &sb,
+            None,
+            Method::POST,
+            &format!("/interactions/{id}/{token}/callback"),
+            Some(json!({"type": 4, "data": {"content": format!("pong {n}")}})),
+        )
+        .await;
+        assert_eq!(status, 204, "{v}");
+        token
+    };
+    for n in 0..5 {
+        tokens.push(answer(&mut bot, n).await);
+    }
+    let contents = async || {
+        let (status, v) = call(
+            &sb,
+            Some(&auth),
+            Method::GET,
+            &format!("/channels/{probes}/messages?limit=100"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{v}");
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["content"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(contents().await, ["pong 4", "pong 3", "pong 2"]);
+    // The oldest response went as if deleted, although its token is valid.
+    let original = |token: &str| format!("/webhooks/{app}/{token}/messages/@original");
+    let (status, v) = call(&sb, None, Method::GET, &original(&tokens[0]), None).await;
+    assert_eq!((status, v["code"].clone()), (404, json!(10008)));
+    // A deleted response makes room: the next one drops nothing else.
+    let (status, _) = call(&sb, None, Method::DELETE, &original(&tokens[4]), None).await;
+    assert_eq!(status, 204);
+    answer(&mut bot, 5).await;
+    assert_eq!(contents().await, ["pong 5", "pong 3", "pong 2"]);
+    sb.shutdown().await;
+}
