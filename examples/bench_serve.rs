@@ -924,6 +924,8 @@ struct Footprint {
     anon: u64,
     file: u64,
     body: usize,
+    /// The body gzipped as `probe serve` gzips it (fastest level).
+    gzipped: usize,
 }
 
 fn part_footprint(
@@ -988,8 +990,9 @@ fn part_footprint(
         // The body was just scraped; the reading counts it.
         let mem = read_mem(child.pid()).context("reading probe serve's memory")?;
         let (anon, file) = rss_split(child.pid()).unwrap_or_default();
+        let gzipped = gzipped_len(body.as_bytes());
         println!(
-            "{n:>6} probes (every {}): VmRSS {:.2} MiB ({:.2} MiB anonymous, {:.2} MiB file-backed); body {} bytes",
+            "{n:>6} probes (every {}): VmRSS {:.2} MiB ({:.2} MiB anonymous, {:.2} MiB file-backed); body {} bytes, gzipped {gzipped}",
             humantime::format_duration(every),
             mem.rss as f64 / MIB,
             anon as f64 / MIB,
@@ -1002,6 +1005,7 @@ fn part_footprint(
             anon,
             file,
             body: body.len(),
+            gzipped,
         });
         if k + 1 == sizes.len() {
             let times = rt.block_on(async {
@@ -1064,9 +1068,11 @@ fn part_footprint(
         ));
     }
     let last = rows.last().expect("two sizes or more");
-    let per_probe = (last.body - first.body) as f64 / (last.probes - first.probes) as f64;
+    let probes = (last.probes - first.probes) as f64;
+    let per_probe = (last.body - first.body) as f64 / probes;
+    let gzipped = (last.gzipped as f64 - first.gzipped as f64) / probes;
     out.push(format!(
-        "/metrics body per http probe: {per_probe:.0} bytes ({} bytes at {} probes); goal ≤ {GOAL_BODY_PER_PROBE} bytes: {}",
+        "/metrics body per http probe: {per_probe:.0} bytes ({} bytes at {} probes), gzipped {gzipped:.0} bytes (as served to a scraper asking for gzip, as Prometheus does); goal ≤ {GOAL_BODY_PER_PROBE} bytes (plain): {}",
         last.body,
         last.probes,
         verdict(per_probe <= GOAL_BODY_PER_PROBE)
@@ -1362,6 +1368,16 @@ async fn fetch_size(client: &reqwest::Client, url: &str, gzip: bool) -> anyhow::
         "GET {url}: content-encoding {encoding:?}"
     );
     Ok(r.bytes().await?.len())
+}
+
+/// The size of `body` gzipped at the fastest level, as `probe serve`
+/// compresses `/metrics` for scrapers that accept gzip.
+fn gzipped_len(body: &[u8]) -> usize {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(body)
+        .and_then(|()| gz.finish())
+        .map_or(0, |v| v.len())
 }
 
 /// Parses an exposition with the prober's own strict parser.
