@@ -73,7 +73,8 @@
 //!    RSS is the smallest size's (goal ≤ 10 MiB); growth per 1,000 probes
 //!    is (RSS(n) − RSS(smallest)) / (n − smallest) × 1,000 (goal ≤ 5 MiB);
 //!    body per probe is the body's growth per probe between the smallest
-//!    and largest size (goal ≤ 800 bytes). At the largest size, `/metrics`
+//!    and largest size (goal ≤ 800 bytes), plain and gzipped at the level
+//!    `probe serve` uses for scrapers that accept gzip. At the largest size, `/metrics`
 //!    is then scraped `--footprint-scrapes` (60) times every
 //!    `--footprint-scrape-every` (1 s; `--gzip` applies): p50, p99, max
 //!    (goals p99 ≤ 20 ms, max ≤ 50 ms), and VmRSS and VmHWM after them.
@@ -966,7 +967,13 @@ fn part_footprint(
         let deadline = Instant::now() + every * (args.footprint_runs as u32 + 3) + START_BOUND;
         let poll = every.max(Duration::from_secs(1));
         let body = loop {
-            let text = rt.block_on(fetch(&client, &url))?;
+            // Polled every 10 s at 10,000 probes: the server may close the
+            // idle kept-alive connection just as it is reused; once more
+            // on a new connection.
+            let text = match rt.block_on(fetch(&client, &url)) {
+                Ok(text) => text,
+                Err(_) => rt.block_on(fetch(&client, &url))?,
+            };
             let samples = samples(&text)?;
             let mut runs: HashMap<&str, f64> = HashMap::new();
             for s in samples.iter().filter(|s| s.name == "probe_runs_total") {
