@@ -5,7 +5,8 @@
 //! probes if done on their runtime. So rendering happens on a blocking
 //! thread, and ahead of time: scrapers (Prometheus) come at a steady
 //! interval, so after each scrape the refresher renders a snapshot shortly
-//! before the next one is due, and that scrape is served at once. What a scrape sees:
+//! before the next one is due, and that scrape is served at once. What a
+//! scrape sees:
 //!
 //! - a snapshot at most [`MAX_AGE`] old and from after the last
 //!   [`ScrapeCache::invalidate`] (a reload); otherwise the scrape renders a
