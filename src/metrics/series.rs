@@ -88,8 +88,16 @@ pub(super) struct ProbeSeries {
     /// current config's static label names.
     names: RwLock<Vec<String>>,
     /// The probes in render order with their label text, rebuilt after a
-    /// probe comes or goes or the label names change.
-    order: Mutex<Option<Arc<[Row]>>>,
+    /// probe comes or goes or the label names change. Lock order: `order`,
+    /// then `probes` or `names`; never the other way round.
+    order: Mutex<Option<Arc<Order>>>,
+}
+
+/// The probes in render order, and the label names their text was built
+/// with.
+struct Order {
+    names: Vec<String>,
+    rows: Vec<Row>,
 }
 
 /// One probe as rendered.
@@ -121,9 +129,13 @@ impl ProbeSeries {
             .collect();
         names.sort();
         names.dedup();
-        let mut current = write(&self.names);
-        if *current != names {
+        let changed = {
+            let mut current = write(&self.names);
+            let changed = *current != names;
             *current = names;
+            changed
+        };
+        if changed {
             *lock(&self.order) = None;
         }
     }
@@ -134,8 +146,12 @@ impl ProbeSeries {
         let cells = match found {
             Some(c) => c,
             None => {
-                let mut probes = write(&self.probes);
-                let cells = probes.entry(identity.to_vec()).or_default().clone();
+                let cells = write(&self.probes)
+                    .entry(identity.to_vec())
+                    .or_default()
+                    .clone();
+                // After the insert: a render in between may miss the probe
+                // once, never keep missing it.
                 *lock(&self.order) = None;
                 cells
             }
@@ -152,16 +168,17 @@ impl ProbeSeries {
     }
 
     pub(super) fn remove(&self, identity: &[String]) {
-        if write(&self.probes).remove(identity).is_some() {
+        let removed = write(&self.probes).remove(identity).is_some();
+        if removed {
             *lock(&self.order) = None;
         }
     }
 
     /// The probes in render order, built when stale.
-    fn order(&self) -> Arc<[Row]> {
+    fn order(&self) -> Arc<Order> {
         let mut order = lock(&self.order);
-        if let Some(rows) = &*order {
-            return rows.clone();
+        if let Some(order) = &*order {
+            return order.clone();
         }
         let probes = read(&self.probes);
         let names = read(&self.names);
@@ -182,7 +199,7 @@ impl ProbeSeries {
             .collect();
         // As the crate sorted series: by label values, in label name order.
         rows.sort_by(|a, b| a.0.cmp(&b.0));
-        let rows: Arc<[Row]> = rows
+        let rows = rows
             .into_iter()
             .map(|(values, cells)| {
                 let mut labels = String::new();
@@ -201,14 +218,17 @@ impl ProbeSeries {
                 }
             })
             .collect();
-        *order = Some(rows.clone());
-        rows
+        let built = Arc::new(Order {
+            names: names.clone(),
+            rows,
+        });
+        *order = Some(built.clone());
+        built
     }
 
     /// Writes every family that has a series (`families` sorted by name).
     pub(super) fn render(&self, families: &[Family], out: &mut String) {
-        let rows = self.order();
-        let names = read(&self.names).clone();
+        let order = self.order();
         for family in families {
             let start = out.len();
             out.push_str("# HELP ");
@@ -223,11 +243,11 @@ impl ProbeSeries {
             let header = out.len();
             let mut w = Writer {
                 out: &mut *out,
-                names: &names,
+                names: &order.names,
                 name: family.name,
                 row: None,
             };
-            for row in rows.iter() {
+            for row in &order.rows {
                 w.row = Some(row);
                 (family.write)(&mut w, &lock(&row.cells));
             }
