@@ -73,7 +73,8 @@
 //!    RSS is the smallest size's (goal ≤ 10 MiB); growth per 1,000 probes
 //!    is (RSS(n) − RSS(smallest)) / (n − smallest) × 1,000 (goal ≤ 5 MiB);
 //!    body per probe is the body's growth per probe between the smallest
-//!    and largest size (goal ≤ 800 bytes). At the largest size, `/metrics`
+//!    and largest size (goal ≤ 800 bytes), plain and gzipped at the level
+//!    `probe serve` uses for scrapers that accept gzip. At the largest size, `/metrics`
 //!    is then scraped `--footprint-scrapes` (60) times every
 //!    `--footprint-scrape-every` (1 s; `--gzip` applies): p50, p99, max
 //!    (goals p99 ≤ 20 ms, max ≤ 50 ms), and VmRSS and VmHWM after them.
@@ -924,6 +925,8 @@ struct Footprint {
     anon: u64,
     file: u64,
     body: usize,
+    /// The body gzipped as `probe serve` gzips it (fastest level).
+    gzipped: usize,
 }
 
 fn part_footprint(
@@ -964,7 +967,13 @@ fn part_footprint(
         let deadline = Instant::now() + every * (args.footprint_runs as u32 + 3) + START_BOUND;
         let poll = every.max(Duration::from_secs(1));
         let body = loop {
-            let text = rt.block_on(fetch(&client, &url))?;
+            // Polled every 10 s at 10,000 probes: the server may close the
+            // idle kept-alive connection just as it is reused; once more
+            // on a new connection.
+            let text = match rt.block_on(fetch(&client, &url)) {
+                Ok(text) => text,
+                Err(_) => rt.block_on(fetch(&client, &url))?,
+            };
             let samples = samples(&text)?;
             let mut runs: HashMap<&str, f64> = HashMap::new();
             for s in samples.iter().filter(|s| s.name == "probe_runs_total") {
@@ -988,8 +997,9 @@ fn part_footprint(
         // The body was just scraped; the reading counts it.
         let mem = read_mem(child.pid()).context("reading probe serve's memory")?;
         let (anon, file) = rss_split(child.pid()).unwrap_or_default();
+        let gzipped = gzipped_len(body.as_bytes());
         println!(
-            "{n:>6} probes (every {}): VmRSS {:.2} MiB ({:.2} MiB anonymous, {:.2} MiB file-backed); body {} bytes",
+            "{n:>6} probes (every {}): VmRSS {:.2} MiB ({:.2} MiB anonymous, {:.2} MiB file-backed); body {} bytes, gzipped {gzipped}",
             humantime::format_duration(every),
             mem.rss as f64 / MIB,
             anon as f64 / MIB,
@@ -1002,6 +1012,7 @@ fn part_footprint(
             anon,
             file,
             body: body.len(),
+            gzipped,
         });
         if k + 1 == sizes.len() {
             let times = rt.block_on(async {
@@ -1064,9 +1075,11 @@ fn part_footprint(
         ));
     }
     let last = rows.last().expect("two sizes or more");
-    let per_probe = (last.body - first.body) as f64 / (last.probes - first.probes) as f64;
+    let probes = (last.probes - first.probes) as f64;
+    let per_probe = (last.body - first.body) as f64 / probes;
+    let gzipped = (last.gzipped as f64 - first.gzipped as f64) / probes;
     out.push(format!(
-        "/metrics body per http probe: {per_probe:.0} bytes ({} bytes at {} probes); goal ≤ {GOAL_BODY_PER_PROBE} bytes: {}",
+        "/metrics body per http probe: {per_probe:.0} bytes ({} bytes at {} probes), gzipped {gzipped:.0} bytes (as served to a scraper asking for gzip, as Prometheus does); goal ≤ {GOAL_BODY_PER_PROBE} bytes (plain): {}",
         last.body,
         last.probes,
         verdict(per_probe <= GOAL_BODY_PER_PROBE)
@@ -1362,6 +1375,16 @@ async fn fetch_size(client: &reqwest::Client, url: &str, gzip: bool) -> anyhow::
         "GET {url}: content-encoding {encoding:?}"
     );
     Ok(r.bytes().await?.len())
+}
+
+/// The size of `body` gzipped at the fastest level, as `probe serve`
+/// compresses `/metrics` for scrapers that accept gzip.
+fn gzipped_len(body: &[u8]) -> usize {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(body)
+        .and_then(|()| gz.finish())
+        .map_or(0, |v| v.len())
 }
 
 /// Parses an exposition with the prober's own strict parser.

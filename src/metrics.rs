@@ -1,28 +1,32 @@
 //! The metric families listed in the README's Metrics section (the
 //! contract with the alert rules and dashboards; a test keeps the two
-//! equal), in a registry owned by this struct.
+//! equal): the per-probe families in a compact store of our own
+//! ([`series`]), the prober's own few series in a prometheus `Registry`.
 //!
 //! Label values come only from the configuration (probe names, kinds, static
 //! labels) and closed sets (outcomes), so the number of series is fixed by
 //! the config, never by what a target answers.
 //!
 //! A probe's series are keyed by its identity: name, kind and its own static
-//! labels, held in one internal label (`__labels`) that rendering expands to
-//! the label names the current config uses. So a reload that adds or drops a
+//! labels (encoded in one internal value), which rendering expands to the
+//! label names the current config uses. So a reload that adds or drops a
 //! label name (removing the only presence probe drops `shard`) changes only
 //! the text, never the series, and unchanged probes keep their counters.
 
-use std::sync::{Mutex, RwLock};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::UNIX_EPOCH;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder, proto::LabelPair, proto::MetricFamily,
+    Encoder, Gauge, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::config::{Config, ProbeKind, ProbeSpec};
 use crate::discord::{DiscordSession, SessionEvent};
 use crate::probe::{InteractionObservation, Outcome, ProbeResult};
+
+mod series;
+use series::{DISCORD_PHASES, Family, Hist, ProbeSeries};
 
 /// Latency buckets from 50 ms to 10 s, with edges at the monitoring guide's
 /// thresholds (1 s warning, 3 s critical) so alerts can use them exactly.
@@ -30,27 +34,134 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0,
 ];
 
-/// The internal label holding a probe's own static labels (see the module
-/// comment); config label names cannot start with `__`.
-const OWN_LABELS: &str = "__labels";
+/// The families with a series per probe, sorted by name (the text's
+/// order), each with how a probe's `Cells` are written.
+const PROBE_FAMILIES: [Family; 14] = [
+    Family {
+        name: "probe_discord_latency_seconds",
+        help: "Command reply latency by Discord's clock (phase=reply: reply minus probe snowflake time) and time to the bot's first sign of life (phase=first_response).",
+        kind: "histogram",
+        write: |w, c| {
+            for (phase, h) in DISCORD_PHASES.iter().zip(&c.discord_latency) {
+                if let Some(h) = h {
+                    w.histogram(h, &[("phase", phase)]);
+                }
+            }
+        },
+    },
+    Family {
+        name: "probe_duration_seconds",
+        help: "Duration of the probe's last run in seconds.",
+        kind: "gauge",
+        write: |w, c| w.float(&[], c.duration),
+    },
+    Family {
+        name: "probe_interaction_latency_seconds",
+        help: "Real users' slash commands by Discord's clock: phase=response is the response message's creation, phase=final a deferred response's final edit, each minus the interaction's creation.",
+        kind: "histogram",
+        write: |w, c| {
+            for (command, phase, h) in &c.interaction_latency {
+                w.histogram(h, &[("command", command), ("phase", phase)]);
+            }
+        },
+    },
+    Family {
+        name: "probe_interactions_total",
+        help: "Real users' slash-command responses seen, by outcome (failure: matched error_reply, or a deferred response never finished).",
+        kind: "counter",
+        write: |w, c| {
+            for (command, outcome, n) in &c.interactions {
+                w.int(&[("command", command), ("outcome", outcome)], Some(*n));
+            }
+        },
+    },
+    Family {
+        name: "probe_last_success_timestamp_seconds",
+        help: "Unix time of the probe's last successful run.",
+        kind: "gauge",
+        write: |w, c| w.float(&[], c.last_success),
+    },
+    Family {
+        name: "probe_late_replies_total",
+        help: "Replies from the target that arrived after their probe had timed out.",
+        kind: "counter",
+        write: |w, c| w.int(&[], c.late_replies),
+    },
+    Family {
+        name: "probe_latency_seconds",
+        help: "Latency of successful probe runs in seconds.",
+        kind: "histogram",
+        write: |w, c| {
+            if let Some(h) = &c.latency {
+                w.histogram(h, &[]);
+            }
+        },
+    },
+    Family {
+        name: "probe_next_run_timestamp_seconds",
+        help: "Unix time when the probe's next scheduled run is due (probe serve); far in the past means its schedule has stopped.",
+        kind: "gauge",
+        write: |w, c| w.float(&[], c.next_run),
+    },
+    Family {
+        name: "probe_runs_total",
+        help: "Probe runs, by outcome.",
+        kind: "counter",
+        write: |w, c| {
+            for &i in OUTCOMES_BY_NAME.iter() {
+                w.int(&[("outcome", Outcome::ALL[i].as_str())], c.runs[i]);
+            }
+        },
+    },
+    Family {
+        name: "probe_skipped_total",
+        help: "Scheduled runs skipped because the previous run of the probe was still going.",
+        kind: "counter",
+        write: |w, c| w.int(&[], c.skipped),
+    },
+    Family {
+        name: "probe_success",
+        help: "1 if the last conclusive run of the probe succeeded, else 0.",
+        kind: "gauge",
+        write: |w, c| w.float(&[], c.success),
+    },
+    Family {
+        name: "probe_target_presence_online",
+        help: "1 if Discord reports the target bot online in the probe's guild, else 0.",
+        kind: "gauge",
+        write: |w, c| w.float(&[], c.target_presence),
+    },
+    Family {
+        name: "probe_target_restarts_total",
+        help: "Restarts of the target seen by the probe (its start time moved forward).",
+        kind: "counter",
+        write: |w, c| w.int(&[], c.target_restarts),
+    },
+    Family {
+        name: "probe_target_uptime_seconds",
+        help: "The target's uptime, from process_start_time_seconds on its exporter.",
+        kind: "gauge",
+        write: |w, c| w.float(&[], c.target_uptime),
+    },
+];
+
+/// Indices into `Outcome::ALL`, by outcome name (the order series sort in).
+static OUTCOMES_BY_NAME: std::sync::LazyLock<[usize; 5]> = std::sync::LazyLock::new(|| {
+    let mut order = [0, 1, 2, 3, 4];
+    order.sort_by_key(|i| Outcome::ALL[*i].as_str());
+    order
+});
 
 pub struct Metrics {
+    /// The prober's own families (one series each, or few).
     registry: Registry,
-    /// The static label names every probe series shows (the current config's).
-    static_labels: RwLock<Vec<String>>,
+    /// Every family with a series per probe.
+    probes: ProbeSeries,
     /// Whether the prober's gateway families are registered (only with
     /// Discord probes).
     discord_registered: Mutex<bool>,
-    success: GaugeVec,
-    duration: GaugeVec,
-    runs: IntCounterVec,
-    latency: HistogramVec,
-    last_success: GaugeVec,
-    target_uptime: GaugeVec,
-    target_restarts: IntCounterVec,
-    target_presence: GaugeVec,
-    discord_latency: HistogramVec,
-    late_replies: IntCounterVec,
+    /// The last body's size: the next is written into a buffer this large.
+    last_size: AtomicUsize,
     gateway_connected: IntGauge,
     token_rejected: IntGauge,
     gateway_latency: Gauge,
@@ -58,12 +169,8 @@ pub struct Metrics {
     ratelimited: IntCounter,
     config_reload_ok: IntGauge,
     schedule_panics: IntCounter,
-    skipped: IntCounterVec,
     lateness: prometheus::Histogram,
     in_flight: IntGauge,
-    next_run: GaugeVec,
-    interaction_latency: HistogramVec,
-    interactions: IntCounterVec,
     /// Bumped after each change tests wait for (a run started or recorded,
     /// a skip, a next slot, a probe forgotten, a session event or gateway
     /// sample applied by `follow_discord`): tests await it instead of polling the registry.
@@ -75,124 +182,7 @@ impl Metrics {
     /// zero for every outcome, so `rate()` and `increase()` work from the
     /// first scrape).
     pub fn new(config: &Config) -> Self {
-        let static_labels = config.static_label_names();
-        let names: Vec<&str> = vec!["probe", "kind", OWN_LABELS];
-        let mut with_outcome = names.clone();
-        with_outcome.push("outcome");
-        let mut with_phase = names.clone();
-        with_phase.push("phase");
-
-        let mut with_command_phase = names.clone();
-        with_command_phase.extend(["command", "phase"]);
-        let mut with_command_outcome = names.clone();
-        with_command_outcome.extend(["command", "outcome"]);
-        let interaction_latency = HistogramVec::new(
-            HistogramOpts::new(
-                "probe_interaction_latency_seconds",
-                "Real users' slash commands by Discord's clock: phase=response is the response message's creation, phase=final a deferred response's final edit, each minus the interaction's creation.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &with_command_phase,
-        )
-        .expect("valid metric");
-        let interactions = IntCounterVec::new(
-            Opts::new(
-                "probe_interactions_total",
-                "Real users' slash-command responses seen, by outcome (failure: matched error_reply, or a deferred response never finished).",
-            ),
-            &with_command_outcome,
-        )
-        .expect("valid metric");
-
         let registry = Registry::new();
-        let success = GaugeVec::new(
-            Opts::new(
-                "probe_success",
-                "1 if the last conclusive run of the probe succeeded, else 0.",
-            ),
-            &names,
-        )
-        .expect("valid metric");
-        let duration = GaugeVec::new(
-            Opts::new(
-                "probe_duration_seconds",
-                "Duration of the probe's last run in seconds.",
-            ),
-            &names,
-        )
-        .expect("valid metric");
-        let runs = IntCounterVec::new(
-            Opts::new("probe_runs_total", "Probe runs, by outcome."),
-            &with_outcome,
-        )
-        .expect("valid metric");
-        let latency = HistogramVec::new(
-            HistogramOpts::new(
-                "probe_latency_seconds",
-                "Latency of successful probe runs in seconds.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &names,
-        )
-        .expect("valid metric");
-        let last_success = GaugeVec::new(
-            Opts::new(
-                "probe_last_success_timestamp_seconds",
-                "Unix time of the probe's last successful run.",
-            ),
-            &names,
-        )
-        .expect("valid metric");
-        let next_run = GaugeVec::new(
-            Opts::new(
-                "probe_next_run_timestamp_seconds",
-                "Unix time when the probe's next scheduled run is due (probe serve); \
-                 far in the past means its schedule has stopped.",
-            ),
-            &names,
-        )
-        .expect("valid metric");
-        let target_uptime = GaugeVec::new(
-            Opts::new(
-                "probe_target_uptime_seconds",
-                "The target's uptime, from process_start_time_seconds on its exporter.",
-            ),
-            &names,
-        )
-        .expect("valid metric");
-        let target_restarts = IntCounterVec::new(
-            Opts::new(
-                "probe_target_restarts_total",
-                "Restarts of the target seen by the probe (its start time moved forward).",
-            ),
-            &names,
-        )
-        .expect("valid metric");
-        let target_presence = GaugeVec::new(
-            Opts::new(
-                "probe_target_presence_online",
-                "1 if Discord reports the target bot online in the probe's guild, else 0.",
-            ),
-            &names,
-        )
-        .expect("valid metric");
-        let discord_latency = HistogramVec::new(
-            HistogramOpts::new(
-                "probe_discord_latency_seconds",
-                "Command reply latency by Discord's clock (phase=reply: reply minus probe snowflake time) and time to the bot's first sign of life (phase=first_response).",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &with_phase,
-        )
-        .expect("valid metric");
-        let late_replies = IntCounterVec::new(
-            Opts::new(
-                "probe_late_replies_total",
-                "Replies from the target that arrived after their probe had timed out.",
-            ),
-            &names,
-        )
-        .expect("valid metric");
         let gateway_connected = IntGauge::new(
             "prober_gateway_connected",
             "1 while the prober's own Discord gateway connection is up.",
@@ -216,14 +206,6 @@ impl Metrics {
         let ratelimited = IntCounter::new(
             "prober_ratelimited_total",
             "429 answers the prober received from Discord.",
-        )
-        .expect("valid metric");
-        let skipped = IntCounterVec::new(
-            Opts::new(
-                "probe_skipped_total",
-                "Scheduled runs skipped because the previous run of the probe was still going.",
-            ),
-            &names,
         )
         .expect("valid metric");
         let lateness = prometheus::Histogram::with_opts(
@@ -258,24 +240,10 @@ impl Metrics {
         .expect("valid metric");
 
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
-            Box::new(success.clone()),
-            Box::new(duration.clone()),
-            Box::new(runs.clone()),
-            Box::new(latency.clone()),
-            Box::new(last_success.clone()),
-            Box::new(target_uptime.clone()),
-            Box::new(target_restarts.clone()),
-            Box::new(target_presence.clone()),
-            Box::new(discord_latency.clone()),
-            Box::new(late_replies.clone()),
             Box::new(build_info.clone()),
             Box::new(config_reload_ok.clone()),
-            Box::new(skipped.clone()),
             Box::new(lateness.clone()),
             Box::new(in_flight.clone()),
-            Box::new(next_run.clone()),
-            Box::new(interaction_latency.clone()),
-            Box::new(interactions.clone()),
             Box::new(schedule_panics.clone()),
         ];
         for collector in collectors {
@@ -288,18 +256,9 @@ impl Metrics {
 
         let metrics = Metrics {
             registry,
-            static_labels: RwLock::new(static_labels),
+            probes: ProbeSeries::new(&config.static_label_names()),
             discord_registered: Mutex::new(false),
-            success,
-            duration,
-            runs,
-            latency,
-            last_success,
-            target_uptime,
-            target_restarts,
-            target_presence,
-            discord_latency,
-            late_replies,
+            last_size: AtomicUsize::new(0),
             gateway_connected,
             token_rejected,
             gateway_latency,
@@ -307,12 +266,8 @@ impl Metrics {
             ratelimited,
             config_reload_ok,
             schedule_panics,
-            skipped,
             lateness,
-            next_run,
             in_flight,
-            interaction_latency,
-            interactions,
             changes: tokio::sync::watch::Sender::new(0),
         };
         metrics.apply_config(config);
@@ -327,10 +282,7 @@ impl Metrics {
     /// gauge stuck at 0 without them would read as a blind prober). Series
     /// and their values stay.
     pub fn apply_config(&self, config: &Config) {
-        *self
-            .static_labels
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = config.static_label_names();
+        self.probes.set_static_names(&config.static_label_names());
         let mut registered = self
             .discord_registered
             .lock()
@@ -356,7 +308,8 @@ impl Metrics {
         *registered = !*registered;
     }
 
-    /// The internal label values of a probe's series: its identity.
+    /// A probe's identity, which keys its series: name, kind, and its own
+    /// static labels in one value.
     pub fn label_values(&self, spec: &ProbeSpec) -> Vec<String> {
         vec![
             spec.name.clone(),
@@ -368,30 +321,28 @@ impl Metrics {
     /// Adds the series of a probe (run counters at zero), keeping those it
     /// already has: a probe restarted with the same identity keeps counting.
     pub fn init_probe(&self, spec: &ProbeSpec) {
-        let values = self.label_values(spec);
-        self.skipped.with_label_values(&values);
-        for outcome in Outcome::ALL {
-            self.runs
-                .with_label_values(&with(&values, outcome.as_str()));
-        }
-        match &spec.kind {
-            ProbeKind::Exporter(_) => {
-                self.target_restarts.with_label_values(&values);
+        self.probes.with(&self.label_values(spec), |c| {
+            c.skipped.get_or_insert(0);
+            for n in &mut c.runs {
+                n.get_or_insert(0);
             }
-            ProbeKind::Command(_) => {
-                self.late_replies.with_label_values(&values);
-            }
-            ProbeKind::Interactions(i) => {
-                for command in i.command_labels() {
-                    for outcome in ["success", "failure"] {
-                        let mut w = values.clone();
-                        w.extend([command.to_string(), outcome.to_string()]);
-                        self.interactions.with_label_values(&w);
+            match &spec.kind {
+                ProbeKind::Exporter(_) => {
+                    c.target_restarts.get_or_insert(0);
+                }
+                ProbeKind::Command(_) => {
+                    c.late_replies.get_or_insert(0);
+                }
+                ProbeKind::Interactions(i) => {
+                    for command in i.command_labels() {
+                        for outcome in ["failure", "success"] {
+                            counter(&mut c.interactions, command, outcome);
+                        }
                     }
                 }
+                _ => {}
             }
-            _ => {}
-        }
+        });
     }
 
     /// A probe's schedule (or a run's task) panicked.
@@ -401,76 +352,78 @@ impl Metrics {
 
     /// Records one run of `spec`.
     pub fn record(&self, spec: &ProbeSpec, result: &ProbeResult) {
-        let values = self.label_values(spec);
-        let v = &values;
-        self.runs
-            .with_label_values(&with(v, result.outcome.as_str()))
-            .inc();
-        self.duration
-            .with_label_values(v)
-            .set(result.duration.as_secs_f64());
-        if result.outcome.is_conclusive() {
-            let ok = result.outcome == Outcome::Success;
-            self.success
-                .with_label_values(v)
-                .set(f64::from(u8::from(ok)));
-        }
-        if let Some(latency) = result.latency() {
-            self.latency
-                .with_label_values(v)
-                .observe(latency.as_secs_f64());
-            let finished = result.started_at + result.duration;
-            let ts = finished
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs_f64();
-            self.last_success.with_label_values(v).set(ts);
-        }
-        if let Some(uptime) = result.observations.target_uptime_seconds {
-            self.target_uptime.with_label_values(v).set(uptime);
-        }
-        if result.observations.target_restarts > 0 {
-            self.target_restarts
-                .with_label_values(v)
-                .inc_by(result.observations.target_restarts);
-        }
-        if let Some(online) = result.observations.target_online {
-            self.target_presence
-                .with_label_values(v)
-                .set(f64::from(u8::from(online)));
-        }
         let o = &result.observations;
-        for obs in &o.interactions {
-            match obs {
-                InteractionObservation::Latency {
-                    command,
-                    phase,
-                    latency,
-                } => {
-                    let mut w = values.clone();
-                    w.extend([command.clone(), phase.to_string()]);
-                    self.interaction_latency
-                        .with_label_values(&w)
-                        .observe(latency.as_secs_f64());
-                }
-                InteractionObservation::Outcome { command, failed } => {
-                    let mut w = values.clone();
-                    let outcome = if *failed { "failure" } else { "success" };
-                    w.extend([command.clone(), outcome.to_string()]);
-                    self.interactions.with_label_values(&w).inc();
+        let outcome = Outcome::ALL
+            .iter()
+            .position(|x| *x == result.outcome)
+            .unwrap_or_default();
+        self.probes.with(&self.label_values(spec), |c| {
+            *c.runs[outcome].get_or_insert(0) += 1;
+            c.duration = Some(result.duration.as_secs_f64());
+            if result.outcome.is_conclusive() {
+                let ok = result.outcome == Outcome::Success;
+                c.success = Some(f64::from(u8::from(ok)));
+            }
+            if let Some(latency) = result.latency() {
+                c.latency
+                    .get_or_insert_default()
+                    .observe(latency.as_secs_f64());
+                let finished = result.started_at + result.duration;
+                let ts = finished
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64();
+                c.last_success = Some(ts);
+            }
+            if let Some(uptime) = o.target_uptime_seconds {
+                c.target_uptime = Some(uptime);
+            }
+            if o.target_restarts > 0 {
+                *c.target_restarts.get_or_insert(0) += o.target_restarts;
+            }
+            if let Some(online) = o.target_online {
+                c.target_presence = Some(f64::from(u8::from(online)));
+            }
+            for obs in &o.interactions {
+                match obs {
+                    InteractionObservation::Latency {
+                        command,
+                        phase,
+                        latency,
+                    } => {
+                        let found = c
+                            .interaction_latency
+                            .iter()
+                            .position(|(c, p, _)| **c == **command && p == phase);
+                        let i = found.unwrap_or_else(|| {
+                            // Sorted by command, then phase: the text's order.
+                            let at = c.interaction_latency.partition_point(|(c, p, _)| {
+                                (&**c, *p) < (command.as_str(), *phase)
+                            });
+                            let h = (command.as_str().into(), *phase, Hist::default());
+                            c.interaction_latency.insert(at, h);
+                            at
+                        });
+                        c.interaction_latency[i].2.observe(latency.as_secs_f64());
+                    }
+                    InteractionObservation::Outcome { command, failed } => {
+                        let outcome = if *failed { "failure" } else { "success" };
+                        *counter(&mut c.interactions, command, outcome) += 1;
+                    }
                 }
             }
-        }
-        for (phase, value) in [
-            ("reply", o.discord_reply),
-            ("first_response", o.first_response),
-        ] {
-            if let (Some(d), true) = (value, result.outcome == Outcome::Success) {
-                self.discord_latency
-                    .with_label_values(&with(v, phase))
-                    .observe(d.as_secs_f64());
+            if result.outcome == Outcome::Success {
+                for (h, value) in c
+                    .discord_latency
+                    .iter_mut()
+                    .zip([o.discord_reply, o.first_response])
+                {
+                    if let Some(d) = value {
+                        h.get_or_insert_default().observe(d.as_secs_f64());
+                    }
+                }
             }
-        }
+        });
     }
 
     /// Keeps the Discord metrics current from the session's events: the
@@ -507,15 +460,16 @@ impl Metrics {
                     event = events.recv() => match event {
                         Ok(SessionEvent::Presence { guild_id, online }) => {
                             for (_, spec) in presence.iter().filter(|(g, _)| *g == guild_id) {
-                                metrics
-                                    .target_presence
-                                    .with_label_values(&metrics.label_values(spec))
-                                    .set(f64::from(u8::from(online)));
+                                metrics.probes.with(&metrics.label_values(spec), |c| {
+                                    c.target_presence = Some(f64::from(u8::from(online)));
+                                });
                             }
                         }
                         Ok(SessionEvent::LateReply { probe }) => {
                             if let Some(spec) = commands.iter().find(|s| s.name == probe) {
-                                metrics.late_replies.with_label_values(&metrics.label_values(spec)).inc();
+                                metrics.probes.with(&metrics.label_values(spec), |c| {
+                                    *c.late_replies.get_or_insert(0) += 1;
+                                });
                             }
                         }
                         Ok(SessionEvent::Gateway { connected }) => {
@@ -558,45 +512,14 @@ impl Metrics {
 
     /// Removes every series of a probe that is no longer configured.
     pub fn forget_probe(&self, spec: &ProbeSpec) {
-        let values = self.label_values(spec);
-        let v: Vec<&str> = values.iter().map(String::as_str).collect();
-        let _ = self.success.remove_label_values(&v);
-        let _ = self.duration.remove_label_values(&v);
-        let _ = self.latency.remove_label_values(&v);
-        let _ = self.last_success.remove_label_values(&v);
-        let _ = self.target_uptime.remove_label_values(&v);
-        let _ = self.target_restarts.remove_label_values(&v);
-        let _ = self.target_presence.remove_label_values(&v);
-        let _ = self.late_replies.remove_label_values(&v);
-        let _ = self.skipped.remove_label_values(&v);
-        let _ = self.next_run.remove_label_values(&v);
-        for outcome in Outcome::ALL {
-            let mut w = v.clone();
-            w.push(outcome.as_str());
-            let _ = self.runs.remove_label_values(&w);
-        }
-        for phase in ["reply", "first_response"] {
-            let mut w = v.clone();
-            w.push(phase);
-            let _ = self.discord_latency.remove_label_values(&w);
-        }
-        if let ProbeKind::Interactions(i) = &spec.kind {
-            for command in i.command_labels() {
-                for last in ["success", "failure", "response", "final"] {
-                    let mut w = v.clone();
-                    w.extend([command, last]);
-                    let _ = self.interactions.remove_label_values(&w);
-                    let _ = self.interaction_latency.remove_label_values(&w);
-                }
-            }
-        }
+        self.probes.remove(&self.label_values(spec));
         self.changed();
     }
 
     pub fn record_skip(&self, spec: &ProbeSpec) {
-        self.skipped
-            .with_label_values(&self.label_values(spec))
-            .inc();
+        self.probes.with(&self.label_values(spec), |c| {
+            *c.skipped.get_or_insert(0) += 1;
+        });
         self.changed();
     }
 
@@ -606,17 +529,15 @@ impl Metrics {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs_f64();
-        self.next_run
-            .with_label_values(&self.label_values(spec))
-            .set(unix);
+        self.probes
+            .with(&self.label_values(spec), |c| c.next_run = Some(unix));
         self.changed();
     }
 
     /// The probe has no next slot.
     pub fn clear_next_run(&self, spec: &ProbeSpec) {
-        let values = self.label_values(spec);
-        let v: Vec<&str> = values.iter().map(String::as_str).collect();
-        let _ = self.next_run.remove_label_values(&v);
+        self.probes
+            .with_existing(&self.label_values(spec), |c| c.next_run = None);
     }
 
     pub fn observe_lateness(&self, late: std::time::Duration) {
@@ -646,27 +567,38 @@ impl Metrics {
         self.config_reload_ok.set(i64::from(ok));
     }
 
-    /// The Prometheus text exposition (format 0.0.4) of every family.
+    /// The Prometheus text exposition (format 0.0.4) of every family: the
+    /// probes' families (all named `probe_*`, so they sort first), then the
+    /// registry's (`prober_*`, `process_*`), written into one buffer sized
+    /// by the last body.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        let mut families = self.registry.gather();
-        let names = self
-            .static_labels
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        expand_own_labels(&mut families, &names);
+        let mut body = String::with_capacity(self.last_size.load(Relaxed) + 4096);
+        self.probes.render(&PROBE_FAMILIES, &mut body);
+        let mut rest = Vec::new();
         TextEncoder::new()
-            .encode(&families, &mut buf)
+            .encode(&self.registry.gather(), &mut rest)
             .expect("encoding to memory cannot fail");
-        String::from_utf8(buf).expect("the text encoder writes UTF-8")
+        body.push_str(std::str::from_utf8(&rest).expect("the text encoder writes UTF-8"));
+        self.last_size.store(body.len(), Relaxed);
+        body
     }
 }
 
-fn with(values: &[String], last: &str) -> Vec<String> {
-    let mut v = values.to_vec();
-    v.push(last.to_string());
-    v
+/// A probe's interactions counter for (command, outcome), added at zero
+/// when new (kept sorted by command, then outcome: the text's order).
+fn counter<'a>(
+    counters: &'a mut Vec<(Box<str>, &'static str, u64)>,
+    command: &str,
+    outcome: &'static str,
+) -> &'a mut u64 {
+    let at = counters.partition_point(|(c, o, _)| (&**c, *o) < (command, outcome));
+    if counters
+        .get(at)
+        .is_none_or(|(c, o, _)| (&**c, *o) != (command, outcome))
+    {
+        counters.insert(at, (command.into(), outcome, 0));
+    }
+    &mut counters[at].2
 }
 
 /// A probe's own static labels as one label value, unambiguous (each value
@@ -691,47 +623,6 @@ fn decode_labels(mut text: &str) -> Vec<(&str, &str)> {
         text = &rest[len..];
     }
     out
-}
-
-/// Replaces each series' internal `__labels` with one label per current
-/// static label name (empty when the probe does not set it), so every
-/// series of a family has the same label names; then sorts labels and
-/// series as the registry does.
-fn expand_own_labels(families: &mut [MetricFamily], names: &[String]) {
-    for family in families.iter_mut() {
-        let mut touched = false;
-        for metric in family.mut_metric().iter_mut() {
-            let mut labels = metric.take_label();
-            let Some(at) = labels.iter().position(|l| l.name() == OWN_LABELS) else {
-                metric.set_label(labels);
-                continue;
-            };
-            touched = true;
-            let own = labels.swap_remove(at);
-            let decoded = decode_labels(own.value());
-            for name in names {
-                let value = decoded
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .map_or("", |(_, v)| v);
-                let mut pair = LabelPair::default();
-                pair.set_name(name.clone());
-                pair.set_value(value.to_string());
-                labels.push(pair);
-            }
-            labels.sort_by(|a, b| a.name().cmp(b.name()));
-            metric.set_label(labels);
-        }
-        if touched {
-            // As the registry sorts, without allocating per comparison.
-            family.mut_metric().sort_by(|a, b| {
-                a.get_label()
-                    .iter()
-                    .map(|l| l.value())
-                    .cmp(b.get_label().iter().map(|l| l.value()))
-            });
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,22 +1,23 @@
 //! The `/metrics` body of `probe serve`, rendered off the request path.
 //!
-//! Rendering takes ~8 ms for 1,000 probes' series (the prometheus crate
-//! gathers every series into intermediate structs, then encodes them): too
-//! slow for each scrape, and a stall for the probes if done on their
-//! runtime. So rendering happens on a blocking thread, and ahead of time:
-//! scrapers (Prometheus) come at a steady interval, so after each scrape the
-//! refresher renders a snapshot shortly before the next one is due, and that
-//! scrape is served at once. What a scrape sees:
+//! Rendering writes ~1.6 KB of text per http probe (16 MB at 10,000
+//! probes): too slow for each scrape at that size, and a stall for the
+//! probes if done on their runtime. So rendering happens on a blocking
+//! thread, and ahead of time: scrapers (Prometheus) come at a steady
+//! interval, so after each scrape the refresher renders a snapshot shortly
+//! before the next one is due, and that scrape is served at once. What a
+//! scrape sees:
 //!
 //! - a snapshot at most [`MAX_AGE`] old and from after the last
 //!   [`ScrapeCache::invalidate`] (a reload); otherwise the scrape renders a
 //!   fresh one itself (slower, never staler);
 //! - normally one rendered [`lead`] before it, i.e. a few ms to tens of ms.
 //!
-//! Cost: at most one render per scrape, and never more than one per
-//! 20 × render time (≤ 5 % of a core: with frequent scrapes of many
-//! series, some scrapes get the snapshot of the one before); nothing while
-//! nobody scrapes.
+//! Cost: at most one render per scrape, and the refresher renders no more
+//! than once per 20 × render time (≤ 5 % of a core: with frequent scrapes
+//! of many series, some scrapes get the snapshot of the one before) unless
+//! the next scrape would otherwise find no snapshot it may serve and render
+//! one inline (the same CPU, plus a stall); nothing while nobody scrapes.
 //! Scrapers out of step with each other (two Prometheus servers) make the
 //! prediction miss; those scrapes render their own snapshot.
 
@@ -228,9 +229,20 @@ impl ScrapeCache {
         let due = last + interval.saturating_sub(lead(render_time)).max(interval / 2);
         // Too soon after the previous render (the CPU cap): skip this turn
         // rather than render late, which would collide with the scrape.
-        // The next scrape is served the older snapshot, within MAX_AGE.
+        // The next scrape is served the older snapshot, within MAX_AGE;
+        // unless that one will be too old by then: the scrape would render
+        // it inline anyway (the same CPU, and a stall), so render ahead.
+        let too_old_then = || {
+            let epoch = self.epoch.load(Ordering::SeqCst);
+            lock(&self.latest).as_ref().is_none_or(|s| {
+                s.epoch != epoch
+                    || (last + interval).saturating_duration_since(s.rendered_at) > MAX_AGE
+            })
+        };
         match last_render {
-            Some(previous) if previous + render_time * GAP_PER_RENDER > due => None,
+            Some(previous) if previous + render_time * GAP_PER_RENDER > due && !too_old_then() => {
+                None
+            }
             _ => Some(due),
         }
     }
@@ -378,6 +390,50 @@ mod tests {
         assert!(cache.renders() <= renders + 1, "rendered while not scraped");
         stop.cancel();
         refresher.await.unwrap();
+    }
+
+    /// The CPU cap skips a render only when the scrape it was for can be
+    /// served the older snapshot: if that would be older than MAX_AGE by
+    /// then, the scrape would render inline (a stall), so the refresher
+    /// renders ahead after all.
+    #[tokio::test(start_paused = true)]
+    async fn the_cpu_cap_never_leaves_a_scrape_to_render_inline() {
+        let cache = ScrapeCache::default();
+        let snapshot_at = |rendered_at| {
+            *lock(&cache.latest) = Some(Arc::new(Snapshot {
+                text: Bytes::new(),
+                gzip: None,
+                rendered_at,
+                epoch: 0,
+            }));
+        };
+        // Scrapes every 1 s; a render takes 150 ms, so the cap asks for
+        // 3 s between renders.
+        let last = Instant::now();
+        *lock(&cache.times) = ScrapeTimes {
+            last: Some(last),
+            interval: Some(Duration::from_secs(1)),
+        };
+        cache.render_micros.store(150_000, Ordering::Relaxed);
+        let previous = last - Duration::from_millis(500);
+        snapshot_at(previous);
+        assert_eq!(
+            cache.plan(Some(previous)),
+            None,
+            "the next scrape can have the snapshot 1.5 s old: the cap holds"
+        );
+        let previous = last - Duration::from_millis(1500);
+        snapshot_at(previous);
+        let due = cache
+            .plan(Some(previous))
+            .expect("rendered ahead despite the cap");
+        assert!(due > last && due < last + Duration::from_secs(1));
+        cache.invalidate();
+        snapshot_at(last);
+        assert!(
+            cache.plan(Some(last)).is_some(),
+            "a snapshot from before a reload is never served: rendered ahead"
+        );
     }
 
     fn gunzip(bytes: &[u8]) -> Vec<u8> {
