@@ -407,7 +407,7 @@ impl Service {
         let config = load(&self.path, &self.options)?;
         self.connect_discord(&config).await.map_err(|e| e.message)?;
         self.metrics.apply_config(&config);
-        self.resize_limit(config.serve.max_concurrency);
+        self.resize_limit(config.serve.max_concurrency).await;
         self.reconcile(&config).await;
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
         Ok(())
@@ -415,31 +415,26 @@ impl Service {
 
     /// Gives the run limit `size` permits: more at once, fewer as runs in
     /// flight release theirs.
-    fn resize_limit(&self, size: usize) {
-        let mut current = lock(&self.limit_size);
-        if size > *current {
-            self.limit.add_permits(size - *current);
-        } else if size < *current {
-            let fewer = *current - size;
-            let held = fewer - self.limit.forget_permits(fewer);
-            if held > 0 {
-                // Held by runs in flight: taken (and dropped) as they end.
-                // The config caps the limit far below u32::MAX.
-                let (limit, stopping) = (self.limit.clone(), self.stopping.clone());
-                let held = u32::try_from(held).unwrap_or(u32::MAX);
-                self.tasks.spawn(async move {
-                    tokio::select! {
-                        _ = stopping.cancelled() => {}
-                        permits = limit.acquire_many_owned(held) => {
-                            if let Ok(p) = permits {
-                                p.forget();
-                            }
-                        }
-                    }
-                });
-            }
+    async fn resize_limit(&self, size: usize) {
+        let held = {
+            let mut current = lock(&self.limit_size);
+            let held = if size > *current {
+                self.limit.add_permits(size - *current);
+                0
+            } else {
+                let fewer = *current - size;
+                fewer - self.limit.forget_permits(fewer)
+            };
+            *current = size;
+            held
+        };
+        if held == 0 {
+            return;
         }
-        *current = size;
+        // Held by runs in flight: taken (and dropped) as they end. The
+        // config caps the limit far below u32::MAX.
+        let held = u32::try_from(held).unwrap_or(u32::MAX);
+        take_back(&self.limit, held, &self.tasks, self.stopping.clone()).await;
     }
 
     /// Connects (or reconnects, when its settings changed) the prober's
@@ -734,8 +729,67 @@ pub async fn run(
     Ok(())
 }
 
+/// Takes `n` permits out of `limit` for good as runs in flight release
+/// them. The taker queues at the semaphore (which is fair: first come,
+/// first served) before this returns, so no run that asks for a permit
+/// afterwards can take one that was meant to go away; a task that first
+/// queued when the runtime got to it could come after such runs.
+async fn take_back(
+    limit: &Arc<Semaphore>,
+    n: u32,
+    tasks: &TaskTracker,
+    stopping: CancellationToken,
+) {
+    let mut taking = Box::pin(limit.clone().acquire_many_owned(n));
+    // One poll joins the queue (or takes the permits at once).
+    let first = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::future::Future::poll(taking.as_mut(), cx))
+    })
+    .await;
+    if let std::task::Poll::Ready(permits) = first {
+        if let Ok(p) = permits {
+            p.forget();
+        }
+        return;
+    }
+    tasks.spawn(async move {
+        tokio::select! {
+            _ = stopping.cancelled() => {}
+            permits = taking => {
+                if let Ok(p) = permits {
+                    p.forget();
+                }
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn permits_taken_back_go_away_before_any_later_run_gets_one() {
+        let limit = Arc::new(Semaphore::new(2));
+        let tasks = TaskTracker::new();
+        // Two runs in flight hold both permits; the limit shrinks to 0.
+        let run_a = limit.clone().acquire_owned().await.unwrap();
+        let run_b = limit.clone().acquire_owned().await.unwrap();
+        take_back(&limit, 2, &tasks, CancellationToken::new()).await;
+        // The old runs end before the runtime ever ran the taker's task
+        // (this test does not yield): their permits must not become free
+        // for a run of the new configuration.
+        drop(run_a);
+        drop(run_b);
+        assert_eq!(
+            limit.available_permits(),
+            0,
+            "a permit taken back was free for a later run"
+        );
+        assert!(limit.clone().try_acquire_owned().is_err());
+        tasks.close();
+        tasks.wait().await;
+        assert_eq!(limit.available_permits(), 0);
+    }
+
     use super::*;
 
     fn config(yaml: &str) -> Config {

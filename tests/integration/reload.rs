@@ -211,16 +211,19 @@ async fn a_probe_whose_labels_change_leaves_no_ghost_series() {
 /// grows, at once; when it shrinks, as the runs in flight end.
 #[tokio::test]
 async fn a_reload_applies_max_concurrency() {
+    // 4 runs of 100 ms every 300 ms keep a limit of 1 busy. The timeout
+    // leaves a wide margin: a run that timed out would free its permit
+    // while the server still counted its request.
     let slow = TestServer::start(Reply {
         status: 200,
         body: "ok".into(),
-        delay: Duration::from_millis(200),
+        delay: Duration::from_millis(100),
     })
     .await;
     let url = slow.url("/page");
     let yaml_at = |url: &str, limit: usize| {
         let probes: String = (0..4)
-            .map(|i| http_probe(&format!("p{i}"), "300ms", "250ms", url, ""))
+            .map(|i| http_probe(&format!("p{i}"), "300ms", "290ms", url, ""))
             .collect();
         format!("target: {{name: bot}}\nserve: {{max_concurrency: {limit}}}\nprobes:\n{probes}")
     };
@@ -247,7 +250,7 @@ async fn a_reload_applies_max_concurrency() {
     let other = TestServer::start(Reply {
         status: 200,
         body: "ok".into(),
-        delay: Duration::from_millis(200),
+        delay: Duration::from_millis(100),
     })
     .await;
     file.write(&yaml_at(&other.url("/page"), 1));
