@@ -406,9 +406,10 @@ async fn truthfulness(sandbox: &Sandbox, args: &Args) -> anyhow::Result<bool> {
         };
         if std::env::var_os("BENCH_DUMP").is_some() {
             // round, probe, latency, truth, before->arrived, written->after,
-            // arrived and written since the first round began (ms)
+            // arrived and written since the first round began, the wait
+            // for its turn before the clock started (ms)
             eprintln!(
-                "DUMP {} {} {:.3} {:.3} {:.3} {:.3} {:.3} {:.3}",
+                "DUMP {} {} {:.3} {:.3} {:.3} {:.3} {:.3} {:.3} {:.3}",
                 run.round,
                 run.result.probe,
                 sample.latency,
@@ -416,7 +417,8 @@ async fn truthfulness(sandbox: &Sandbox, args: &Args) -> anyhow::Result<bool> {
                 signed_ms(run.before, arrived),
                 sample.receive_bound,
                 signed_ms(started, arrived),
-                signed_ms(started, written)
+                signed_ms(started, written),
+                ms(run.result.observations.waited.unwrap_or_default())
             );
         }
         samples.push(sample);
