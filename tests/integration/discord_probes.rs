@@ -724,18 +724,7 @@ async fn a_connection_lost_and_resumed_at_once_is_counted() {
     let mut events = r.session.subscribe();
     let before = r.session.disconnects();
     r.sb.control().send_reconnect("prober").unwrap();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        let mut down = false;
-        loop {
-            match events.recv().await {
-                Ok(SessionEvent::Gateway { connected: false }) => down = true,
-                Ok(SessionEvent::Gateway { connected: true }) if down => return,
-                _ => {}
-            }
-        }
-    })
-    .await
-    .expect("the loss and the resume are both seen");
+    lost_and_back(&mut events, "op 7").await;
     assert_eq!(r.session.disconnects(), before + 1);
     r.stop().await;
 }

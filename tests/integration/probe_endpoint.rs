@@ -468,20 +468,27 @@ async fn prometheus_scrapes_probe_for_file_sd_targets_and_a_discord_module() {
         }
     };
 
-    // http targets from file_sd: one per target, instance = the target.
-    let want = {
-        let mut w = vec![(a.clone(), "1".to_string()), (b.clone(), "0".to_string())];
-        w.sort();
-        w
+    // The http job's targets (instance) and their probe_success, until
+    // they are `want` (in any order).
+    let until_http = |what: &'static str, mut want: Vec<(String, String)>| {
+        want.sort();
+        let series = &series;
+        async move {
+            poll(what, Duration::from_secs(60), explain, || {
+                let want = &want;
+                async move {
+                    let got = series("probe_success{job=\"twi_probe_http\"}".into()).await?;
+                    (got == *want).then_some(())
+                }
+            })
+            .await
+        }
     };
-    poll(
+
+    // http targets from file_sd: one per target, instance = the target.
+    until_http(
         "both http targets probed",
-        Duration::from_secs(60),
-        explain,
-        || async {
-            let got = series("probe_success{job=\"twi_probe_http\"}".into()).await?;
-            (got == want).then_some(())
-        },
+        vec![(a.clone(), "1".to_string()), (b.clone(), "0".to_string())],
     )
     .await;
 
@@ -534,19 +541,9 @@ async fn prometheus_scrapes_probe_for_file_sd_targets_and_a_discord_module() {
     // file_sd drops one target and adds another: series follow.
     let c = ok.url("/page?c");
     write_sd("http_targets.yml", http_targets(&[&b, &c]));
-    let want = {
-        let mut w = vec![(b.clone(), "0".to_string()), (c.clone(), "1".to_string())];
-        w.sort();
-        w
-    };
-    poll(
+    until_http(
         "series follow the file_sd targets",
-        Duration::from_secs(60),
-        explain,
-        || async {
-            let got = series("probe_success{job=\"twi_probe_http\"}".into()).await?;
-            (got == want).then_some(())
-        },
+        vec![(b.clone(), "0".to_string()), (c.clone(), "1".to_string())],
     )
     .await;
     drop(prom);
