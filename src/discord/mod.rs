@@ -294,8 +294,8 @@ fn is_online(status: OnlineStatus) -> bool {
 #[async_trait]
 impl RawEventHandler for Handler {
     async fn raw_event(&self, ctx: Context, ev: Event) {
-        // The moment the event's frame was read from the websocket (see
-        // vendor/serenity/PATCHES.md), before it was parsed and dispatched:
+        // The moment the event's frame reached the machine (see
+        // vendor/serenity/PATCHES.md), before it was read, parsed and dispatched:
         // replies that arrive together do not wait for each other.
         let at = ctx.received_at.unwrap_or_else(Instant::now);
         let s = &self.shared;

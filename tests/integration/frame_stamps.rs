@@ -1,5 +1,5 @@
-//! The patched serenity stamps an event with the moment the socket read that
-//! brought its frame returned (`vendor/serenity/PATCHES.md`, patch 5), not the
+//! The patched serenity stamps an event with the moment the bytes of its frame
+//! reached the machine (`vendor/serenity/PATCHES.md`, patch 5), not the
 //! moment serenity took the frame out of the websocket: replies that arrive
 //! together must not be stamped later and later as serenity handles the ones
 //! before them, and a frame is stamped when it arrives even while the client's
@@ -8,7 +8,10 @@
 //! one read, so both carry the same `Context::received_at` (unpatched, each
 //! got its own, later instant); a MESSAGE_CREATE written while the client's
 //! only runtime thread is busy is stamped before that work ends (a reader on
-//! the client's runtime could stamp it only after).
+//! the client's runtime could stamp it only after). And on Linux the stamp is
+//! the kernel's receive time of the bytes, so a read that happens late (its
+//! thread woken late, as an idle virtual CPU is) still carries when the bytes
+//! arrived.
 
 use std::time::{Duration, Instant};
 
@@ -289,5 +292,43 @@ async fn a_frame_is_stamped_when_it_arrives_even_while_the_clients_runtime_is_bu
         "stamped {:?} after it was written, when the busy runtime got to it ({:?}): the read waited for the runtime",
         stamp - written,
         busy_ended - written
+    );
+}
+
+/// How late the read comes after the bytes arrived.
+const LATE: Duration = Duration::from_millis(200);
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "current_thread")]
+async fn a_read_made_late_carries_when_its_bytes_arrived() {
+    use serenity::gateway::ReceiveTimes;
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut writer = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (reader, _) = listener.accept().await.unwrap();
+    let mut times = ReceiveTimes::new(&reader);
+
+    let written = Instant::now();
+    writer.write_all(b"a frame").await.unwrap();
+    reader.readable().await.unwrap();
+    // The reader is late: the bytes wait in the kernel.
+    std::thread::sleep(LATE);
+    let reading = Instant::now();
+    let mut buf = [0; 64];
+    let (n, at) = times.read(&reader, &mut buf).expect("the bytes are there");
+
+    assert_eq!(&buf[..n], b"a frame");
+    assert!(
+        at >= written,
+        "stamped {:?} before it was written",
+        written - at
+    );
+    assert!(
+        at < reading,
+        "stamped {:?} after it was written, when it was read ({:?}): not the kernel's receive time",
+        at - written,
+        reading - written
     );
 }

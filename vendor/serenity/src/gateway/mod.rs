@@ -56,6 +56,9 @@ pub use self::bridge::*;
 pub use self::error::Error as GatewayError;
 pub use self::shard::Shard;
 pub use self::ws::WsClient;
+// twi-probe patch: for twi-probe's tests of the arrival times.
+#[doc(hidden)]
+pub use self::stamped::ReceiveTimes;
 #[cfg(feature = "http")]
 use crate::internal::prelude::*;
 use crate::model::gateway::{Activity, ActivityType};

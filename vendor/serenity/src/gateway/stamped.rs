@@ -6,7 +6,7 @@
 //! arrive together, the later ones sit in the kernel while serenity parses and dispatches the
 //! earlier ones, and a clock read at the time a frame is yielded runs late by that work (a few
 //! ms for 20 replies arriving at once). Here a thread of its own reads the socket as soon as
-//! bytes arrive and stamps each read with the moment it returned; the websocket is then served
+//! bytes arrive and stamps each read with when its bytes arrived; the websocket is then served
 //! from those reads, never more than one read's bytes at a time, and [`LastRead`] holds the stamp
 //! of the read whose bytes it was handed last.
 //!
@@ -15,19 +15,27 @@
 //! busy with other work (20 replies being parsed, dispatched and matched on 2 workers) delayed
 //! its stamps by up to a few ms. The thread wakes on its own epoll as soon as bytes arrive.
 //!
+//! **When bytes arrived.** On Linux, the kernel's own receive time (`SO_TIMESTAMPNS`: the moment
+//! the packet reached this machine's network stack; for a read that took several packets, the
+//! last one's), see [`kernel`]. Even a thread that wakes at once wakes late on an idle virtual
+//! machine (an idle vCPU halts, and waking it is up to the hypervisor: up to a few ms), and that
+//! wake-up is the prober's delay, not the bot's. Where the kernel's time is missing or cannot be
+//! trusted (another OS, an old kernel, a packet that came out of order: see [`kernel`]), the
+//! moment the read returned, which is never early.
+//!
 //! A frame's stamp is taken as that [`LastRead`] when tungstenite yields the frame. It is never
-//! earlier than the frame's last byte reaching this process (TCP delivers in order, so every
-//! byte handed out so far arrived by then), and it is exactly the read that completed the frame
-//! whenever tungstenite asked for bytes only because that frame was incomplete, which is how it
-//! reads. Two frames that came in one read get the same stamp.
+//! earlier than the frame's last byte reaching this machine (TCP delivers in order, so every
+//! byte handed out so far had arrived by then), and it is exactly the read that completed the
+//! frame whenever tungstenite asked for bytes only because that frame was incomplete, which is
+//! how it reads. Two frames that came in one read get the same stamp.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -97,17 +105,15 @@ impl StampedTcp {
     }
 }
 
-async fn read_socket(mut read: TcpStream, tx: mpsc::Sender<Chunk>) {
+async fn read_socket(read: TcpStream, tx: mpsc::Sender<Chunk>) {
     let mut buf = vec![0; READ_SIZE];
+    let mut times = ReceiveTimes::new(&read);
     loop {
         let chunk = tokio::select! {
             () = tx.closed() => return,
-            read = read.read(&mut buf) => match read {
-                Ok(0) => return,
-                Ok(n) => {
-                    let at = Instant::now();
-                    Ok((buf[..n].to_vec(), at))
-                },
+            read = read_once(&read, &mut buf, &mut times) => match read {
+                Ok((0, _)) => return,
+                Ok((n, at)) => Ok((buf[..n].to_vec(), at)),
                 Err(e) => Err(e),
             },
         };
@@ -115,6 +121,183 @@ async fn read_socket(mut read: TcpStream, tx: mpsc::Sender<Chunk>) {
         if tx.send(chunk).await.is_err() || failed {
             return;
         }
+    }
+}
+
+/// One read of the socket, as soon as it has bytes: how many, and when they arrived.
+async fn read_once(
+    read: &TcpStream,
+    buf: &mut [u8],
+    times: &mut ReceiveTimes,
+) -> io::Result<(usize, Instant)> {
+    loop {
+        read.readable().await?;
+        match read.try_io(tokio::io::Interest::READABLE, || times.read(read, buf)) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            done => return done,
+        }
+    }
+}
+
+/// Reads a socket and tells when the bytes of each read arrived: the kernel's receive time
+/// where it is known and trusted (see [`kernel`]), kept within what the reads themselves prove;
+/// otherwise the moment the read returned. Public (hidden) for twi-probe's tests.
+#[doc(hidden)]
+pub struct ReceiveTimes {
+    #[cfg(target_os = "linux")]
+    kernel: kernel::Receiver,
+    /// No byte not yet read can have arrived before this: the start of the last read that
+    /// emptied the socket, or the stamp of the last read that filled its buffer (bytes arrive in
+    /// order).
+    floor: Option<Instant>,
+}
+
+impl ReceiveTimes {
+    /// Asks the kernel to time what arrives on `socket` from now on.
+    pub fn new(socket: &TcpStream) -> Self {
+        #[cfg(not(target_os = "linux"))]
+        let _ = socket;
+        Self {
+            #[cfg(target_os = "linux")]
+            kernel: kernel::Receiver::new(socket),
+            floor: None,
+        }
+    }
+
+    /// One read (it does not wait: `WouldBlock` when there is nothing to read), and when its
+    /// bytes arrived.
+    pub fn read(&mut self, socket: &TcpStream, buf: &mut [u8]) -> io::Result<(usize, Instant)> {
+        let started = Instant::now();
+        #[cfg(target_os = "linux")]
+        let (n, kernel) = self.kernel.recv(socket, buf)?;
+        #[cfg(not(target_os = "linux"))]
+        let (n, kernel) = (socket.try_read(buf)?, None);
+        // The wall clock first: a pause between the two clock reads then makes the stamp late,
+        // never early.
+        let wall = SystemTime::now();
+        let returned = Instant::now();
+        let age = kernel.and_then(|at| wall.duration_since(at).ok());
+        let at = match (age.and_then(|age| returned.checked_sub(age)), self.floor) {
+            (Some(at), Some(floor)) => at.clamp(floor, returned),
+            (Some(at), None) => at,
+            (None, _) => returned,
+        };
+        self.floor = Some(if n == buf.len() { at } else { started });
+        Ok((n, at))
+    }
+}
+
+/// The kernel's receive time of socket reads (Linux), with what it takes to trust it.
+///
+/// `SO_TIMESTAMPNS` makes every read (`recvmsg`) carry the time the last packet it took reached
+/// the network stack. That is the time the bytes became readable, except when a packet came out
+/// of order: it waits (with its early time) for the one before it, and a read that ends with it
+/// would look early by the retransmission's delay. So a read is trusted only when the
+/// connection's count of out-of-order packets (`TCP_INFO`'s `tcpi_rcv_ooopack`) has not moved
+/// since the read before it, and its time is later than when a move was last seen; otherwise
+/// (and on a kernel without the count, before 5.4) the read's own return time is used.
+#[cfg(target_os = "linux")]
+mod kernel {
+    use std::io;
+    use std::mem::{offset_of, size_of, zeroed};
+    use std::os::fd::AsRawFd;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use tokio::net::TcpStream;
+
+    pub(super) struct Receiver {
+        /// The out-of-order count at the last read; `None` when the kernel cannot tell it.
+        out_of_order: Option<u32>,
+        /// When the count was last seen to move.
+        moved_at: Option<SystemTime>,
+    }
+
+    impl Receiver {
+        pub(super) fn new(read: &TcpStream) -> Self {
+            let on: libc::c_int = 1;
+            // SAFETY: a valid socket and a c_int option of the stated size.
+            let enabled = unsafe {
+                libc::setsockopt(
+                    read.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_TIMESTAMPNS,
+                    (&on as *const libc::c_int).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            } == 0;
+            Self {
+                out_of_order: if enabled { out_of_order_packets(read) } else { None },
+                moved_at: None,
+            }
+        }
+
+        pub(super) fn recv(
+            &mut self,
+            read: &TcpStream,
+            buf: &mut [u8],
+        ) -> io::Result<(usize, Option<SystemTime>)> {
+            let (n, at) = recv_with_time(read, buf)?;
+            let count = self.out_of_order.and_then(|_| out_of_order_packets(read));
+            let steady = count.is_some() && count == self.out_of_order;
+            if !steady && count.is_some() {
+                self.moved_at = Some(SystemTime::now());
+            }
+            self.out_of_order = count;
+            let trusted = at.filter(|at| steady && self.moved_at.is_none_or(|moved| *at > moved));
+            Ok((n, trusted))
+        }
+    }
+
+    /// One `recvmsg`, and the receive time of the last packet it took, if the kernel gave one.
+    fn recv_with_time(read: &TcpStream, buf: &mut [u8]) -> io::Result<(usize, Option<SystemTime>)> {
+        // Room for a few control messages; u64s for cmsghdr's alignment.
+        let mut control = [0u64; 16];
+        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        // SAFETY: msghdr is plain data; all-zero is its empty value.
+        let mut msg: libc::msghdr = unsafe { zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = size_of::<[u64; 16]>() as _;
+        // SAFETY: msg points at live buffers of the stated sizes for the call's duration.
+        let n = unsafe { libc::recvmsg(read.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut at = None;
+        // SAFETY: walking the control messages the kernel wrote, with libc's own macros.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS {
+                    let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                    if ts.tv_sec > 0 {
+                        at = Some(UNIX_EPOCH + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32));
+                    }
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+        }
+        Ok((n as usize, at))
+    }
+
+    /// `tcpi_rcv_ooopack`: packets this connection received out of order (Linux 5.4 and later).
+    fn out_of_order_packets(read: &TcpStream) -> Option<u32> {
+        // SAFETY: tcp_info is plain data; all-zero is a valid value.
+        let mut info: libc::tcp_info = unsafe { zeroed() };
+        let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: info is a live buffer of `len` bytes.
+        let ok = unsafe {
+            libc::getsockopt(
+                read.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        } == 0;
+        let known = offset_of!(libc::tcp_info, tcpi_rcv_ooopack) + size_of::<u32>();
+        (ok && len as usize >= known).then_some(info.tcpi_rcv_ooopack)
     }
 }
 
