@@ -309,6 +309,24 @@ async fn a_read_made_late_carries_when_its_bytes_arrived() {
         .unwrap();
     let (reader, _) = listener.accept().await.unwrap();
     let mut times = ReceiveTimes::new(&reader);
+    let mut buf = [0; 64];
+    // The kernel turns receive times on in the background after the first
+    // socket asks: wait until a byte comes with one.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        writer.write_all(b"w").await.unwrap();
+        reader.readable().await.unwrap();
+        let got = times.read(&reader, &mut buf).expect("the byte is there");
+        assert_eq!(got.len, 1);
+        if got.kernel_time {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no kernel receive time within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 
     let written = Instant::now();
     writer.write_all(b"a frame").await.unwrap();
@@ -316,8 +334,8 @@ async fn a_read_made_late_carries_when_its_bytes_arrived() {
     // The reader is late: the bytes wait in the kernel.
     std::thread::sleep(LATE);
     let reading = Instant::now();
-    let mut buf = [0; 64];
-    let (n, at) = times.read(&reader, &mut buf).expect("the bytes are there");
+    let got = times.read(&reader, &mut buf).expect("the bytes are there");
+    let (n, at) = (got.len, got.at);
 
     assert_eq!(&buf[..n], b"a frame");
     assert!(

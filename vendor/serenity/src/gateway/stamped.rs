@@ -133,8 +133,9 @@ async fn read_once(
     loop {
         read.readable().await?;
         match read.try_io(tokio::io::Interest::READABLE, || times.read(read, buf)) {
+            Ok(got) => return Ok((got.len, got.at)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            done => return done,
+            Err(e) => return Err(e),
         }
     }
 }
@@ -166,7 +167,7 @@ impl ReceiveTimes {
 
     /// One read (it does not wait: `WouldBlock` when there is nothing to read), and when its
     /// bytes arrived.
-    pub fn read(&mut self, socket: &TcpStream, buf: &mut [u8]) -> io::Result<(usize, Instant)> {
+    pub fn read(&mut self, socket: &TcpStream, buf: &mut [u8]) -> io::Result<Received> {
         let started = Instant::now();
         #[cfg(target_os = "linux")]
         let (n, kernel) = self.kernel.recv(socket, buf)?;
@@ -183,8 +184,21 @@ impl ReceiveTimes {
             (None, _) => returned,
         };
         self.floor = Some(if n == buf.len() { at } else { started });
-        Ok((n, at))
+        Ok(Received { len: n, at, kernel_time: age.is_some() })
     }
+}
+
+/// What one [`ReceiveTimes::read`] got.
+#[doc(hidden)]
+pub struct Received {
+    /// Bytes read.
+    pub len: usize,
+    /// When they arrived.
+    pub at: Instant,
+    /// Whether `at` comes from the kernel's receive time (else it is when the read returned).
+    /// Right after the first socket of the machine asks for receive times, the kernel turns them
+    /// on in the background: packets that arrive before that carry none.
+    pub kernel_time: bool,
 }
 
 /// The kernel's receive time of socket reads (Linux), with what it takes to trust it.
