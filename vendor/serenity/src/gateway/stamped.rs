@@ -17,7 +17,7 @@
 //!
 //! **When bytes arrived.** On Linux, the kernel's own receive time (`SO_TIMESTAMPNS`: the moment
 //! the packet reached this machine's network stack; for a read that took several packets, the
-//! last one's), see [`kernel`]. Even a thread that wakes at once wakes late on an idle virtual
+//! last one's), see [`kernel`] and [`ReceiveTimes`]. Even a thread that wakes at once wakes late on an idle virtual
 //! machine (an idle vCPU halts, and waking it is up to the hypervisor: up to a few ms), and that
 //! wake-up is the prober's delay, not the bot's. Where the kernel's time is missing or cannot be
 //! trusted (another OS, an old kernel, a packet that came out of order: see [`kernel`]), the
@@ -141,16 +141,28 @@ async fn read_once(
 }
 
 /// Reads a socket and tells when the bytes of each read arrived: the kernel's receive time
-/// where it is known and trusted (see [`kernel`]), kept within what the reads themselves prove;
-/// otherwise the moment the read returned. Public (hidden) for twi-probe's tests.
+/// where it is known and trusted (see [`kernel`]), otherwise the moment the read returned.
+/// Public (hidden) for twi-probe's tests.
+///
+/// The kernel's time is a wall-clock time, moved onto the monotonic clock by its age when the
+/// read returns. Two guards keep it honest: a read's stamp is never earlier than the stamp of
+/// the read before it (its bytes came later in the stream), and a wall clock that stepped since
+/// the last read (the two clocks' offset moved by more than 1 ms plus what NTP may slew, 500
+/// ppm) makes that read fall back to its return, since its age cannot be known.
 #[doc(hidden)]
 pub struct ReceiveTimes {
     #[cfg(target_os = "linux")]
     kernel: kernel::Receiver,
-    /// No byte not yet read can have arrived before this: the start of the last read that
-    /// emptied the socket, or the stamp of the last read that filled its buffer (bytes arrive in
-    /// order).
+    /// The stamp of the last read.
     floor: Option<Instant>,
+    /// Both clocks when the last read returned.
+    clocks: Option<(SystemTime, Instant)>,
+}
+
+/// The most a wall clock moves against the monotonic one without a step: 1 ms, plus NTP's
+/// greatest slew (500 ppm) of the time between two reads.
+fn may_drift(between: std::time::Duration) -> std::time::Duration {
+    std::time::Duration::from_millis(1) + between / 2000
 }
 
 impl ReceiveTimes {
@@ -162,13 +174,13 @@ impl ReceiveTimes {
             #[cfg(target_os = "linux")]
             kernel: kernel::Receiver::new(socket),
             floor: None,
+            clocks: None,
         }
     }
 
     /// One read (it does not wait: `WouldBlock` when there is nothing to read), and when its
     /// bytes arrived.
     pub fn read(&mut self, socket: &TcpStream, buf: &mut [u8]) -> io::Result<Received> {
-        let started = Instant::now();
         #[cfg(target_os = "linux")]
         let (n, kernel) = self.kernel.recv(socket, buf)?;
         #[cfg(not(target_os = "linux"))]
@@ -177,13 +189,21 @@ impl ReceiveTimes {
         // never early.
         let wall = SystemTime::now();
         let returned = Instant::now();
-        let age = kernel.and_then(|at| wall.duration_since(at).ok());
-        let at = match (age.and_then(|age| returned.checked_sub(age)), self.floor) {
-            (Some(at), Some(floor)) => at.clamp(floor, returned),
-            (Some(at), None) => at,
-            (None, _) => returned,
+        let stepped = self.clocks.replace((wall, returned)).is_some_and(|(last_wall, last)| {
+            let between = returned - last;
+            let expected = last_wall + between;
+            let moved = match wall.duration_since(expected) {
+                Ok(ahead) => ahead,
+                Err(behind) => behind.duration(),
+            };
+            moved > may_drift(between)
+        });
+        let age = kernel.filter(|_| !stepped).and_then(|at| wall.duration_since(at).ok());
+        let at = match age.and_then(|age| returned.checked_sub(age)) {
+            Some(at) => at.clamp(self.floor.unwrap_or(at), returned),
+            None => returned,
         };
-        self.floor = Some(if n == buf.len() { at } else { started });
+        self.floor = Some(at);
         Ok(Received { len: n, at, kernel_time: age.is_some() })
     }
 }
