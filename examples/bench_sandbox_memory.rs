@@ -27,18 +27,28 @@
 //! 15 minutes of wall time, so about 180 are held at once instead of 60;
 //! rate-limit windows, heartbeats).
 //!
-//! RSS is read at start (the first `/metrics` answer), after warm-up
-//! (`--warmup-runs`, default 2,200 runs: the first 15 simulated minutes,
-//! by which the stores that the probes fill are full: 2,000 message
-//! ground-truth records and answers, 1,000 replayed dispatches per
-//! session) and at the end, with a line every 10 simulated minutes. Three
-//! bounded stores are still filling after warm-up, as in the first hour of
-//! a real `--sandbox`: the channels' messages (the probes delete theirs and
-//! the bot's replies, so what stays is the interaction responses, about
-//! 180 more), the interactions' ground truth (2,000 at most) and the live
-//! interaction tokens (15 minutes of wall time). Goal:
-//! end − warm-up < 1 MiB. Exits non-zero only on errors, never because the
-//! goal was missed. Only loopback traffic; the child is killed at the end.
+//! RSS is read at start (the first `/metrics` answer), after warm-up and
+//! at the end, with a line every 10 simulated minutes. **Warm-up** lasts
+//! until both (a) `--warmup-runs` runs are done (default 2,200: the first
+//! 15 simulated minutes, by which the stores that the probes fill are
+//! full: 2,000 message ground-truth records and answers, 1,000 replayed
+//! dispatches per session) and (b) the sandbox's first simulated bot
+//! outage is over (seen as the presence probe failing, then succeeding
+//! again). The outage is recurring work (every 5–15 minutes of wall time,
+//! for as long as `--sandbox` runs) that first happens 5–15 wall minutes
+//! in, mostly after (a): its code pages (about 0.2 MiB of the binary,
+//! file-backed) and the reconnect's buffers are touched for the first
+//! time then, once, and counted as growth if the warm-up ends before it.
+//! The **end** comes `--runs` − `--warmup-runs` runs (default 6,600, the
+//! other 45 simulated minutes) after the warm-up, however late that was.
+//! Still filling after warm-up, as in the first hour of a real
+//! `--sandbox`: the channels' messages (the probes delete theirs and the
+//! bot's replies, so what stays is the interaction responses), the
+//! interactions' ground truth (2,000 at most) and the live interaction
+//! tokens (15 minutes of wall time; about 24 KB at most here). Goal:
+//! end − warm-up < 1 MiB; anonymous and file-backed memory are reported
+//! separately. Exits non-zero only on errors, never because the goal was
+//! missed. Only loopback traffic; the child is killed at the end.
 
 mod common;
 
@@ -55,10 +65,12 @@ use common::{build_probe_binary, load_average, read_mem};
 #[derive(Parser, Debug)]
 #[command(about = "probe serve --sandbox: RSS over an hour of simulated traffic")]
 struct Args {
-    /// Runs to make (default: the config's hour, 8,800 runs).
+    /// Runs of the hour (default: the config's hour, 8,800 runs);
+    /// the end comes this minus --warmup-runs runs after the warm-up.
     #[arg(long, default_value_t = HOUR_RUNS)]
     runs: u64,
-    /// Runs of warm-up (default: 15 of the 60 simulated minutes).
+    /// Runs of warm-up (default: 15 of the 60 simulated minutes); the
+    /// warm-up also lasts until the first simulated outage is over.
     #[arg(long, default_value_t = 2_200)]
     warmup_runs: u64,
     /// The `probe` binary; by default built in release.
@@ -134,6 +146,41 @@ fn runs(metrics: &str) -> u64 {
         .filter(|l| l.starts_with("probe_runs_total{") || l.starts_with("probe_runs_total "))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
+}
+
+/// The presence probe's runs: (failures, successes). It fails while the
+/// sandbox's simulated bot is offline, i.e. during a simulated outage.
+fn presence(metrics: &str) -> (u64, u64) {
+    let count = |outcome: &str| {
+        let head = format!("probe_runs_total{{kind=\"presence\",outcome=\"{outcome}\",");
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(&head))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    (count("failure"), count("success"))
+}
+
+/// Has the first simulated outage come and gone? The presence probe
+/// failed, then succeeded again after its last failure seen.
+#[derive(Default)]
+struct Outage {
+    /// Presence (failures, successes) when a failure was last seen to be new.
+    last_failure: Option<(u64, u64)>,
+    over: bool,
+}
+
+impl Outage {
+    fn see(&mut self, (failures, successes): (u64, u64)) {
+        match self.last_failure {
+            _ if self.over => {}
+            None if failures > 0 => self.last_failure = Some((failures, successes)),
+            Some((f, _)) if failures > f => self.last_failure = Some((failures, successes)),
+            Some((_, s)) if successes > s => self.over = true,
+            _ => {}
+        }
+    }
 }
 
 /// `probe_runs_total` by outcome label, for the record.
@@ -219,21 +266,31 @@ fn main() -> anyhow::Result<()> {
 
     let per_line = HOUR_RUNS / 6; // every 10 simulated minutes
     let mut next_line = per_line;
-    let mut warm: Option<(u64, u64)> = None;
-    let (end_runs, end_rss, metrics) = loop {
+    let mut warm: Option<(u64, [u64; 3])> = None; // runs, [RSS, anon, file]
+    let mut outage = Outage::default();
+    let (end_runs, end_mem, metrics) = loop {
         std::thread::sleep(Duration::from_secs(1));
         ensure!(Instant::now() < deadline, "not done within --max-seconds");
         let metrics = scrape(addr).context("scraping /metrics")?;
         let n = runs(&metrics);
         let mem = read_mem(pid).context("reading /proc")?;
-        if warm.is_none() && n >= args.warmup_runs {
-            warm = Some((n, mem.rss));
+        let was_over = outage.over;
+        outage.see(presence(&metrics));
+        if outage.over && !was_over {
             println!(
-                "warm-up done: {n} runs, {:.0} s, RSS {} (anon {})",
+                "first simulated outage over: {n} runs, {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        if warm.is_none() && n >= args.warmup_runs && outage.over {
+            println!(
+                "warm-up done: {n} runs, {:.0} s, RSS {} (anon {}, file {})",
                 started.elapsed().as_secs_f64(),
                 mib(mem.rss),
-                mib(mem.anon)
+                mib(mem.anon),
+                mib(mem.file)
             );
+            warm = Some((n, [mem.rss, mem.anon, mem.file]));
         }
         if n >= next_line {
             println!(
@@ -249,14 +306,17 @@ fn main() -> anyhow::Result<()> {
                 next_line += per_line;
             }
         }
-        if n >= args.runs {
-            break (n, mem.rss, metrics);
+        if let Some((warm_runs, _)) = &warm
+            && n >= warm_runs + (args.runs - args.warmup_runs)
+        {
+            break (n, mem, metrics);
         }
     };
-    let Some((warm_runs, warm_rss)) = warm else {
+    let Some((warm_runs, [warm_rss, warm_anon, warm_file])) = warm else {
         bail!("never warmed up");
     };
-    let growth = end_rss as i64 - warm_rss as i64;
+    let growth = end_mem.rss as i64 - warm_rss as i64;
+    let delta = |a: u64, b: u64| (b as i64 - a as i64) as f64 / 1_048_576.0;
     println!(
         "end: {end_runs} runs in {:.0} s; outcomes: {}",
         started.elapsed().as_secs_f64(),
@@ -267,12 +327,21 @@ fn main() -> anyhow::Result<()> {
         "  RSS start {}, after warm-up ({warm_runs} runs) {}, end ({end_runs} runs) {}",
         mib(start_rss),
         mib(warm_rss),
-        mib(end_rss)
+        mib(end_mem.rss)
     );
     println!(
         "  growth after warm-up: {:+.3} MiB (goal < 1 MiB: {})",
         growth as f64 / 1_048_576.0,
         if growth < 1_048_576 { "met" } else { "missed" }
+    );
+    println!(
+        "  of which anonymous {:+.3} MiB ({} -> {}), file-backed {:+.3} MiB ({} -> {})",
+        delta(warm_anon, end_mem.anon),
+        mib(warm_anon),
+        mib(end_mem.anon),
+        delta(warm_file, end_mem.file),
+        mib(warm_file),
+        mib(end_mem.file)
     );
     println!("  load average at the end: {}", load_average());
     let _ = std::fs::remove_dir_all(&dir);
