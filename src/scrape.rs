@@ -152,13 +152,26 @@ impl ScrapeCache {
         if let Some(snapshot) = self.servable() {
             return snapshot;
         }
+        let came = Instant::now();
         let _one = self.rendering.lock().await;
         // A render that ended while this scrape waited read its values
         // after the scrape came (or within MAX_AGE before): serve that one.
         if let Some(snapshot) = self.servable() {
+            tracing::debug!(
+                "/metrics: no snapshot to serve, waited {:?} for the render under way",
+                came.elapsed()
+            );
             return snapshot;
         }
-        self.render(metrics).await
+        // Why a scrape renders inline (a stall at many probes): for the
+        // refresher's timing, at debug level.
+        let age = lock(&self.latest).as_ref().map(|s| s.rendered_at.elapsed());
+        let snapshot = self.render(metrics).await;
+        tracing::debug!(
+            "/metrics: rendered inline in {:?} (the latest snapshot's age: {age:?}, or from before a reload)",
+            came.elapsed()
+        );
+        snapshot
     }
 
     /// The latest snapshot if a scrape may be served it now: at most
