@@ -10,14 +10,18 @@
 //!
 //! - a snapshot at most [`MAX_AGE`] old and from after the last
 //!   [`ScrapeCache::invalidate`] (a reload); otherwise the scrape renders a
-//!   fresh one itself (slower, never staler);
-//! - normally one rendered [`lead`] before it, i.e. a few ms to tens of ms.
+//!   fresh one itself (slower, never staler), or, when a render is already
+//!   under way, waits for that one: one render at a time, never two;
+//! - normally one rendered [`lead`] before it, i.e. a few ms to tens of ms;
+//! - gzipped when the scraper accepts gzip: compressed with the render when
+//!   the latest scrape asked for it, else at most once per snapshot.
 //!
 //! Cost: at most one render per scrape, and the refresher renders no more
 //! than once per 20 × render time (≤ 5 % of a core: with frequent scrapes
 //! of many series, some scrapes get the snapshot of the one before) unless
-//! the next scrape would otherwise find no snapshot it may serve and render
-//! one inline (the same CPU, plus a stall); nothing while nobody scrapes.
+//! the next scrape, even a quarter of an interval late, would otherwise find
+//! no snapshot it may serve and render one inline (the same CPU, plus a
+//! stall); nothing while nobody scrapes.
 //! Scrapers out of step with each other (two Prometheus servers) make the
 //! prediction miss; those scrapes render their own snapshot.
 
@@ -29,7 +33,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use axum::body::Bytes;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OnceCell};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -48,8 +52,9 @@ fn lead(render_time: Duration) -> Duration {
 /// One rendered body.
 struct Snapshot {
     text: Bytes,
-    /// `text` gzipped, when the scrapers asked for gzip at render time.
-    gzip: Option<Bytes>,
+    /// `text` gzipped: with the render when the latest scrape asked for
+    /// gzip, else by the first scrape that asks.
+    gzip: OnceCell<Bytes>,
     rendered_at: Instant,
     epoch: u64,
 }
@@ -71,6 +76,10 @@ struct ScrapeTimes {
 #[derive(Default)]
 pub struct ScrapeCache {
     latest: Mutex<Option<Arc<Snapshot>>>,
+    /// Held while rendering: a scrape that finds no snapshot it may serve
+    /// while a render is under way waits for that one instead of rendering
+    /// a second (the same CPU twice, and two bodies in memory).
+    rendering: tokio::sync::Mutex<()>,
     /// Bumped by [`ScrapeCache::invalidate`]; a snapshot from an older
     /// epoch is never served.
     epoch: AtomicU64,
@@ -100,26 +109,28 @@ impl ScrapeCache {
     pub async fn scrape(&self, metrics: impl Fn() -> Arc<Metrics> + Sync, gzip: bool) -> Body {
         self.wants_gzip.store(gzip, Ordering::Relaxed);
         let snapshot = self.snapshot(&metrics).await;
-        match (gzip, &snapshot.gzip) {
-            (false, _) => Body {
+        if !gzip {
+            return Body {
                 bytes: snapshot.text.clone(),
                 gzipped: false,
-            },
-            (true, Some(gz)) => Body {
-                bytes: gz.clone(),
-                gzipped: true,
-            },
-            // Rendered before anyone asked for gzip: compress this once.
-            (true, None) => {
+            };
+        }
+        // Rendered before anyone asked for gzip: compressed once, here.
+        let bytes = snapshot
+            .gzip
+            .get_or_init(|| {
                 let text = snapshot.text.clone();
-                let bytes = tokio::task::spawn_blocking(move || gzip_bytes(&text))
-                    .await
-                    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-                Body {
-                    bytes,
-                    gzipped: true,
+                async move {
+                    tokio::task::spawn_blocking(move || gzip_bytes(&text))
+                        .await
+                        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
                 }
-            }
+            })
+            .await
+            .clone();
+        Body {
+            bytes,
+            gzipped: true,
         }
     }
 
@@ -138,18 +149,43 @@ impl ScrapeCache {
             times.last = Some(times.last.map_or(now, |last| last.max(now)));
         }
         self.scraped.notify_one();
-        let epoch = self.epoch.load(Ordering::SeqCst);
-        if let Some(snapshot) = lock(&self.latest).clone()
-            && snapshot.epoch == epoch
-            && snapshot.rendered_at.elapsed() <= MAX_AGE
-        {
+        if let Some(snapshot) = self.servable() {
             return snapshot;
         }
-        self.render(metrics).await
+        let came = Instant::now();
+        let _one = self.rendering.lock().await;
+        // A render that ended while this scrape waited read its values
+        // after the scrape came (or within MAX_AGE before): serve that one.
+        if let Some(snapshot) = self.servable() {
+            tracing::debug!(
+                "/metrics: no snapshot to serve, waited {:?} for the render under way",
+                came.elapsed()
+            );
+            return snapshot;
+        }
+        // Why a scrape renders inline (a stall at many probes): for the
+        // refresher's timing, at debug level.
+        let age = lock(&self.latest).as_ref().map(|s| s.rendered_at.elapsed());
+        let snapshot = self.render(metrics).await;
+        tracing::debug!(
+            "/metrics: rendered inline in {:?} (the latest snapshot's age: {age:?}, or from before a reload)",
+            came.elapsed()
+        );
+        snapshot
+    }
+
+    /// The latest snapshot if a scrape may be served it now: at most
+    /// MAX_AGE old and from after the last invalidation.
+    fn servable(&self) -> Option<Arc<Snapshot>> {
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        lock(&self.latest)
+            .clone()
+            .filter(|s| s.epoch == epoch && s.rendered_at.elapsed() <= MAX_AGE)
     }
 
     /// Renders on a blocking thread and keeps the result as the latest
-    /// snapshot (unless a newer one got there first).
+    /// snapshot (unless a newer one got there first). Callers hold
+    /// `rendering`.
     async fn render(&self, metrics: &(dyn Fn() -> Arc<Metrics> + Sync)) -> Arc<Snapshot> {
         // The epoch before the registry: a reload swaps the registry, then
         // invalidates, so this never labels an old registry's render new.
@@ -161,7 +197,7 @@ impl ScrapeCache {
             // The age of a snapshot counts from when its values were read.
             let rendered_at = Instant::now();
             let text = Bytes::from(metrics.render());
-            let gzip = compress.then(|| gzip_bytes(&text));
+            let gzip = OnceCell::new_with(compress.then(|| gzip_bytes(&text)));
             (text, gzip, rendered_at)
         })
         .await
@@ -211,6 +247,7 @@ impl ScrapeCache {
                 }
                 _ = wait => {
                     due = None;
+                    let _one = self.rendering.lock().await;
                     last_render = Some(Instant::now());
                     self.render(&metrics).await;
                 }
@@ -232,11 +269,14 @@ impl ScrapeCache {
         // The next scrape is served the older snapshot, within MAX_AGE;
         // unless that one will be too old by then: the scrape would render
         // it inline anyway (the same CPU, and a stall), so render ahead.
+        // "By then" allows the scrape to come a quarter interval late (a
+        // scraper's jitter, a slow answer before it): with no margin, a
+        // scrape a few ms late rendered inline.
         let too_old_then = || {
             let epoch = self.epoch.load(Ordering::SeqCst);
+            let then = last + interval + interval / 4;
             lock(&self.latest).as_ref().is_none_or(|s| {
-                s.epoch != epoch
-                    || (last + interval).saturating_duration_since(s.rendered_at) > MAX_AGE
+                s.epoch != epoch || then.saturating_duration_since(s.rendered_at) > MAX_AGE
             })
         };
         match last_render {
@@ -402,7 +442,7 @@ mod tests {
         let snapshot_at = |rendered_at| {
             *lock(&cache.latest) = Some(Arc::new(Snapshot {
                 text: Bytes::new(),
-                gzip: None,
+                gzip: OnceCell::new(),
                 rendered_at,
                 epoch: 0,
             }));
@@ -422,6 +462,14 @@ mod tests {
             None,
             "the next scrape can have the snapshot 1.5 s old: the cap holds"
         );
+        // 1.9 s old when the scrape is due, 2.15 s a quarter interval
+        // later: a scrape only a little late would render inline.
+        let previous = last - Duration::from_millis(900);
+        snapshot_at(previous);
+        assert!(
+            cache.plan(Some(previous)).is_some(),
+            "no margin for a scrape that comes a little late"
+        );
         let previous = last - Duration::from_millis(1500);
         snapshot_at(previous);
         let due = cache
@@ -434,6 +482,31 @@ mod tests {
             cache.plan(Some(last)).is_some(),
             "a snapshot from before a reload is never served: rendered ahead"
         );
+    }
+
+    /// Scrapes that find no snapshot they may serve while one renders wait
+    /// for it: one render, not one each.
+    #[tokio::test]
+    async fn concurrent_scrapes_share_one_render() {
+        let cache = ScrapeCache::default();
+        let m = metrics();
+        let (a, b, c) = tokio::join!(
+            cache.scrape(|| m.clone(), false),
+            cache.scrape(|| m.clone(), false),
+            cache.scrape(|| m.clone(), true),
+        );
+        assert_eq!(cache.renders(), 1, "each scrape rendered its own");
+        assert_eq!(a.bytes.as_ptr(), b.bytes.as_ptr());
+        assert_eq!(gunzip(&c.bytes), a.bytes.to_vec());
+        // After an invalidation (a reload) the old snapshot is not served.
+        cache.invalidate();
+        let (d, e) = tokio::join!(
+            cache.scrape(|| m.clone(), false),
+            cache.scrape(|| m.clone(), false),
+        );
+        assert_eq!(cache.renders(), 2);
+        assert_eq!(d.bytes.as_ptr(), e.bytes.as_ptr());
+        assert_ne!(d.bytes.as_ptr(), a.bytes.as_ptr());
     }
 
     fn gunzip(bytes: &[u8]) -> Vec<u8> {
@@ -451,15 +524,22 @@ mod tests {
         let m = metrics();
         let plain = cache.scrape(|| m.clone(), false).await;
         assert!(!plain.gzipped);
-        // The snapshot was rendered without gzip: compressed on demand...
+        // The snapshot was rendered without gzip: compressed on demand,
+        // once for all the scrapes it serves...
         let first = cache.scrape(|| m.clone(), true).await;
         assert!(first.gzipped);
         assert_eq!(gunzip(&first.bytes), plain.bytes.to_vec());
+        let again = cache.scrape(|| m.clone(), true).await;
+        assert_eq!(
+            again.bytes.as_ptr(),
+            first.bytes.as_ptr(),
+            "compressed twice"
+        );
         // ...and renders from now on compress too.
         cache.invalidate();
         let second = cache.scrape(|| m.clone(), true).await;
         assert!(second.gzipped);
-        assert!(cache.snapshot(&|| m.clone()).await.gzip.is_some());
+        assert!(cache.snapshot(&|| m.clone()).await.gzip.initialized());
         assert!(reload_ok(&Bytes::from(gunzip(&second.bytes))));
     }
 

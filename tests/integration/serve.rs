@@ -269,14 +269,23 @@ async fn serve_as_a_process_scrapes_reloads_and_drains() {
     assert!(total(&text, "process_resident_memory_bytes", &[]) > 0.0);
     assert!(total(&text, "prober_schedule_lateness_seconds_count", &[]) >= 2.0);
     promtool_check_metrics(&text).unwrap_or_else(|e| panic!("promtool: {e}\n{text}"));
-    // A scraper that accepts gzip (Prometheus does) gets the same exposition gzipped.
+    // A scraper asking as Prometheus 2.42 does (OpenMetrics preferred,
+    // gzip) gets the same exposition in the text format, gzipped.
     let gz = reqwest::Client::new()
         .get(format!("{}/metrics", serve.base))
+        .header(
+            "Accept",
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+        )
         .header("Accept-Encoding", "gzip")
         .send()
         .await
         .unwrap();
     assert_eq!(gz.headers()["content-encoding"], "gzip");
+    assert_eq!(
+        gz.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
     let mut unzipped = String::new();
     std::io::Read::read_to_string(
         &mut flate2::read::GzDecoder::new(&gz.bytes().await.unwrap()[..]),
