@@ -350,3 +350,56 @@ async fn a_read_made_late_carries_when_its_bytes_arrived() {
         reading - written
     );
 }
+
+/// The kernel's receive time is a wall-clock time moved onto the monotonic
+/// clock; `arrival` keeps it honest (vendor/serenity/PATCHES.md, patch 5).
+#[test]
+fn a_kernel_time_is_used_only_within_what_the_clocks_and_reads_prove() {
+    use serenity::gateway::{Clocks, arrival};
+    use std::time::SystemTime;
+
+    let ms = Duration::from_millis;
+    let last = Clocks {
+        wall: SystemTime::now(),
+        mono: Instant::now(),
+    };
+    // A second later by both clocks.
+    let now = Clocks {
+        wall: last.wall + ms(1000),
+        mono: last.mono + ms(1000),
+    };
+    let before = Some((last.mono, last));
+
+    // Bytes that reached the machine 5 ms before the read returned.
+    assert_eq!(
+        arrival(Some(now.wall - ms(5)), now, before),
+        Some(now.mono - ms(5))
+    );
+    // No time given, or one later than the read's return: not used.
+    assert_eq!(arrival(None, now, before), None);
+    assert_eq!(arrival(Some(now.wall + ms(1)), now, before), None);
+    // Never earlier than the read before's stamp: later bytes of the stream.
+    let stamped_before = Some((now.mono - ms(10), last));
+    assert_eq!(
+        arrival(Some(now.wall - ms(50)), now, stamped_before),
+        Some(now.mono - ms(10))
+    );
+    // The wall clock stepped 200 ms forward (or back) between the reads: the
+    // bytes' age cannot be known, so the kernel's time is not used.
+    for stepped in [now.wall + ms(200), now.wall - ms(200)] {
+        let now = Clocks {
+            wall: stepped,
+            mono: now.mono,
+        };
+        assert_eq!(arrival(Some(now.wall - ms(5)), now, before), None);
+    }
+    // A slew within NTP's 500 ppm (0.4 ms in a second) is not a step.
+    let slewed = Clocks {
+        wall: now.wall + Duration::from_micros(400),
+        mono: now.mono,
+    };
+    assert_eq!(
+        arrival(Some(slewed.wall - ms(5)), slewed, before),
+        Some(slewed.mono - ms(5))
+    );
+}

@@ -153,16 +153,59 @@ async fn read_once(
 pub struct ReceiveTimes {
     #[cfg(target_os = "linux")]
     kernel: kernel::Receiver,
-    /// The stamp of the last read.
-    floor: Option<Instant>,
-    /// Both clocks when the last read returned.
-    clocks: Option<(SystemTime, Instant)>,
+    /// The last read's stamp and both clocks when it returned.
+    before: Option<(Instant, Clocks)>,
+}
+
+/// Both clocks at one moment (the wall clock read first).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug)]
+pub struct Clocks {
+    pub wall: SystemTime,
+    pub mono: Instant,
+}
+
+impl Clocks {
+    fn now() -> Self {
+        // The wall clock first: a pause between the two clock reads then makes a stamp late,
+        // never early.
+        let wall = SystemTime::now();
+        Self { wall, mono: Instant::now() }
+    }
 }
 
 /// The most a wall clock moves against the monotonic one without a step: 1 ms, plus NTP's
 /// greatest slew (500 ppm) of the time between two reads.
 fn may_drift(between: std::time::Duration) -> std::time::Duration {
     std::time::Duration::from_millis(1) + between / 2000
+}
+
+/// When a read's bytes arrived, on the monotonic clock, from the kernel's receive time
+/// (`kernel`, a wall-clock time) and both clocks when the read returned (`now`), given the read
+/// before's stamp and clocks; `None` when the kernel's time cannot be used (none given, later
+/// than `now`, or the wall clock stepped since the read before). Never earlier than the read
+/// before's stamp, never later than `now`. Public (hidden) for twi-probe's tests.
+#[doc(hidden)]
+pub fn arrival(
+    kernel: Option<SystemTime>,
+    now: Clocks,
+    before: Option<(Instant, Clocks)>,
+) -> Option<Instant> {
+    if let Some((_, last)) = before {
+        let between = now.mono.saturating_duration_since(last.mono);
+        let expected = last.wall + between;
+        let moved = match now.wall.duration_since(expected) {
+            Ok(ahead) => ahead,
+            Err(behind) => behind.duration(),
+        };
+        if moved > may_drift(between) {
+            return None;
+        }
+    }
+    let age = now.wall.duration_since(kernel?).ok()?;
+    let at = now.mono.checked_sub(age)?;
+    let floor = before.map_or(at, |(stamp, _)| stamp.min(now.mono));
+    Some(at.clamp(floor, now.mono))
 }
 
 impl ReceiveTimes {
@@ -173,8 +216,7 @@ impl ReceiveTimes {
         Self {
             #[cfg(target_os = "linux")]
             kernel: kernel::Receiver::new(socket),
-            floor: None,
-            clocks: None,
+            before: None,
         }
     }
 
@@ -185,26 +227,11 @@ impl ReceiveTimes {
         let (n, kernel) = self.kernel.recv(socket, buf)?;
         #[cfg(not(target_os = "linux"))]
         let (n, kernel) = (socket.try_read(buf)?, None);
-        // The wall clock first: a pause between the two clock reads then makes the stamp late,
-        // never early.
-        let wall = SystemTime::now();
-        let returned = Instant::now();
-        let stepped = self.clocks.replace((wall, returned)).is_some_and(|(last_wall, last)| {
-            let between = returned - last;
-            let expected = last_wall + between;
-            let moved = match wall.duration_since(expected) {
-                Ok(ahead) => ahead,
-                Err(behind) => behind.duration(),
-            };
-            moved > may_drift(between)
-        });
-        let age = kernel.filter(|_| !stepped).and_then(|at| wall.duration_since(at).ok());
-        let at = match age.and_then(|age| returned.checked_sub(age)) {
-            Some(at) => at.clamp(self.floor.unwrap_or(at), returned),
-            None => returned,
-        };
-        self.floor = Some(at);
-        Ok(Received { len: n, at, kernel_time: age.is_some() })
+        let now = Clocks::now();
+        let from_kernel = arrival(kernel, now, self.before);
+        let at = from_kernel.unwrap_or(now.mono);
+        self.before = Some((at, now));
+        Ok(Received { len: n, at, kernel_time: from_kernel.is_some() })
     }
 }
 
