@@ -56,6 +56,14 @@ fn run(sb: &Sandbox, command: &str) -> u64 {
 }
 
 /// Registers /ping, /help and /slow for the bot in the guild.
+/// The token of the next INTERACTION_CREATE the bot gets.
+async fn next_interaction_token(bot: &mut RawGateway) -> String {
+    bot.until_dispatch("INTERACTION_CREATE").await["d"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 async fn register(sb: &Sandbox) -> String {
     let bot = sb.account("twi-bot-shard").unwrap();
     let guild = &sb.description().guilds[0].id;
@@ -149,8 +157,7 @@ async fn a_slash_command_is_answered_deferred_edited_and_followed_up() {
 
     // A deferred answer: a LOADING message, edited later, then a follow-up.
     let id = run(&sb, "slow");
-    let d = bot.until_dispatch("INTERACTION_CREATE").await["d"].clone();
-    let token = d["token"].as_str().unwrap().to_string();
+    let token = next_interaction_token(&mut bot).await;
     let (status, _) = call(
         &sb,
         None,
@@ -231,10 +238,7 @@ async fn ephemeral_responses_are_seen_only_by_the_user() {
     // (A user account has no privileged intents to ask for.)
     let mut erin = logged_in_with(&sb, "erin", 1 | (1 << 9)).await;
     let id = run(&sb, "help");
-    let token = bot.until_dispatch("INTERACTION_CREATE").await["d"]["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token = next_interaction_token(&mut bot).await;
     let (status, _) = call(
         &sb,
         None,
@@ -278,10 +282,7 @@ async fn a_late_callback_is_an_unknown_interaction() {
     register(&sb).await;
     let mut bot = logged_in(&sb, "twi-bot-shard").await;
     let id = run(&sb, "ping");
-    let token = bot.until_dispatch("INTERACTION_CREATE").await["d"]["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token = next_interaction_token(&mut bot).await;
     // Discord's deadline is the thing under test: wait past it.
     tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
     let (status, v) = call(
@@ -353,8 +354,7 @@ async fn interaction_responses_count_against_the_message_retention() {
     let mut tokens = Vec::new();
     let answer = async |bot: &mut RawGateway, n: usize| {
         let id = run(&sb, "ping");
-        let d = bot.until_dispatch("INTERACTION_CREATE").await["d"].clone();
-        let token = d["token"].as_str().unwrap().to_string();
+        let token = next_interaction_token(bot).await;
         let (status, v) = call(
             &sb,
             None,
