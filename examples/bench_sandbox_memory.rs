@@ -139,25 +139,28 @@ fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
     Ok(body)
 }
 
-/// Sum of `probe_runs_total` over every probe and outcome.
-fn runs(metrics: &str) -> u64 {
+/// Sum of the values of the series whose lines start with `head`.
+fn sum_of(metrics: &str, head: &str) -> u64 {
     metrics
         .lines()
-        .filter(|l| l.starts_with("probe_runs_total{") || l.starts_with("probe_runs_total "))
+        .filter(|l| l.starts_with(head))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
+}
+
+/// Sum of `probe_runs_total` over every probe and outcome.
+fn runs(metrics: &str) -> u64 {
+    sum_of(metrics, "probe_runs_total{") + sum_of(metrics, "probe_runs_total ")
 }
 
 /// The presence probe's runs: (failures, successes). It fails while the
 /// sandbox's simulated bot is offline, i.e. during a simulated outage.
 fn presence(metrics: &str) -> (u64, u64) {
     let count = |outcome: &str| {
-        let head = format!("probe_runs_total{{kind=\"presence\",outcome=\"{outcome}\",");
-        metrics
-            .lines()
-            .filter(|l| l.starts_with(&head))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
+        sum_of(
+            metrics,
+            &format!("probe_runs_total{{kind=\"presence\",outcome=\"{outcome}\","),
+        )
     };
     (count("failure"), count("success"))
 }

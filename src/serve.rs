@@ -766,6 +766,8 @@ async fn take_back(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[tokio::test]
     async fn permits_taken_back_go_away_before_any_later_run_gets_one() {
         let limit = Arc::new(Semaphore::new(2));
@@ -789,8 +791,6 @@ mod tests {
         tasks.wait().await;
         assert_eq!(limit.available_permits(), 0);
     }
-
-    use super::*;
 
     fn config(yaml: &str) -> Config {
         Config::from_yaml(yaml, std::path::Path::new("t.yaml")).unwrap()
