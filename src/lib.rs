@@ -17,6 +17,7 @@ pub mod sandbox;
 pub mod schedule;
 pub mod scrape;
 pub mod serve;
+pub mod startup_pages;
 /// Snowflakes live in the sandbox crate (the dependency points one way).
 pub use twi_sandbox::snowflake;
 pub mod web;

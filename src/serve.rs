@@ -723,6 +723,18 @@ pub async fn run(
             service.scrape.refresh(|| source.metrics(), stop).await;
         })
     };
+    // Started: what only start-up ran need not stay resident.
+    tokio::task::spawn_blocking(|| match crate::startup_pages::let_go() {
+        Some(done) => tracing::debug!(
+            "start-up over: {} read-only file mappings dropped from the process, {} KiB resident before, {} KiB after (the pages stay in the page cache)",
+            done.mappings,
+            done.before_kib,
+            done.after_kib
+        ),
+        None => tracing::debug!(
+            "start-up over: read-only file mappings left as they are (no /proc/self/smaps)"
+        ),
+    });
     crate::web::listener::serve(listener, app, service.options.web, shutdown.clone()).await;
     service.shutdown().await;
     let _ = refresher.await;

@@ -376,6 +376,53 @@ async fn serve_fails_fast_on_a_bad_config() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad_cron.yaml:5:11"));
 }
 
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn serve_lets_go_of_the_pages_only_start_up_used() {
+    let site = TestServer::start(Reply::ok("ok")).await;
+    let serve = Serve::start_with(
+        &format!(
+            "target: {{name: bot}}\nprobes:\n  - name: site\n    every: 1s\n    timeout: 500ms\n    http: {{url: \"{}\"}}\n",
+            site.url("/")
+        ),
+        &["--log-level", "info,twi_probe::serve=debug"],
+    )
+    .await;
+    let said = "start-up over: ";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let line = loop {
+        if let Some(line) = serve.log_tail().lines().find(|l| l.contains(said)) {
+            break line.to_string();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "serve never let go of its start-up pages:\n{}",
+            serve.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // "... mappings dropped from the process, B KiB resident before, A KiB after"
+    let kib = |before: &str| -> u64 {
+        let text = line.split(before).next().unwrap();
+        text.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let (before, after) = (kib(" KiB resident before"), kib(" KiB after"));
+    assert!(after < before / 4, "{line}");
+    // It stays so once running: what comes back is what runs.
+    serve
+        .until("a run after start-up", |t| {
+            total(t, "probe_runs_total", &[]) >= 2.0
+        })
+        .await;
+    let pid = serve.child.id().unwrap();
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let now = twi_probe::startup_pages::droppable_resident_kib(&smaps);
+    assert!(
+        now < before,
+        "{now} KiB resident again, {before} KiB before: {line}"
+    );
+}
+
 #[tokio::test]
 async fn serve_sandbox_probes_the_simulated_bot_and_its_series_move() {
     // The shipped probe set, on short intervals so the test is quick.
