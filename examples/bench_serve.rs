@@ -68,8 +68,9 @@
 //!    (child process) with each of `--footprint-probes` (10, 1,000, 10,000)
 //!    http probes in turn, every 1 s (every n/1,000 s above 1,000 probes,
 //!    so at most 1,000 runs/s); once every probe has run
-//!    `--footprint-runs` times (3; polled from `probe_runs_total`) and the
-//!    body was scraped, VmRSS (and its anonymous / file-backed split). Idle
+//!    `--footprint-runs` times (3; polled from `probe_runs_total`, scraped
+//!    as Prometheus scrapes: gzip) and the body was scraped, VmRSS (and its
+//!    anonymous / file-backed split). Idle
 //!    RSS is the smallest size's (goal ≤ 10 MiB); growth per 1,000 probes
 //!    is (RSS(n) − RSS(smallest)) / (n − smallest) × 1,000 (goal ≤ 5 MiB);
 //!    body per probe is the body's growth per probe between the smallest
@@ -979,9 +980,9 @@ fn part_footprint(
             // Polled every 10 s at 10,000 probes: the server may close the
             // idle kept-alive connection just as it is reused; once more
             // on a new connection.
-            let text = match rt.block_on(fetch(&client, &url)) {
+            let text = match rt.block_on(fetch_as_prometheus(&client, &url)) {
                 Ok(text) => text,
-                Err(_) => rt.block_on(fetch(&client, &url))?,
+                Err(_) => rt.block_on(fetch_as_prometheus(&client, &url))?,
             };
             let samples = samples(&text)?;
             let mut runs: HashMap<&str, f64> = HashMap::new();
@@ -1405,6 +1406,31 @@ async fn fetch(client: &reqwest::Client, url: &str) -> anyhow::Result<String> {
         .with_context(|| format!("GET {url}"))?;
     ensure!(r.status().is_success(), "GET {url}: {}", r.status());
     Ok(r.text().await?)
+}
+
+/// GETs `url` with Prometheus' headers (gzip; checking it came so) and
+/// returns the body's text.
+async fn fetch_as_prometheus(client: &reqwest::Client, url: &str) -> anyhow::Result<String> {
+    use std::io::Read;
+    let r = client
+        .get(url)
+        .timeout(REQUEST_BOUND)
+        .header("Accept", PROMETHEUS_ACCEPT)
+        .header("Accept-Encoding", "gzip")
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    ensure!(r.status().is_success(), "GET {url}: {}", r.status());
+    let encoding = r.headers().get("content-encoding").cloned();
+    ensure!(
+        encoding.as_ref().is_some_and(|e| e == "gzip"),
+        "GET {url}: content-encoding {encoding:?}"
+    );
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&r.bytes().await?[..])
+        .read_to_string(&mut text)
+        .with_context(|| format!("GET {url}: gunzip"))?;
+    Ok(text)
 }
 
 /// GETs `url` (asking for gzip when `gzip`, and checking it came so) and

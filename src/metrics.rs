@@ -573,14 +573,35 @@ impl Metrics {
     /// by the last body.
     pub fn render(&self) -> String {
         let mut body = String::with_capacity(self.last_size.load(Relaxed) + 4096);
-        self.probes.render(&PROBE_FAMILIES, &mut body);
+        self.render_in_chunks(usize::MAX, &mut |chunk| body.push_str(chunk));
+        body
+    }
+
+    /// The size of the last body rendered (0 before the first).
+    pub fn last_render_size(&self) -> usize {
+        self.last_size.load(Relaxed)
+    }
+
+    /// The same text as [`Metrics::render`], handed to `sink` in pieces of
+    /// about `chunk` bytes, so that a body compressed as it is written is
+    /// never whole in memory.
+    pub fn render_in_chunks(&self, chunk: usize, sink: &mut dyn FnMut(&str)) {
+        let mut size = 0;
+        let mut buffer = String::with_capacity(chunk.min(self.last_size.load(Relaxed) + 4096));
+        let mut drain = |text: &mut String| {
+            size += text.len();
+            sink(text);
+            text.clear();
+        };
+        self.probes
+            .render(&PROBE_FAMILIES, &mut buffer, chunk, &mut drain);
         let mut rest = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut rest)
             .expect("encoding to memory cannot fail");
-        body.push_str(std::str::from_utf8(&rest).expect("the text encoder writes UTF-8"));
-        self.last_size.store(body.len(), Relaxed);
-        body
+        buffer.push_str(std::str::from_utf8(&rest).expect("the text encoder writes UTF-8"));
+        drain(&mut buffer);
+        self.last_size.store(size, Relaxed);
     }
 }
 
@@ -641,5 +662,59 @@ mod own_label_tests {
             decode_labels(&encoded),
             vec![("a", "x=1:y"), ("c", "ü:=\u{0}")]
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::Observations;
+
+    #[test]
+    fn a_render_in_chunks_is_the_render_cut_into_pieces() {
+        let mut yaml = String::from("target: {name: bot}\nlabels: {env: test}\nprobes:\n");
+        for i in 0..40 {
+            yaml.push_str(&format!(
+                "  - {{name: p{i}, labels: {{env: \"e{i}\"}}, http: {{url: \"http://127.0.0.1:9/\"}}}}\n"
+            ));
+        }
+        let config = Config::from_yaml(&yaml, std::path::Path::new("t.yaml")).unwrap();
+        let metrics = Metrics::new(&config);
+        let outcomes = [Outcome::Success, Outcome::Failure, Outcome::Timeout];
+        // Some probes never ran: families with no line for them.
+        for (i, spec) in config.probes.iter().enumerate().filter(|(i, _)| i % 3 != 0) {
+            metrics.record(
+                spec,
+                &ProbeResult {
+                    probe: spec.display_name(),
+                    kind: "http",
+                    outcome: outcomes[(i / 3) % outcomes.len()],
+                    duration: std::time::Duration::from_millis(i as u64),
+                    detail: String::new(),
+                    request_id: String::new(),
+                    started_at: std::time::SystemTime::now(),
+                    observations: Observations::default(),
+                },
+            );
+        }
+        let whole = metrics.render();
+        assert!(whole.contains("probe_latency_seconds_bucket{"));
+        for chunk in [1, 7, 100, 1000, 4096, 64 * 1024, usize::MAX] {
+            let mut pieces = Vec::new();
+            metrics.render_in_chunks(chunk, &mut |piece| pieces.push(piece.to_string()));
+            assert_eq!(pieces.concat(), whole, "cut at {chunk}");
+            // A piece is drained once it reaches `chunk`: it holds at most
+            // one probe's lines of one family more.
+            for piece in &pieces[..pieces.len() - 1] {
+                assert!(
+                    piece.len() < chunk.saturating_add(2000),
+                    "{chunk}: {}",
+                    piece.len()
+                );
+            }
+            if chunk <= 1000 {
+                assert!(pieces.len() > 10, "{chunk}: not cut");
+            }
+        }
     }
 }

@@ -49,15 +49,21 @@ fn lead(render_time: Duration) -> Duration {
     (render_time * 4).max(Duration::from_millis(20))
 }
 
-/// One rendered body.
+/// One rendered body, kept in the form the latest scrape asked for; the
+/// other is made from it by the first scrape that asks.
 struct Snapshot {
-    text: Bytes,
-    /// `text` gzipped: with the render when the latest scrape asked for
-    /// gzip, else by the first scrape that asks.
+    /// The text, plain.
+    text: OnceCell<Bytes>,
+    /// The text gzipped. When the latest scrape asked for gzip (as
+    /// Prometheus does), the render compresses as it writes and the plain
+    /// text is never whole in memory (16 MB at 10,000 probes).
     gzip: OnceCell<Bytes>,
     rendered_at: Instant,
     epoch: u64,
 }
+
+/// How much plain text a compressing render holds at once.
+const RENDER_CHUNK: usize = 64 * 1024;
 
 /// What a scrape is answered with.
 pub struct Body {
@@ -109,19 +115,17 @@ impl ScrapeCache {
     pub async fn scrape(&self, metrics: impl Fn() -> Arc<Metrics> + Sync, gzip: bool) -> Body {
         self.wants_gzip.store(gzip, Ordering::Relaxed);
         let snapshot = self.snapshot(&metrics).await;
-        if !gzip {
-            return Body {
-                bytes: snapshot.text.clone(),
-                gzipped: false,
-            };
-        }
-        // Rendered before anyone asked for gzip: compressed once, here.
-        let bytes = snapshot
-            .gzip
+        // The form the snapshot lacks is made once, off the runtime.
+        let (cell, other, make): (_, _, fn(&[u8]) -> Bytes) = if gzip {
+            (&snapshot.gzip, &snapshot.text, gzip_bytes)
+        } else {
+            (&snapshot.text, &snapshot.gzip, gunzip_bytes)
+        };
+        let bytes = cell
             .get_or_init(|| {
-                let text = snapshot.text.clone();
+                let from = other.get().cloned().unwrap_or_default();
                 async move {
-                    tokio::task::spawn_blocking(move || gzip_bytes(&text))
+                    tokio::task::spawn_blocking(move || make(&from))
                         .await
                         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
                 }
@@ -130,7 +134,7 @@ impl ScrapeCache {
             .clone();
         Body {
             bytes,
-            gzipped: true,
+            gzipped: gzip,
         }
     }
 
@@ -196,9 +200,13 @@ impl ScrapeCache {
         let (text, gzip, rendered_at) = tokio::task::spawn_blocking(move || {
             // The age of a snapshot counts from when its values were read.
             let rendered_at = Instant::now();
-            let text = Bytes::from(metrics.render());
-            let gzip = OnceCell::new_with(compress.then(|| gzip_bytes(&text)));
-            (text, gzip, rendered_at)
+            if compress {
+                let gzip = render_gzipped(&metrics);
+                (OnceCell::new(), OnceCell::new_with(Some(gzip)), rendered_at)
+            } else {
+                let text = Bytes::from(metrics.render());
+                (OnceCell::new_with(Some(text)), OnceCell::new(), rendered_at)
+            }
         })
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
@@ -290,17 +298,44 @@ impl ScrapeCache {
 
 /// gzip at the fastest level: ~15× smaller for a large exposition, at a
 /// small fraction of the render's cost.
+fn gzip_encoder(capacity: usize) -> flate2::write::GzEncoder<Vec<u8>> {
+    flate2::write::GzEncoder::new(Vec::with_capacity(capacity), flate2::Compression::fast())
+}
+
 fn gzip_bytes(text: &[u8]) -> Bytes {
     use std::io::Write;
-    let mut encoder = flate2::write::GzEncoder::new(
-        Vec::with_capacity(text.len() / 8),
-        flate2::Compression::fast(),
-    );
+    let mut encoder = gzip_encoder(text.len() / 8);
     encoder
         .write_all(text)
         .and_then(|()| encoder.finish())
         .map(Bytes::from)
         .expect("compressing into memory cannot fail")
+}
+
+/// The render, compressed as it is written (see [`RENDER_CHUNK`]).
+fn render_gzipped(metrics: &Metrics) -> Bytes {
+    use std::io::Write;
+    let mut encoder = gzip_encoder(metrics.last_render_size() / 8);
+    metrics.render_in_chunks(RENDER_CHUNK, &mut |chunk| {
+        encoder
+            .write_all(chunk.as_bytes())
+            .expect("compressing into memory cannot fail")
+    });
+    Bytes::from(
+        encoder
+            .finish()
+            .expect("compressing into memory cannot fail"),
+    )
+}
+
+/// The plain text of a body this process gzipped.
+fn gunzip_bytes(gzipped: &[u8]) -> Bytes {
+    use std::io::Read;
+    let mut text = Vec::with_capacity(gzipped.len() * 8);
+    flate2::read::GzDecoder::new(gzipped)
+        .read_to_end(&mut text)
+        .expect("a body this process compressed decompresses");
+    Bytes::from(text)
 }
 
 /// Whether the `Accept-Encoding` values (all header lines) accept gzip:
@@ -366,7 +401,7 @@ mod tests {
         let cache = ScrapeCache::default();
         let m = metrics();
         let first = cache.snapshot(&|| m.clone()).await;
-        assert!(reload_ok(&first.text));
+        assert!(reload_ok(first.text.get().unwrap()));
         m.set_config_reload_ok(false);
         let second = cache.snapshot(&|| m.clone()).await;
         assert!(
@@ -376,7 +411,7 @@ mod tests {
         cache.invalidate();
         let third = cache.snapshot(&|| m.clone()).await;
         assert!(
-            !reload_ok(&third.text),
+            !reload_ok(third.text.get().unwrap()),
             "an invalidated snapshot was served"
         );
     }
@@ -441,7 +476,7 @@ mod tests {
         let cache = ScrapeCache::default();
         let snapshot_at = |rendered_at| {
             *lock(&cache.latest) = Some(Arc::new(Snapshot {
-                text: Bytes::new(),
+                text: OnceCell::new(),
                 gzip: OnceCell::new(),
                 rendered_at,
                 epoch: 0,
@@ -539,8 +574,22 @@ mod tests {
         cache.invalidate();
         let second = cache.scrape(|| m.clone(), true).await;
         assert!(second.gzipped);
-        assert!(cache.snapshot(&|| m.clone()).await.gzip.initialized());
+        let snapshot = cache.snapshot(&|| m.clone()).await;
+        assert!(snapshot.gzip.initialized());
         assert!(reload_ok(&Bytes::from(gunzip(&second.bytes))));
+        // Such a render compresses as it writes: no plain text is kept...
+        assert!(!snapshot.text.initialized(), "plain text kept beside gzip");
+        // ...until a plain scrape asks, once for all the scrapes it serves.
+        let plain = cache.scrape(|| m.clone(), false).await;
+        assert!(!plain.gzipped);
+        assert_eq!(plain.bytes.to_vec(), gunzip(&second.bytes));
+        let again = cache.scrape(|| m.clone(), false).await;
+        assert_eq!(
+            again.bytes.as_ptr(),
+            plain.bytes.as_ptr(),
+            "decompressed twice"
+        );
+        assert_eq!(cache.renders(), 2);
     }
 
     #[test]

@@ -226,8 +226,16 @@ impl ProbeSeries {
         built
     }
 
-    /// Writes every family that has a series (`families` sorted by name).
-    pub(super) fn render(&self, families: &[Family], out: &mut String) {
+    /// Writes every family that has a series (`families` sorted by name)
+    /// into `out`, handing it to `drain` (which empties it) whenever it
+    /// holds `chunk` bytes or more.
+    pub(super) fn render(
+        &self,
+        families: &[Family],
+        out: &mut String,
+        chunk: usize,
+        drain: &mut dyn FnMut(&mut String),
+    ) {
         let order = self.order();
         for family in families {
             let start = out.len();
@@ -241,17 +249,23 @@ impl ProbeSeries {
             out.push_str(family.kind);
             out.push('\n');
             let header = out.len();
-            let mut w = Writer {
-                out: &mut *out,
-                names: &order.names,
-                name: family.name,
-                row: None,
-            };
+            // A family with no line loses its header; once drained, the
+            // header is gone with lines after it.
+            let mut drained = false;
             for row in &order.rows {
-                w.row = Some(row);
+                let mut w = Writer {
+                    out: &mut *out,
+                    names: &order.names,
+                    name: family.name,
+                    row,
+                };
                 (family.write)(&mut w, &lock(&row.cells));
+                if out.len() >= chunk && (drained || out.len() > header) {
+                    drain(out);
+                    drained = true;
+                }
             }
-            if out.len() == header {
+            if !drained && out.len() == header {
                 out.truncate(start);
             }
         }
@@ -265,7 +279,7 @@ pub(super) struct Writer<'a> {
     names: &'a [String],
     /// The family being written.
     name: &'static str,
-    row: Option<&'a Row>,
+    row: &'a Row,
 }
 
 impl Writer<'_> {
@@ -304,7 +318,7 @@ impl Writer<'_> {
     /// Writes `name{labels} `: the row's labels with `extra` (sorted by
     /// name) among them by name, `le` last.
     fn line(&mut self, suffix: &str, extra: &[(&str, &str)], le: Option<&str>) {
-        let Some(row) = self.row else { return };
+        let row = self.row;
         self.out.push_str(self.name);
         self.out.push_str(suffix);
         self.out.push('{');
