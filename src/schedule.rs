@@ -151,7 +151,10 @@ pub async fn run_probe(
                 };
                 metrics.observe_lateness(Instant::now().saturating_duration_since(due));
                 metrics.run_started();
-                let result = run_once(probe.clone()).await;
+                // Boxed: the run's state exists only once it has a permit,
+                // so runs waiting for one (more due than
+                // `max_concurrency`) hold a small task, not a whole run.
+                let result = Box::pin(run_once(probe.clone())).await;
                 // In flight until its result is recorded.
                 metrics.record(&probe.spec, &result);
                 metrics.run_finished();
