@@ -258,6 +258,10 @@ fn serve_command(
             sandbox_handle = Some(sb);
         }
         let addr = listen.unwrap_or(config.serve.listen);
+        // The service loads its own copy: this one would stay for the
+        // process's life (~0.5 KB per probe).
+        let probes = config.probes.len();
+        drop(config);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
@@ -265,7 +269,7 @@ fn serve_command(
         let service = crate::serve::Service::start(path.clone(), options).await?;
         eprintln!(
             "serving http://{local}/metrics and the status page http://{local}/ ({} probes from {}; /healthz, /ready, POST /-/reload)",
-            config.probes.len(),
+            probes,
             path.display()
         );
         let shutdown = tokio_util::sync::CancellationToken::new();

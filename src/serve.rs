@@ -68,8 +68,8 @@ pub struct ServeOptions {
 }
 
 struct Scheduled {
-    spec: ProbeSpec,
-    /// Shared with scrapes of `GET /probe?probe=NAME` (its state, its runs).
+    /// Shared with scrapes of `GET /probe?probe=NAME` (its state, its runs);
+    /// its `spec` is the schedule's (held once: memory per probe).
     probe: Arc<Probe>,
     sink: ResultSink,
     stop: CancellationToken,
@@ -355,7 +355,7 @@ impl Service {
         let scheduled = self.scheduled.lock().await;
         let mut found: Vec<_> = scheduled
             .values()
-            .filter(|s| s.spec.name == name)
+            .filter(|s| s.probe.spec.name == name)
             .map(|s| (s.probe.clone(), s.sink.clone()))
             .collect();
         found.sort_by_key(|(p, _)| p.spec.display_name());
@@ -493,7 +493,7 @@ impl Service {
         let mut scheduled = self.scheduled.lock().await;
         let running: HashMap<String, ProbeSpec> = scheduled
             .iter()
-            .map(|(name, s)| (name.clone(), s.spec.clone()))
+            .map(|(name, s)| (name.clone(), s.probe.spec.clone()))
             .collect();
         let plan = Plan::new(&running, config, session_changed);
         let wanted: HashMap<String, &ProbeSpec> = config
@@ -549,22 +549,22 @@ impl Service {
     fn retire(&self, old: Scheduled, successor: Option<&ProbeSpec>) -> JoinHandle<()> {
         old.stop.cancel();
         let metrics = self.metrics.clone();
-        let same_series =
-            successor.is_some_and(|s| metrics.label_values(s) == metrics.label_values(&old.spec));
-        let forget = (!same_series).then(|| old.spec.clone());
+        let same_series = successor
+            .is_some_and(|s| metrics.label_values(s) == metrics.label_values(&old.probe.spec));
+        let forget = (!same_series).then(|| old.probe.spec.clone());
         if let Some(spec) = &forget {
             metrics.forget_probe(spec);
         }
         let all = self.scheduled.clone();
         self.tasks.spawn(async move {
-            log_join(old.handle.await, &old.spec.display_name(), &metrics);
+            log_join(old.handle.await, &old.probe.spec.display_name(), &metrics);
             let Some(spec) = forget else { return };
             // Under the lock, so a reload cannot add the series back between
             // the check and the forgetting.
             let all = all.lock().await;
             let clash = all
                 .values()
-                .any(|s| metrics.label_values(&s.spec) == metrics.label_values(&spec));
+                .any(|s| metrics.label_values(&s.probe.spec) == metrics.label_values(&spec));
             if !clash {
                 metrics.forget_probe(&spec);
             }
@@ -620,7 +620,6 @@ impl Service {
             ),
         ));
         Some(Scheduled {
-            spec: spec.clone(),
             probe,
             sink,
             stop,
@@ -658,7 +657,7 @@ impl Service {
             s.stop.cancel();
         }
         for s in scheduled {
-            log_join(s.handle.await, &s.spec.display_name(), &self.metrics);
+            log_join(s.handle.await, &s.probe.spec.display_name(), &self.metrics);
         }
         let follower = lock(&self.follower).take();
         if let Some(f) = follower {

@@ -6,22 +6,23 @@ use super::{
 };
 use crate::config::{HttpMethod, HttpSpec};
 
+/// What an http probe keeps between runs: only its client (the spec is its
+/// `Probe`'s, passed to each check).
 #[derive(Debug)]
 pub struct HttpProbe {
-    spec: HttpSpec,
     client: reqwest::Client,
 }
 
 impl HttpProbe {
-    pub fn new(spec: HttpSpec) -> Result<Self, String> {
+    pub fn new(spec: &HttpSpec) -> Result<Self, String> {
         let client = shared_http_client(spec.follow_redirects)?;
-        Ok(HttpProbe { spec, client })
+        Ok(HttpProbe { client })
     }
 
-    pub async fn check(&self) -> Check {
-        let request = match self.spec.method {
-            HttpMethod::Get => self.client.get(self.spec.url.clone()),
-            HttpMethod::Head => self.client.head(self.spec.url.clone()),
+    pub async fn check(&self, spec: &HttpSpec) -> Check {
+        let request = match spec.method {
+            HttpMethod::Get => self.client.get(spec.url.clone()),
+            HttpMethod::Head => self.client.head(spec.url.clone()),
         };
         let response = match request.send().await {
             Ok(r) => r,
@@ -34,21 +35,21 @@ impl HttpProbe {
             Err(e) => return Check::new(classify_send_error(&e), describe_http_error(&e)),
         };
         let status = response.status().as_u16();
-        if !self.spec.expect_status.contains(status) {
-            let note = if response.status().is_redirection() && !self.spec.follow_redirects {
+        if !spec.expect_status.contains(status) {
+            let note = if response.status().is_redirection() && !spec.follow_redirects {
                 "; follow_redirects is off"
             } else {
                 ""
             };
             return Check::new(
                 Outcome::Failure,
-                format!("HTTP {status}, expected {}{note}", self.spec.expect_status),
+                format!("HTTP {status}, expected {}{note}", spec.expect_status),
             );
         }
-        let Some(regex) = &self.spec.body_regex else {
+        let Some(regex) = &spec.body_regex else {
             return Check::new(Outcome::Success, format!("HTTP {status}"));
         };
-        let body = match read_body(response, self.spec.max_body_size).await {
+        let body = match read_body(response, spec.max_body_size).await {
             Ok(b) => b,
             Err(e) => return Check::new(Outcome::Failure, e.detail()),
         };
@@ -60,7 +61,7 @@ impl HttpProbe {
                 Outcome::Failure,
                 format!(
                     "HTTP {status}, body does not match /{}/",
-                    self.spec.body_regex.as_ref().map_or("", |r| r.as_str())
+                    spec.body_regex.as_ref().map_or("", |r| r.as_str())
                 ),
             ),
             Err(e) => Check::new(Outcome::Inconclusive, e),

@@ -205,13 +205,15 @@ impl Drop for RunGuard {
     }
 }
 
+/// Kept small (the larger kinds boxed, an http probe's spec read from its
+/// `Probe`): there is one per configured probe.
 #[derive(Debug)]
 enum KindProbe {
-    Exporter(ExporterProbe),
+    Exporter(Box<ExporterProbe>),
     Http(HttpProbe),
     Command(Box<CommandProbe>),
     Presence(PresenceProbe),
-    Interactions(InteractionsProbe),
+    Interactions(Box<InteractionsProbe>),
     /// A Discord probe that cannot run: the prober has no session.
     Unavailable(String),
     /// Test hook: runs that do what the test says (take long, hang, panic)
@@ -273,8 +275,8 @@ impl Probe {
                 .ok_or_else(|| "this probe needs the prober's Discord session".to_string())
         };
         let kind = match &spec.kind {
-            ProbeKind::Exporter(e) => KindProbe::Exporter(ExporterProbe::new(e.clone())?),
-            ProbeKind::Http(h) => KindProbe::Http(HttpProbe::new(h.clone())?),
+            ProbeKind::Exporter(e) => KindProbe::Exporter(Box::new(ExporterProbe::new(e.clone())?)),
+            ProbeKind::Http(h) => KindProbe::Http(HttpProbe::new(h)?),
             ProbeKind::Command(c) => KindProbe::Command(Box::new(CommandProbe::new(
                 spec.name.clone(),
                 c.clone(),
@@ -284,9 +286,9 @@ impl Probe {
             ProbeKind::Presence(p) => {
                 KindProbe::Presence(PresenceProbe::new(p.clone(), spec.timeout, session()?))
             }
-            ProbeKind::Interactions(i) => {
-                KindProbe::Interactions(InteractionsProbe::new(i.clone(), spec.timeout, session()?))
-            }
+            ProbeKind::Interactions(i) => KindProbe::Interactions(Box::new(
+                InteractionsProbe::new(i.clone(), spec.timeout, session()?),
+            )),
         };
         Ok(Probe {
             spec,
@@ -298,7 +300,10 @@ impl Probe {
     async fn check(&self) -> Check {
         match &self.kind {
             KindProbe::Exporter(p) => p.check().await,
-            KindProbe::Http(p) => p.check().await,
+            KindProbe::Http(p) => match &self.spec.kind {
+                ProbeKind::Http(spec) => p.check(spec).await,
+                _ => unreachable!("an http probe is built from an http spec"),
+            },
             KindProbe::Command(p) => p.check().await,
             KindProbe::Presence(p) => p.check().await,
             KindProbe::Interactions(p) => p.check().await,
