@@ -517,7 +517,7 @@ fn part_serve(args: &Args, dir: &Path, bin: &Path, target: &Target) -> anyhow::R
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let client = reqwest::Client::new();
+    let client = scrape_client()?;
     let started = Instant::now();
     let cpu0 = cpu_ticks(child.pid())?;
 
@@ -746,7 +746,7 @@ fn part_blackbox(
         .thread_name("bench-driver")
         .enable_all()
         .build()?;
-    let client = reqwest::Client::new();
+    let client = scrape_client()?;
     let healthy = format!("http://{bb_addr}/-/healthy");
     rt.block_on(async {
         let deadline = Instant::now() + START_BOUND;
@@ -958,7 +958,7 @@ fn part_footprint(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let client = reqwest::Client::new();
+    let client = scrape_client()?;
     let mut rows: Vec<Footprint> = Vec::new();
     let mut scrape_lines = Vec::new();
     for (k, &n) in sizes.iter().enumerate() {
@@ -1406,6 +1406,15 @@ async fn fetch(client: &reqwest::Client, url: &str) -> anyhow::Result<String> {
         .with_context(|| format!("GET {url}"))?;
     ensure!(r.status().is_success(), "GET {url}: {}", r.status());
     Ok(r.text().await?)
+}
+
+/// A client for `probe serve`'s `/metrics`: it drops idle connections
+/// before the server does (`--web.read-timeout`, 10 s), which would
+/// otherwise fail the first request after a pause.
+fn scrape_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .pool_idle_timeout(Duration::from_secs(5))
+        .build()?)
 }
 
 /// GETs `url` with Prometheus' headers (gzip; checking it came so) and

@@ -8,6 +8,7 @@ pub mod discord;
 pub mod exposition;
 pub mod history;
 pub mod logging;
+pub mod malloc;
 pub mod metrics;
 pub mod on_demand;
 pub mod probe;

@@ -97,6 +97,11 @@ impl Serve {
 
     /// `probe serve` with `extra` arguments, on a free port; waits for its banner.
     pub(crate) async fn start_with(yaml: &str, extra: &[&str]) -> Serve {
+        Serve::start_with_env(yaml, extra, &[]).await
+    }
+
+    /// The same, with `env` set for the child.
+    pub(crate) async fn start_with_env(yaml: &str, extra: &[&str], env: &[(&str, &str)]) -> Serve {
         let dir = std::env::temp_dir().join(format!(
             "twi-probe-serve-{}-{}",
             std::process::id(),
@@ -116,6 +121,7 @@ impl Serve {
             .current_dir(&dir)
             .env_remove("PROBE_CONFIG")
             .env_remove("PROBER_DISCORD_TOKEN")
+            .envs(env.iter().copied())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -421,6 +427,47 @@ async fn serve_lets_go_of_the_pages_only_start_up_used() {
         now < before,
         "{now} KiB resident again, {before} KiB before: {line}"
     );
+}
+
+/// glibc's thread arenas are reservations of 64 MiB each (HEAP_MAX_SIZE);
+/// with one arena there are none, only the main heap.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn thread_arenas(pid: u32) -> usize {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    maps.lines()
+        .filter(|l| l.split_whitespace().nth(5).is_none())
+        .filter_map(|l| l.split_whitespace().next()?.split_once('-'))
+        .filter_map(|(a, b)| {
+            Some(u64::from_str_radix(b, 16).ok()? - u64::from_str_radix(a, 16).ok()?)
+        })
+        .filter(|size| *size >= 32 << 20)
+        .count()
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[tokio::test]
+async fn serve_allocates_from_one_arena_unless_the_operator_says_otherwise() {
+    let site = TestServer::start(Reply::ok("ok")).await;
+    let yaml = format!(
+        "target: {{name: bot}}\nprobes:\n  - name: site\n    every: 1s\n    timeout: 500ms\n    http: {{url: \"{}\"}}\n",
+        site.url("/")
+    );
+    for (env, arenas_expected) in [(None, false), (Some("4"), true)] {
+        let env: Vec<(&str, &str)> = env.map(|n| ("MALLOC_ARENA_MAX", n)).into_iter().collect();
+        let serve = Serve::start_with_env(&yaml, &[], &env).await;
+        // Runs on the workers and renders on the blocking thread: every
+        // thread of the process has allocated by then.
+        serve
+            .until("two runs", |t| total(t, "probe_runs_total", &[]) >= 2.0)
+            .await;
+        serve.metrics().await;
+        let arenas = thread_arenas(serve.child.id().unwrap());
+        assert_eq!(
+            arenas > 0,
+            arenas_expected,
+            "{arenas} thread arenas with {env:?}"
+        );
+    }
 }
 
 #[tokio::test]
