@@ -452,8 +452,12 @@ async fn serve_allocates_from_one_arena_unless_the_operator_says_otherwise() {
         "target: {{name: bot}}\nprobes:\n  - name: site\n    every: 1s\n    timeout: 500ms\n    http: {{url: \"{}\"}}\n",
         site.url("/")
     );
-    for (env, arenas_expected) in [(None, false), (Some("4"), true)] {
-        let env: Vec<(&str, &str)> = env.map(|n| ("MALLOC_ARENA_MAX", n)).into_iter().collect();
+    for (env, arenas_expected) in [
+        (None, false),
+        (Some(("MALLOC_ARENA_MAX", "4")), true),
+        (Some(("GLIBC_TUNABLES", "glibc.malloc.arena_max=4")), true),
+    ] {
+        let env: Vec<(&str, &str)> = env.into_iter().collect();
         let serve = Serve::start_with_env(&yaml, &[], &env).await;
         // Runs on the workers and renders on the blocking thread: every
         // thread of the process has allocated by then.
