@@ -571,7 +571,7 @@ fn resume(core: &Arc<Core>, ctx: &mut Ctx, d: &Value) -> Result<Reply, Close> {
     let oldest_kept = session
         .replay
         .front()
-        .map(|(s, _)| *s)
+        .map(|k| k.seq)
         .unwrap_or(session.seq + 1);
     if seq > session.seq || seq + 1 < oldest_kept {
         return Err(Close(4007, "Invalid seq"));
@@ -581,13 +581,8 @@ fn resume(core: &Arc<Core>, ctx: &mut Ctx, d: &Value) -> Result<Reply, Close> {
     }
     session.detach_generation += 1;
     session.conn = Some(ctx.conn.clone());
-    for (s, text) in &session.replay {
-        if *s > seq {
-            ctx.conn.send(Out::Frame {
-                text: text.clone(),
-                truth: None,
-            });
-        }
+    for text in session.replay_after(seq) {
+        ctx.conn.send(Out::Frame { text, truth: None });
     }
     let replayed = session.seq - seq;
     state.enqueue(session_id, "RESUMED", json!({}));
