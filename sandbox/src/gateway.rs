@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message as WsMessage, Message};
 use tokio_util::sync::CancellationToken;
 
-use super::hub::{Conn, Core, Out, Session};
+use super::hub::{Conn, Core, Out, Session, Text};
 use super::intents;
 use super::model;
 use super::world::Status;
@@ -244,13 +244,13 @@ async fn connection(core: Arc<Core>, stream: TcpStream, shutdown: CancellationTo
                         // frame-by-frame writer falls behind under load.
                         let write_started = Instant::now();
                         let mut written = vec![truth];
-                        let mut fed = writer.feed(&text).await;
+                        let mut fed = writer.feed(&text.text()).await;
                         let mut next = None;
                         while fed.is_ok() && written.len() < MAX_BATCH {
                             match rx.try_recv() {
                                 Ok(Out::Frame { text, truth }) => {
                                     written.push(truth);
-                                    fed = writer.feed(&text).await;
+                                    fed = writer.feed(&text.text()).await;
                                 }
                                 Ok(other) => {
                                     next = Some(other);
@@ -581,7 +581,8 @@ fn resume(core: &Arc<Core>, ctx: &mut Ctx, d: &Value) -> Result<Reply, Close> {
     }
     session.detach_generation += 1;
     session.conn = Some(ctx.conn.clone());
-    for text in session.replay_after(seq) {
+    for kept in session.replay_after(seq) {
+        let text = Text::Dispatch(kept.clone());
         ctx.conn.send(Out::Frame { text, truth: None });
     }
     let replayed = session.seq - seq;
@@ -764,7 +765,7 @@ pub fn reconnect_account(core: &Core, account: u64) -> usize {
         .to_string()
         .into();
     send_to_account(core, account, || Out::Frame {
-        text: text.clone(),
+        text: Text::Whole(text.clone()),
         truth: None,
     })
 }

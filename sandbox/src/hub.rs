@@ -25,13 +25,31 @@ use crate::snowflake::Snowflakes;
 pub enum Out {
     /// A payload; `truth` names the message (and event) whose dispatch this is.
     Frame {
-        text: Arc<str>,
+        text: Text,
         truth: Option<(u64, &'static str)>,
     },
     /// Send op 9 INVALID_SESSION and forget the session on this connection.
     Invalidate,
     /// Close the socket with this code.
     Close(u16, String),
+}
+
+/// A frame's text: whole, or a dispatch's, built when written so that a
+/// queue (a replay after RESUME, a slow reader) holds shared payloads,
+/// not copies.
+#[derive(Debug)]
+pub enum Text {
+    Whole(Arc<str>),
+    Dispatch(Kept),
+}
+
+impl Text {
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Text::Whole(t) => std::borrow::Cow::Borrowed(t),
+            Text::Dispatch(k) => std::borrow::Cow::Owned(k.frame()),
+        }
+    }
 }
 
 /// A gateway connection as the hub sees it: where its frames queue.
@@ -105,7 +123,7 @@ pub struct Kept {
 
 impl Kept {
     /// The frame as sent live and as replayed after RESUME.
-    pub fn frame(&self) -> Arc<str> {
+    pub fn frame(&self) -> String {
         // Event names are fixed identifiers (`MESSAGE_CREATE`): no escaping.
         debug_assert!(
             self.event
@@ -116,17 +134,13 @@ impl Kept {
             r#"{{"op":0,"t":"{}","s":{},"d":{}}}"#,
             self.event, self.seq, self.d
         )
-        .into()
     }
 }
 
 impl Session {
-    /// The frames of the dispatches after `seq`, to replay after RESUME.
-    pub fn replay_after(&self, seq: u64) -> impl Iterator<Item = Arc<str>> + '_ {
-        self.replay
-            .iter()
-            .filter(move |k| k.seq > seq)
-            .map(Kept::frame)
+    /// The dispatches after `seq`, to replay after RESUME.
+    pub fn replay_after(&self, seq: u64) -> impl Iterator<Item = &Kept> + '_ {
+        self.replay.iter().filter(move |k| k.seq > seq)
     }
 
     pub fn covers(&self, world: &World, guild_id: u64) -> bool {
@@ -328,7 +342,7 @@ fn push(s: &mut Session, event: &'static str, d: Arc<str>, truth: Option<u64>, c
     if let Some(conn) = &s.conn {
         let truth = truth.map(|id| (id, event));
         conn.send(Out::Frame {
-            text: kept.frame(),
+            text: Text::Dispatch(kept.clone()),
             truth,
         });
     }
@@ -385,13 +399,14 @@ mod tests {
         let Ok(Out::Frame { text, .. }) = rx.try_recv() else {
             panic!("a frame")
         };
+        let text = text.text();
         assert!(text.contains(r#""s":1"#), "{text}");
     }
 
     /// What a connection's queue holds: the frames' texts.
-    fn frames(rx: &mut mpsc::Receiver<Out>) -> Vec<Arc<str>> {
+    fn frames(rx: &mut mpsc::Receiver<Out>) -> Vec<String> {
         std::iter::from_fn(|| match rx.try_recv().ok()? {
-            Out::Frame { text, .. } => Some(text),
+            Out::Frame { text, .. } => Some(text.text().into_owned()),
             other => panic!("a frame, not {other:?}"),
         })
         .collect()
@@ -447,7 +462,7 @@ mod tests {
             let live = frames(rx);
             assert_eq!(live.len() as u64, s.seq);
             for seq in 0..=s.seq {
-                let replayed: Vec<_> = s.replay_after(seq).collect();
+                let replayed: Vec<_> = s.replay_after(seq).map(Kept::frame).collect();
                 assert_eq!(replayed, live[seq as usize..], "{} after {seq}", s.id);
             }
             for (i, text) in live.iter().enumerate() {
