@@ -23,12 +23,14 @@
 //! 4), so the hour's interactions (about 240, each an INTERACTION_CREATE,
 //! a response message, ground truth) happen too. What is not sped up:
 //! wall-clock timers (the sandbox's occasional bot outages, every 5–15
-//! minutes, happen about a third as often per run; interaction tokens live
+//! minutes, happen about a third as often per run unless
+//! `--sandbox-outages 3m20s` speeds them up too; interaction tokens live
 //! 15 minutes of wall time, so about 180 are held at once instead of 60;
 //! rate-limit windows, heartbeats).
 //!
 //! RSS is read at start (the first `/metrics` answer), after warm-up and
-//! at the end, with a line every 10 simulated minutes. **Warm-up** lasts
+//! at the end, with a line every 10 simulated minutes and one at each
+//! outage's start and end. **Warm-up** lasts
 //! until both (a) `--warmup-runs` runs are done (default 2,200: the first
 //! 15 simulated minutes, by which the stores that the probes fill are
 //! full: 2,000 message ground-truth records and answers, 1,000 replayed
