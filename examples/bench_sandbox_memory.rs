@@ -23,12 +23,14 @@
 //! 4), so the hour's interactions (about 240, each an INTERACTION_CREATE,
 //! a response message, ground truth) happen too. What is not sped up:
 //! wall-clock timers (the sandbox's occasional bot outages, every 5–15
-//! minutes, happen about a third as often per run; interaction tokens live
+//! minutes, happen about a third as often per run unless
+//! `--sandbox-outages 3m20s` speeds them up too; interaction tokens live
 //! 15 minutes of wall time, so about 180 are held at once instead of 60;
 //! rate-limit windows, heartbeats).
 //!
 //! RSS is read at start (the first `/metrics` answer), after warm-up and
-//! at the end, with a line every 10 simulated minutes. **Warm-up** lasts
+//! at the end, with a line every 10 simulated minutes and one at each
+//! outage's start and end. **Warm-up** lasts
 //! until both (a) `--warmup-runs` runs are done (default 2,200: the first
 //! 15 simulated minutes, by which the stores that the probes fill are
 //! full: 2,000 message ground-truth records and answers, 1,000 replayed
@@ -79,6 +81,11 @@ struct Args {
     /// Give up after this many seconds of wall time.
     #[arg(long, default_value_t = 3_600)]
     max_seconds: u64,
+    /// Passed to `probe serve --sandbox-outages` (default: `--sandbox`'s
+    /// own, one about every 10 wall minutes); `3m20s` speeds the outages up
+    /// with the runs, so the run sees the hour's six.
+    #[arg(long, default_value = "10m", value_name = "DURATION")]
+    sandbox_outages: String,
 }
 
 const COMMAND_PROBES: usize = 6;
@@ -229,10 +236,11 @@ fn main() -> anyhow::Result<()> {
     let port = free_port()?;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     println!(
-        "bench_sandbox_memory: {} serve --sandbox, {} runs (warm-up {}), load {}",
+        "bench_sandbox_memory: {} serve --sandbox, {} runs (warm-up {}), outages about every {}, load {}",
         bin.display(),
         args.runs,
         args.warmup_runs,
+        args.sandbox_outages,
         load_average()
     );
     let child = Command::new(&bin)
@@ -243,6 +251,8 @@ fn main() -> anyhow::Result<()> {
             &addr.to_string(),
             "--sandbox-commands-per-minute",
             COMMANDS_PER_MINUTE,
+            "--sandbox-outages",
+            &args.sandbox_outages,
             "--config",
         ])
         .arg(&config)
@@ -271,6 +281,9 @@ fn main() -> anyhow::Result<()> {
     let mut next_line = per_line;
     let mut warm: Option<(u64, [u64; 3])> = None; // runs, [RSS, anon, file]
     let mut outage = Outage::default();
+    // Presence failures at the last sample, and whether the bot was then
+    // offline: each outage's start and end get a line, to see its tooth.
+    let mut last_presence = (0, 0, false);
     let (end_runs, end_mem, metrics) = loop {
         std::thread::sleep(Duration::from_secs(1));
         ensure!(Instant::now() < deadline, "not done within --max-seconds");
@@ -278,7 +291,23 @@ fn main() -> anyhow::Result<()> {
         let n = runs(&metrics);
         let mem = read_mem(pid).context("reading /proc")?;
         let was_over = outage.over;
-        outage.see(presence(&metrics));
+        let (failures, successes) = presence(&metrics);
+        let (last_failures, last_successes, was_offline) = last_presence;
+        let offline = match (failures > last_failures, successes > last_successes) {
+            (true, _) => true,
+            (false, true) => false,
+            (false, false) => was_offline,
+        };
+        if offline != was_offline {
+            println!(
+                "  simulated outage {}: {n} runs, {:.0} s, anon {}",
+                if offline { "starts" } else { "over" },
+                started.elapsed().as_secs_f64(),
+                mib(mem.anon)
+            );
+        }
+        last_presence = (failures, successes, offline);
+        outage.see((failures, successes));
         if outage.over && !was_over {
             println!(
                 "first simulated outage over: {n} runs, {:.0} s",

@@ -200,6 +200,8 @@ pub struct SimBot {
     registered: tokio::sync::watch::Sender<bool>,
     /// How many READYs it has received (one per gateway session).
     readies: tokio::sync::watch::Sender<u64>,
+    /// How many commands it has dropped (`drop_rate`).
+    drops: tokio::sync::watch::Sender<u64>,
 }
 
 /// Counts a command as being answered while it lives.
@@ -247,6 +249,7 @@ impl SimBot {
             busy: tokio::sync::watch::Sender::new(0),
             registered: tokio::sync::watch::Sender::new(false),
             readies: tokio::sync::watch::Sender::new(0),
+            drops: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -274,6 +277,12 @@ impl SimBot {
     pub async fn idle(&self) {
         let mut busy = self.busy.subscribe();
         let _ = busy.wait_for(|n| *n == 0).await;
+    }
+
+    /// The count of commands dropped so far (`drop_rate`), to wait on: a
+    /// command is dropped when the bot reads it, later than its REST send.
+    pub fn drops(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.drops.subscribe()
     }
 
     /// Returns once its slash commands are registered, so users can run them.
@@ -501,6 +510,7 @@ impl SimBot {
         };
         if drop {
             tracing::info!(target: "twi_sandbox", "simulated bot drops /{name} (drop_rate)");
+            self.drops.send_modify(|n| *n += 1);
             return;
         }
         let uptime = unix_now()
@@ -656,6 +666,7 @@ impl EventHandler for Handler {
         };
         if drop {
             tracing::info!(target: "twi_sandbox", "simulated bot drops !{command} (drop_rate)");
+            bot.drops.send_modify(|n| *n += 1);
             return;
         }
         if behaviour.typing {

@@ -208,12 +208,24 @@ impl Controls {
             "simulated outage: the bot goes offline for {} (spontaneous; --sandbox-outages)",
             humantime::format_duration(lasts)
         ));
+        self.log_replay_size();
         bot.go_offline().await;
         Ok(())
     }
 
+    /// At debug level: what the replay buffers hold, which an outage
+    /// changes (the bot's session ends, and its new one refills).
+    fn log_replay_size(&self) {
+        let (dispatches, bytes) = self.core.state().replay_size();
+        tracing::debug!(
+            target: "twi_sandbox",
+            "replay buffers: {dispatches} dispatches, {bytes} bytes of payloads"
+        );
+    }
+
     pub async fn simulated_outage_end(&self) -> Result<(), String> {
         let bot = self.sim_bot()?;
+        self.log_replay_size();
         self.core
             .log_event("simulated outage over: the bot comes back online");
         bot.go_online().await

@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message as WsMessage, Message};
 use tokio_util::sync::CancellationToken;
 
-use super::hub::{Conn, Core, Out, Session};
+use super::hub::{Conn, Core, Out, Session, Text};
 use super::intents;
 use super::model;
 use super::world::Status;
@@ -244,13 +244,13 @@ async fn connection(core: Arc<Core>, stream: TcpStream, shutdown: CancellationTo
                         // frame-by-frame writer falls behind under load.
                         let write_started = Instant::now();
                         let mut written = vec![truth];
-                        let mut fed = writer.feed(&text).await;
+                        let mut fed = writer.feed(&text.text()).await;
                         let mut next = None;
                         while fed.is_ok() && written.len() < MAX_BATCH {
                             match rx.try_recv() {
                                 Ok(Out::Frame { text, truth }) => {
                                     written.push(truth);
-                                    fed = writer.feed(&text).await;
+                                    fed = writer.feed(&text.text()).await;
                                 }
                                 Ok(other) => {
                                     next = Some(other);
@@ -571,7 +571,7 @@ fn resume(core: &Arc<Core>, ctx: &mut Ctx, d: &Value) -> Result<Reply, Close> {
     let oldest_kept = session
         .replay
         .front()
-        .map(|(s, _)| *s)
+        .map(|k| k.seq)
         .unwrap_or(session.seq + 1);
     if seq > session.seq || seq + 1 < oldest_kept {
         return Err(Close(4007, "Invalid seq"));
@@ -581,13 +581,9 @@ fn resume(core: &Arc<Core>, ctx: &mut Ctx, d: &Value) -> Result<Reply, Close> {
     }
     session.detach_generation += 1;
     session.conn = Some(ctx.conn.clone());
-    for (s, text) in &session.replay {
-        if *s > seq {
-            ctx.conn.send(Out::Frame {
-                text: text.clone(),
-                truth: None,
-            });
-        }
+    for kept in session.replay_after(seq) {
+        let text = Text::Dispatch(kept.clone());
+        ctx.conn.send(Out::Frame { text, truth: None });
     }
     let replayed = session.seq - seq;
     state.enqueue(session_id, "RESUMED", json!({}));
@@ -769,7 +765,7 @@ pub fn reconnect_account(core: &Core, account: u64) -> usize {
         .to_string()
         .into();
     send_to_account(core, account, || Out::Frame {
-        text: text.clone(),
+        text: Text::Whole(text.clone()),
         truth: None,
     })
 }

@@ -678,8 +678,9 @@ async fn run_count_default_interval_fits_the_send_interval() {
 
 /// `serve --sandbox`: the start-up lines say how often the simulated bot
 /// has outages, each outage is logged as simulated, the libraries' info
-/// lines (serenity's shard manager) are left out unless asked for, and
-/// durations are rounded to the microsecond.
+/// lines (serenity's shard manager) are left out unless asked for,
+/// durations are rounded to the microsecond, and at debug level an outage
+/// logs the size of the sandbox's replay buffers.
 #[tokio::test]
 async fn serve_logs_its_own_lines_and_simulated_outages() {
     let dir = ConfigDir::new(
@@ -753,5 +754,16 @@ probes:
         lines
             .iter()
             .any(|l| l.contains(" INFO ") && l.contains("serenity"))
+    );
+
+    let replay = |lines: &[String]| lines.iter().any(|l| l.contains("replay buffers: "));
+    let lines = lines_until(&["--log-level", "info,twi_sandbox=debug"], replay).await;
+    let size =
+        regex::Regex::new(r" DEBUG .*replay buffers: \d+ dispatches, \d+ bytes of payloads$")
+            .unwrap();
+    assert!(
+        lines.iter().any(|l| size.is_match(l)),
+        "{}",
+        lines.join("\n")
     );
 }

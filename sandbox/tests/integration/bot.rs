@@ -132,7 +132,10 @@ async fn behaviour_knobs_take_effect_at_once() {
         drop_rate: 1.0,
         ..fast()
     });
+    let mut drops = bot.drops();
     w.send("!help").await; // dropped: never answered
+    // The bot reads the behaviour when the command reaches it, later.
+    drops.wait_for(|n| *n == 1).await.unwrap();
     bot.set_behaviour(BotBehaviour {
         reply_with_reference: false,
         typing: false,
