@@ -11,13 +11,16 @@
 //! arena's lock, and the runtime has two workers on this kind of machine.
 //!
 //! An operator's own setting wins: nothing is changed when
-//! `MALLOC_ARENA_MAX` or a `GLIBC_TUNABLES` naming `arena_max` is set.
+//! `MALLOC_ARENA_MAX` or `GLIBC_TUNABLES` is set at all. (Any
+//! `GLIBC_TUNABLES`, not only one naming `arena_max`: glibc 2.36 cuts the
+//! variable at its first tunable as it parses it, so a process cannot see
+//! the rest of it.)
 
 /// Sets glibc's arena limit to one, unless the environment sets it. Call
 /// before any thread starts.
 pub fn one_arena() {
     let configured = std::env::var_os("MALLOC_ARENA_MAX").is_some()
-        || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("arena_max"));
+        || std::env::var_os("GLIBC_TUNABLES").is_some();
     if !configured {
         set_arena_max(1);
     }
