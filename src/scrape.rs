@@ -14,7 +14,9 @@
 //!   under way, waits for that one: one render at a time, never two;
 //! - normally one rendered [`lead`] before it, i.e. a few ms to tens of ms;
 //! - gzipped when the scraper accepts gzip: compressed with the render when
-//!   the latest scrape asked for it, else at most once per snapshot.
+//!   the latest scrape asked for it (the plain text is then never whole in
+//!   memory), else at most once per snapshot; plain otherwise, decompressed
+//!   at most once per snapshot when it was rendered for gzip.
 //!
 //! Cost: at most one render per scrape, and the refresher renders no more
 //! than once per 20 × render time (≤ 5 % of a core: with frequent scrapes
