@@ -573,7 +573,9 @@ impl Metrics {
     /// by the last body.
     pub fn render(&self) -> String {
         let mut body = String::with_capacity(self.last_size.load(Relaxed) + 4096);
-        self.render_in_chunks(usize::MAX, &mut |chunk| body.push_str(chunk));
+        // Never drained: the whole body stays in `body`, written once.
+        self.write(&mut body, usize::MAX, &mut |_| {});
+        self.last_size.store(body.len(), Relaxed);
         body
     }
 
@@ -593,15 +595,20 @@ impl Metrics {
             sink(text);
             text.clear();
         };
-        self.probes
-            .render(&PROBE_FAMILIES, &mut buffer, chunk, &mut drain);
+        self.write(&mut buffer, chunk, &mut drain);
+        drain(&mut buffer);
+        self.last_size.store(size, Relaxed);
+    }
+
+    /// Writes the body into `out`, handing it to `drain` whenever it holds
+    /// `chunk` bytes or more (the last piece stays in `out`).
+    fn write(&self, out: &mut String, chunk: usize, drain: &mut dyn FnMut(&mut String)) {
+        self.probes.render(&PROBE_FAMILIES, out, chunk, drain);
         let mut rest = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut rest)
             .expect("encoding to memory cannot fail");
-        buffer.push_str(std::str::from_utf8(&rest).expect("the text encoder writes UTF-8"));
-        drain(&mut buffer);
-        self.last_size.store(size, Relaxed);
+        out.push_str(std::str::from_utf8(&rest).expect("the text encoder writes UTF-8"));
     }
 }
 
