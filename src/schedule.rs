@@ -141,27 +141,14 @@ pub async fn run_probe(
         };
         if let Some(guard) = guard {
             stats.runs.fetch_add(1, Ordering::SeqCst);
-            let (probe, metrics, limit, sink) =
-                (probe.clone(), metrics.clone(), limit.clone(), sink.clone());
-            let due = next;
-            inflight = Some(tokio::spawn(async move {
-                let _guard = guard;
-                let Ok(_permit) = limit.acquire_owned().await else {
-                    return;
-                };
-                metrics.observe_lateness(Instant::now().saturating_duration_since(due));
-                metrics.run_started();
-                // Boxed: the run's state exists only once it has a permit,
-                // so runs waiting for one (more due than
-                // `max_concurrency`) hold a small task, not a whole run.
-                let result = Box::pin(run_once(probe.clone())).await;
-                // In flight until its result is recorded.
-                metrics.record(&probe.spec, &result);
-                metrics.run_finished();
-                if let Some(sink) = sink {
-                    sink(&result);
-                }
-            }));
+            inflight = Some(tokio::spawn(slot_run(
+                guard,
+                probe.clone(),
+                metrics.clone(),
+                limit.clone(),
+                sink.clone(),
+                next,
+            )));
         } else {
             stats.skips.fetch_add(1, Ordering::SeqCst);
             metrics.record_skip(&probe.spec);
@@ -196,6 +183,33 @@ pub async fn run_probe(
     }
     if let Some(h) = inflight {
         log_join(h.await, &probe.spec.display_name(), &metrics);
+    }
+}
+
+/// The run of a slot due at `due`: waits for a permit of `limit`, runs,
+/// records. The run's state is boxed, so it exists only once the permit
+/// is held: runs waiting for one (more due than `max_concurrency`) hold a
+/// small task, not a whole run.
+async fn slot_run(
+    guard: crate::probe::RunGuard,
+    probe: Arc<Probe>,
+    metrics: Arc<Metrics>,
+    limit: Arc<Semaphore>,
+    sink: Option<ResultSink>,
+    due: Instant,
+) {
+    let _guard = guard;
+    let Ok(_permit) = limit.acquire_owned().await else {
+        return;
+    };
+    metrics.observe_lateness(Instant::now().saturating_duration_since(due));
+    metrics.run_started();
+    let result = Box::pin(run_once(probe.clone())).await;
+    // In flight until its result is recorded.
+    metrics.record(&probe.spec, &result);
+    metrics.run_finished();
+    if let Some(sink) = sink {
+        sink(&result);
     }
 }
 
@@ -278,6 +292,34 @@ mod model_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A run waiting for its permit holds only the slot's few handles: the
+    /// run's own state (several KB for a Discord probe) is allocated once
+    /// the permit is held.
+    #[test]
+    fn a_run_waiting_for_a_permit_holds_a_small_task() {
+        let config = crate::config::Config::from_yaml(
+            "target: {name: bot}\nprobes:\n  - {name: site, http: {url: \"http://127.0.0.1:9/\"}}\n",
+            std::path::Path::new("t.yaml"),
+        )
+        .unwrap();
+        let probe = Arc::new(Probe::new(config.probes[0].clone(), None).unwrap());
+        let metrics = Arc::new(Metrics::new(&config));
+        let run = run_once(probe.clone());
+        let waiting = slot_run(
+            probe.try_begin().unwrap(),
+            probe.clone(),
+            metrics,
+            Arc::new(Semaphore::new(0)),
+            None,
+            Instant::now(),
+        );
+        let (run, waiting) = (std::mem::size_of_val(&run), std::mem::size_of_val(&waiting));
+        assert!(
+            waiting * 2 < run,
+            "a waiting run's task is {waiting} bytes, a run's state {run}"
+        );
+    }
 
     #[tokio::test]
     async fn cron_slots_fall_on_whole_seconds() {
