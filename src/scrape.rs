@@ -125,7 +125,10 @@ impl ScrapeCache {
         };
         let bytes = cell
             .get_or_init(|| {
-                let from = other.get().cloned().unwrap_or_default();
+                let from = other
+                    .get()
+                    .cloned()
+                    .expect("a render sets one form of its snapshot");
                 async move {
                     tokio::task::spawn_blocking(move || make(&from))
                         .await
