@@ -11,7 +11,9 @@
 //! - a snapshot at most [`MAX_AGE`] old and from after the last
 //!   [`ScrapeCache::invalidate`] (a reload); otherwise the scrape renders a
 //!   fresh one itself (slower, never staler), or, when a render is already
-//!   under way, waits for that one: one render at a time, never two;
+//!   under way, waits for that one: one render at a time, never two, even
+//!   when the scrape that started it gave up (its render goes on and is
+//!   kept);
 //! - normally one rendered [`lead`] before it, i.e. a few ms to tens of ms;
 //! - gzipped when the scraper accepts gzip: compressed with the render when
 //!   the latest scrape asked for it (the plain text is then never whole in
@@ -27,7 +29,7 @@
 //! Scrapers out of step with each other (two Prometheus servers) make the
 //! prediction miss; those scrapes render their own snapshot.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,7 +37,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use axum::body::Bytes;
-use tokio::sync::{Notify, OnceCell};
+use tokio::sync::{Notify, OnceCell, OwnedMutexGuard};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -83,21 +85,33 @@ struct ScrapeTimes {
 /// The latest snapshot and what decides whether it may be served.
 #[derive(Default)]
 pub struct ScrapeCache {
-    latest: Mutex<Option<Arc<Snapshot>>>,
-    /// Held while rendering: a scrape that finds no snapshot it may serve
-    /// while a render is under way waits for that one instead of rendering
-    /// a second (the same CPU twice, and two bodies in memory).
-    rendering: tokio::sync::Mutex<()>,
+    /// Held while rendering, by the render's blocking task itself: a
+    /// scrape that finds no snapshot it may serve while a render is under
+    /// way waits for that one instead of rendering a second (the same CPU
+    /// twice, and two bodies in memory), even when the scrape that started
+    /// it gave up (a scraper's timeout drops its request).
+    rendering: Arc<tokio::sync::Mutex<()>>,
+    /// What renders leave, written by the render's blocking task: a render
+    /// whose scrape gave up still finishes and is kept for the next.
+    renders: Arc<Renders>,
     /// Bumped by [`ScrapeCache::invalidate`]; a snapshot from an older
     /// epoch is never served.
     epoch: AtomicU64,
     times: Mutex<ScrapeTimes>,
-    /// The last render's duration, in µs.
-    render_micros: AtomicU64,
-    renders: AtomicU64,
     scraped: Notify,
     /// Whether the latest scrape accepted gzip: renders then compress too.
     wants_gzip: AtomicBool,
+}
+
+/// The renders' results and counts.
+#[derive(Default)]
+struct Renders {
+    latest: Mutex<Option<Arc<Snapshot>>>,
+    /// The last render's duration, in µs.
+    micros: AtomicU64,
+    count: AtomicU64,
+    /// Renders running now: never more than one (asserted in debug builds).
+    under_way: AtomicUsize,
 }
 
 impl ScrapeCache {
@@ -109,7 +123,7 @@ impl ScrapeCache {
 
     /// How many renders so far (scrapes' own and the refresher's).
     pub fn renders(&self) -> u64 {
-        self.renders.load(Ordering::Relaxed)
+        self.renders.count.load(Ordering::Relaxed)
     }
 
     /// The body for a scrape, gzipped when `gzip` (the scraper accepts it).
@@ -162,7 +176,7 @@ impl ScrapeCache {
             return snapshot;
         }
         let came = Instant::now();
-        let _one = self.rendering.lock().await;
+        let one = self.rendering.clone().lock_owned().await;
         // A render that ended while this scrape waited read its values
         // after the scrape came (or within MAX_AGE before): serve that one.
         if let Some(snapshot) = self.servable() {
@@ -174,8 +188,10 @@ impl ScrapeCache {
         }
         // Why a scrape renders inline (a stall at many probes): for the
         // refresher's timing, at debug level.
-        let age = lock(&self.latest).as_ref().map(|s| s.rendered_at.elapsed());
-        let snapshot = self.render(metrics).await;
+        let age = lock(&self.renders.latest)
+            .as_ref()
+            .map(|s| s.rendered_at.elapsed());
+        let snapshot = self.render(metrics, one).await;
         tracing::debug!(
             "/metrics: rendered inline in {:?} (the latest snapshot's age: {age:?}, or from before a reload)",
             came.elapsed()
@@ -187,52 +203,67 @@ impl ScrapeCache {
     /// MAX_AGE old and from after the last invalidation.
     fn servable(&self) -> Option<Arc<Snapshot>> {
         let epoch = self.epoch.load(Ordering::SeqCst);
-        lock(&self.latest)
+        lock(&self.renders.latest)
             .clone()
             .filter(|s| s.epoch == epoch && s.rendered_at.elapsed() <= MAX_AGE)
     }
 
     /// Renders on a blocking thread and keeps the result as the latest
-    /// snapshot (unless a newer one got there first). Callers hold
-    /// `rendering`.
-    async fn render(&self, metrics: &(dyn Fn() -> Arc<Metrics> + Sync)) -> Arc<Snapshot> {
+    /// snapshot (unless a newer one got there first). `one` is the
+    /// `rendering` lock: the blocking task holds it to its end and keeps
+    /// its result itself, so that a render whose caller is dropped (a
+    /// scraper that gave up) still ends before the next begins, and is
+    /// served to the next scrape.
+    async fn render(
+        &self,
+        metrics: &(dyn Fn() -> Arc<Metrics> + Sync),
+        one: OwnedMutexGuard<()>,
+    ) -> Arc<Snapshot> {
         // The epoch before the registry: a reload swaps the registry, then
         // invalidates, so this never labels an old registry's render new.
         let epoch = self.epoch.load(Ordering::SeqCst);
         let metrics = metrics();
-        let started = Instant::now();
         let compress = self.wants_gzip.load(Ordering::Relaxed);
-        let (text, gzip, rendered_at) = tokio::task::spawn_blocking(move || {
+        let renders = self.renders.clone();
+        tokio::task::spawn_blocking(move || {
+            let _one = one;
+            let before = renders.under_way.fetch_add(1, Ordering::SeqCst);
+            debug_assert_eq!(before, 0, "two renders at once");
             // The age of a snapshot counts from when its values were read.
             let rendered_at = Instant::now();
-            if compress {
-                let gzip = render_gzipped(&metrics);
-                (OnceCell::new(), OnceCell::new_with(Some(gzip)), rendered_at)
+            let (text, gzip) = if compress {
+                (
+                    OnceCell::new(),
+                    OnceCell::new_with(Some(render_gzipped(&metrics))),
+                )
             } else {
                 let text = Bytes::from(metrics.render());
-                (OnceCell::new_with(Some(text)), OnceCell::new(), rendered_at)
+                (OnceCell::new_with(Some(text)), OnceCell::new())
+            };
+            let took = rendered_at.elapsed();
+            renders
+                .micros
+                .store(took.as_micros() as u64, Ordering::Relaxed);
+            renders.count.fetch_add(1, Ordering::Relaxed);
+            let snapshot = Arc::new(Snapshot {
+                text,
+                gzip,
+                rendered_at,
+                epoch,
+            });
+            let mut latest = lock(&renders.latest);
+            if latest
+                .as_ref()
+                .is_none_or(|l| (l.epoch, l.rendered_at) <= (epoch, rendered_at))
+            {
+                *latest = Some(snapshot.clone());
             }
+            drop(latest);
+            renders.under_way.fetch_sub(1, Ordering::SeqCst);
+            snapshot
         })
         .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-        let took = started.elapsed();
-        self.render_micros
-            .store(took.as_micros() as u64, Ordering::Relaxed);
-        self.renders.fetch_add(1, Ordering::Relaxed);
-        let snapshot = Arc::new(Snapshot {
-            text,
-            gzip,
-            rendered_at,
-            epoch,
-        });
-        let mut latest = lock(&self.latest);
-        if latest
-            .as_ref()
-            .is_none_or(|l| (l.epoch, l.rendered_at) <= (epoch, rendered_at))
-        {
-            *latest = Some(snapshot.clone());
-        }
-        snapshot
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
 
     /// After each scrape, renders a snapshot just before the next one is
@@ -260,9 +291,9 @@ impl ScrapeCache {
                 }
                 _ = wait => {
                     due = None;
-                    let _one = self.rendering.lock().await;
+                    let one = self.rendering.clone().lock_owned().await;
                     last_render = Some(Instant::now());
-                    self.render(&metrics).await;
+                    self.render(&metrics, one).await;
                 }
                 _ = stop.cancelled() => return,
             }
@@ -273,7 +304,7 @@ impl ScrapeCache {
     fn plan(&self, last_render: Option<Instant>) -> Option<Instant> {
         let times = *lock(&self.times);
         let (last, interval) = (times.last?, times.interval?);
-        let render_time = Duration::from_micros(self.render_micros.load(Ordering::Relaxed));
+        let render_time = Duration::from_micros(self.renders.micros.load(Ordering::Relaxed));
         // Not before half-way: rendering while the last scrape's body is
         // still being written would slow that scrape down.
         let due = last + interval.saturating_sub(lead(render_time)).max(interval / 2);
@@ -288,7 +319,7 @@ impl ScrapeCache {
         let too_old_then = || {
             let epoch = self.epoch.load(Ordering::SeqCst);
             let then = last + interval + interval / 4;
-            lock(&self.latest).as_ref().is_none_or(|s| {
+            lock(&self.renders.latest).as_ref().is_none_or(|s| {
                 s.epoch != epoch || then.saturating_duration_since(s.rendered_at) > MAX_AGE
             })
         };
@@ -370,11 +401,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 #[cfg(test)]
+mod model_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{Config, ServeSettings, Target};
 
-    fn metrics() -> Arc<Metrics> {
+    pub(super) fn metrics() -> Arc<Metrics> {
         let config = Config {
             source: "probes.yaml".into(),
             target: Target {
@@ -480,7 +514,7 @@ mod tests {
     async fn the_cpu_cap_never_leaves_a_scrape_to_render_inline() {
         let cache = ScrapeCache::default();
         let snapshot_at = |rendered_at| {
-            *lock(&cache.latest) = Some(Arc::new(Snapshot {
+            *lock(&cache.renders.latest) = Some(Arc::new(Snapshot {
                 text: OnceCell::new(),
                 gzip: OnceCell::new(),
                 rendered_at,
@@ -494,7 +528,7 @@ mod tests {
             last: Some(last),
             interval: Some(Duration::from_secs(1)),
         };
-        cache.render_micros.store(150_000, Ordering::Relaxed);
+        cache.renders.micros.store(150_000, Ordering::Relaxed);
         let previous = last - Duration::from_millis(500);
         snapshot_at(previous);
         assert_eq!(
@@ -549,13 +583,68 @@ mod tests {
         assert_ne!(d.bytes.as_ptr(), a.bytes.as_ptr());
     }
 
-    fn gunzip(bytes: &[u8]) -> Vec<u8> {
+    pub(super) fn gunzip(bytes: &[u8]) -> Vec<u8> {
         use std::io::Read;
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(bytes)
             .read_to_end(&mut out)
             .unwrap();
         out
+    }
+
+    /// A scraper that gives up (its timeout drops the request) while its
+    /// scrape renders: the render goes on to its end, the next scrape waits
+    /// for it instead of starting a second, and is served it.
+    #[tokio::test]
+    async fn a_render_whose_scrape_gave_up_is_kept_for_the_next() {
+        // Enough probes for a render of a few ms in a debug build, so that
+        // the first scrape can be dropped while its render is under way.
+        let mut yaml = String::from("target: {name: bot}\nprobes:\n");
+        for i in 0..3000 {
+            yaml.push_str(&format!(
+                "  - {{name: p{i}, http: {{url: \"http://127.0.0.1:9/\"}}}}\n"
+            ));
+        }
+        let config =
+            crate::config::Config::from_yaml(&yaml, std::path::Path::new("t.yaml")).unwrap();
+        let m = Arc::new(Metrics::new(&config));
+        for probe in &config.probes {
+            m.init_probe(probe);
+        }
+        let started = Arc::new(AtomicUsize::new(0));
+        let registry = {
+            let (m, started) = (m.clone(), started.clone());
+            move || {
+                started.fetch_add(1, Ordering::SeqCst);
+                m.clone()
+            }
+        };
+        for _ in 0..20 {
+            let cache = Arc::new(ScrapeCache::default());
+            started.store(0, Ordering::SeqCst);
+            let first = {
+                let (cache, registry) = (cache.clone(), registry.clone());
+                tokio::spawn(async move { cache.scrape(registry, false).await })
+            };
+            while cache.renders.under_way.load(Ordering::SeqCst) == 0 && !first.is_finished() {
+                tokio::task::yield_now().await;
+            }
+            if first.is_finished() {
+                // The render was over before it could be caught: again.
+                continue;
+            }
+            first.abort();
+            let next = cache.scrape(registry.clone(), false).await;
+            assert_eq!(
+                started.load(Ordering::SeqCst),
+                1,
+                "the next scrape rendered anew instead of waiting for the render under way"
+            );
+            assert!(std::str::from_utf8(&next.bytes).unwrap().contains("p2999"));
+            assert_eq!(cache.renders(), 1);
+            return;
+        }
+        panic!("every render ended before it could be caught under way");
     }
 
     #[tokio::test]
