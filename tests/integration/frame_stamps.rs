@@ -403,3 +403,46 @@ fn a_kernel_time_is_used_only_within_what_the_clocks_and_reads_prove() {
         Some(slewed.mono - ms(5))
     );
 }
+
+/// A packet that came out of order waits, with its early receive time, for
+/// the one before it: a read that ends with it would look early by the
+/// retransmission's delay, so the kernel's time is trusted only while the
+/// connection's out-of-order count stands still, and only for times after
+/// the count was last seen to move (vendor/serenity/PATCHES.md, patch 5).
+#[test]
+fn a_kernel_time_is_not_trusted_around_packets_that_came_out_of_order() {
+    use serenity::gateway::OutOfOrderGuard;
+    use std::time::SystemTime;
+
+    let ms = Duration::from_millis;
+    let t0 = SystemTime::now();
+    let mut guard = OutOfOrderGuard::new(Some(0));
+    assert!(guard.knows_count());
+    // In order: the kernel's time is the bytes' arrival.
+    assert_eq!(guard.trusted(Some(t0), Some(0), t0 + ms(1)), Some(t0));
+    assert_eq!(guard.trusted(None, Some(0), t0 + ms(2)), None);
+    // The count moved during this read: its time may be a held packet's.
+    let moved = t0 + ms(100);
+    assert_eq!(guard.trusted(Some(t0 + ms(50)), Some(1), moved), None);
+    // Steady again, but the read's time is from before the move was seen:
+    // the packet that waited for the retransmission.
+    assert_eq!(
+        guard.trusted(Some(t0 + ms(60)), Some(1), t0 + ms(110)),
+        None
+    );
+    assert_eq!(guard.trusted(Some(moved), Some(1), t0 + ms(120)), None);
+    // After the move, steady: trusted again.
+    let later = moved + ms(30);
+    assert_eq!(
+        guard.trusted(Some(later), Some(1), later + ms(1)),
+        Some(later)
+    );
+    // A kernel that cannot tell the count (before 5.4): never trusted.
+    let mut blind = OutOfOrderGuard::new(None);
+    assert!(!blind.knows_count());
+    assert_eq!(blind.trusted(Some(t0), None, t0 + ms(1)), None);
+    // A count that cannot be read any more: never trusted from then on.
+    assert_eq!(guard.trusted(Some(later), None, later + ms(2)), None);
+    assert!(!guard.knows_count());
+    assert_eq!(guard.trusted(Some(later), Some(1), later + ms(3)), None);
+}

@@ -58,7 +58,7 @@ pub use self::shard::Shard;
 pub use self::ws::WsClient;
 // twi-probe patch: for twi-probe's tests of the arrival times.
 #[doc(hidden)]
-pub use self::stamped::{arrival, Clocks, ReceiveTimes, Received};
+pub use self::stamped::{arrival, Clocks, OutOfOrderGuard, ReceiveTimes, Received};
 #[cfg(feature = "http")]
 use crate::internal::prelude::*;
 use crate::model::gateway::{Activity, ActivityType};

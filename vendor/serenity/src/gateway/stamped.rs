@@ -248,6 +248,50 @@ pub struct Received {
     pub kernel_time: bool,
 }
 
+/// Whether a read's kernel receive time can be trusted, from the connection's count of packets
+/// received out of order (`TCP_INFO`'s `tcpi_rcv_ooopack`, read after each read): only when the
+/// count has not moved since the read before, and the time is later than when a move was last
+/// seen (an out-of-order packet keeps its early time while it waits for the one before it). A
+/// connection whose count cannot be read (a kernel before 5.4) is never trusted. Public (hidden)
+/// for twi-probe's tests.
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+pub struct OutOfOrderGuard {
+    /// The count at the last read; `None` when the kernel cannot tell it.
+    out_of_order: Option<u32>,
+    /// When the count was last seen to move.
+    moved_at: Option<SystemTime>,
+}
+
+impl OutOfOrderGuard {
+    /// From the count when the connection was opened.
+    pub fn new(out_of_order: Option<u32>) -> Self {
+        Self { out_of_order, moved_at: None }
+    }
+
+    /// Whether the count is known, i.e. worth reading after each read.
+    pub fn knows_count(&self) -> bool {
+        self.out_of_order.is_some()
+    }
+
+    /// The read's kernel time `at` if it can be trusted, given the count just after the read
+    /// and the wall clock then.
+    pub fn trusted(
+        &mut self,
+        at: Option<SystemTime>,
+        count: Option<u32>,
+        now: SystemTime,
+    ) -> Option<SystemTime> {
+        let count = self.out_of_order.and(count);
+        let steady = count.is_some() && count == self.out_of_order;
+        if !steady && count.is_some() {
+            self.moved_at = Some(now);
+        }
+        self.out_of_order = count;
+        at.filter(|at| steady && self.moved_at.is_none_or(|moved| *at > moved))
+    }
+}
+
 /// The kernel's receive time of socket reads (Linux), with what it takes to trust it.
 ///
 /// `SO_TIMESTAMPNS` makes every read (`recvmsg`) carry the time the last packet it took reached
@@ -267,10 +311,7 @@ mod kernel {
     use tokio::net::TcpStream;
 
     pub(super) struct Receiver {
-        /// The out-of-order count at the last read; `None` when the kernel cannot tell it.
-        out_of_order: Option<u32>,
-        /// When the count was last seen to move.
-        moved_at: Option<SystemTime>,
+        guard: super::OutOfOrderGuard,
     }
 
     impl Receiver {
@@ -287,8 +328,11 @@ mod kernel {
                 )
             } == 0;
             Self {
-                out_of_order: if enabled { out_of_order_packets(read) } else { None },
-                moved_at: None,
+                guard: super::OutOfOrderGuard::new(if enabled {
+                    out_of_order_packets(read)
+                } else {
+                    None
+                }),
             }
         }
 
@@ -298,14 +342,8 @@ mod kernel {
             buf: &mut [u8],
         ) -> io::Result<(usize, Option<SystemTime>)> {
             let (n, at) = recv_with_time(read, buf)?;
-            let count = self.out_of_order.and_then(|_| out_of_order_packets(read));
-            let steady = count.is_some() && count == self.out_of_order;
-            if !steady && count.is_some() {
-                self.moved_at = Some(SystemTime::now());
-            }
-            self.out_of_order = count;
-            let trusted = at.filter(|at| steady && self.moved_at.is_none_or(|moved| *at > moved));
-            Ok((n, trusted))
+            let count = if self.guard.knows_count() { out_of_order_packets(read) } else { None };
+            Ok((n, self.guard.trusted(at, count, SystemTime::now())))
         }
     }
 
