@@ -583,6 +583,25 @@ mod tests {
         assert_ne!(d.bytes.as_ptr(), a.bytes.as_ptr());
     }
 
+    /// The registry as a scrape asks for it, counting the asks: a render
+    /// asks once, as it starts.
+    pub(super) fn counting(
+        m: Arc<Metrics>,
+    ) -> (
+        Arc<AtomicUsize>,
+        impl Fn() -> Arc<Metrics> + Clone + Send + Sync + 'static,
+    ) {
+        let started = Arc::new(AtomicUsize::new(0));
+        let registry = {
+            let started = started.clone();
+            move || {
+                started.fetch_add(1, Ordering::SeqCst);
+                m.clone()
+            }
+        };
+        (started, registry)
+    }
+
     pub(super) fn gunzip(bytes: &[u8]) -> Vec<u8> {
         use std::io::Read;
         let mut out = Vec::new();
@@ -611,14 +630,7 @@ mod tests {
         for probe in &config.probes {
             m.init_probe(probe);
         }
-        let started = Arc::new(AtomicUsize::new(0));
-        let registry = {
-            let (m, started) = (m.clone(), started.clone());
-            move || {
-                started.fetch_add(1, Ordering::SeqCst);
-                m.clone()
-            }
-        };
+        let (started, registry) = counting(m);
         for _ in 0..20 {
             let cache = Arc::new(ScrapeCache::default());
             started.store(0, Ordering::SeqCst);

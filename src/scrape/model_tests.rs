@@ -14,12 +14,10 @@
 //! On a paused clock: the pauses are the scenario, and a scrape that never
 //! finished would show as a timeout, not hang the test.
 
-use std::sync::atomic::AtomicUsize;
-
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, RngSeed};
 
-use super::tests::{gunzip, metrics};
+use super::tests::{counting, gunzip, metrics};
 use super::*;
 
 #[derive(Debug, Clone)]
@@ -109,15 +107,7 @@ async fn run(steps: Vec<Step>) {
     let cache = Arc::new(ScrapeCache::default());
     let m = metrics();
     let model = Arc::new(Mutex::new(Model::default()));
-    // Renders started: the registry is asked for once per render.
-    let started = Arc::new(AtomicUsize::new(0));
-    let registry = {
-        let (m, started) = (m.clone(), started.clone());
-        move || {
-            started.fetch_add(1, Ordering::SeqCst);
-            m.clone()
-        }
-    };
+    let (started, registry) = counting(m.clone());
     let stop = CancellationToken::new();
     let refresher = {
         let (cache, stop, registry) = (cache.clone(), stop.clone(), registry.clone());
