@@ -143,6 +143,14 @@ struct Shared {
     ended: Mutex<Option<Ended>>,
     /// Set by `shutdown`: the client's end is then expected.
     shutting_down: AtomicBool,
+    /// The client's shard manager, set before the client starts: a stage
+    /// update is checked against the shard's stage now. Weak: the manager
+    /// holds the handlers, which hold this.
+    shard_manager: std::sync::OnceLock<std::sync::Weak<ShardManager>>,
+    /// Taken by whatever marks the gateway up or down from serenity's
+    /// events, which run as tasks of their own in no set order: a stage
+    /// update reads the shard's stage and acts on it in one turn.
+    up_down: tokio::sync::Mutex<()>,
 }
 
 /// Why a session ended for good.
@@ -343,6 +351,7 @@ impl RawEventHandler for Handler {
                 s.presence.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 // A second READY means the connection was lost (and the
                 // session with it), seen or not.
+                let _turn = s.up_down.lock().await;
                 if s.ever_connected.load(Ordering::SeqCst) {
                     s.set_connected(false);
                 }
@@ -351,6 +360,7 @@ impl RawEventHandler for Handler {
             Event::Resumed(_) => {
                 // A connection lost and resumed before the stage change was
                 // seen (a 4000 close, op 7) is a lost connection all the same.
+                let _turn = s.up_down.lock().await;
                 s.set_connected(false);
                 s.set_connected(true);
             }
@@ -469,12 +479,32 @@ impl EventHandler for Handler {
     // Stage changes reach only plain event handlers, not raw ones.
     async fn shard_stage_update(&self, _ctx: Context, u: ShardStageUpdateEvent) {
         let s = &self.shared;
-        // Only the way down: "up" is known for sure from READY, RESUMED or
-        // an answered gateway round trip (serenity reports stages loosely).
-        if s.ever_connected.load(Ordering::SeqCst) && !matches!(u.new, ConnectionStage::Connected) {
+        if !s.ever_connected.load(Ordering::SeqCst) {
+            return;
+        }
+        let _turn = s.up_down.lock().await;
+        let now = match s.shard_manager.get().and_then(std::sync::Weak::upgrade) {
+            Some(m) => m.runners.lock().await.get(&u.shard_id).map(|r| r.stage),
+            None => None,
+        };
+        if stage_update_means_down(u.new, now) {
             s.set_connected(false);
         }
     }
+}
+
+/// Whether a shard stage update to `new` marks the prober's gateway down,
+/// given the shard's stage in the shard manager `now`. Only the way down:
+/// "up" is known for sure from READY, RESUMED or an answered gateway round
+/// trip (serenity reports stages loosely). And not when the shard is
+/// connected now: serenity hands each stage update and each event to a
+/// task of its own, so a busy runtime can run an update to "resuming"
+/// after the RESUMED that ended it, which would mark a connection that is
+/// up as down (and count a second loss). The shard runner records each
+/// stage in the manager before it hands out that stage's update or any
+/// later event, so the manager's stage is at least as new as the update.
+fn stage_update_means_down(new: ConnectionStage, now: Option<ConnectionStage>) -> bool {
+    !matches!(new, ConnectionStage::Connected) && now != Some(ConnectionStage::Connected)
 }
 
 fn report_late(s: &Shared, late: Option<LateReply>) {
@@ -538,6 +568,8 @@ impl DiscordSession {
             interactions_seen: tokio::sync::Notify::new(),
             ended: Mutex::new(None),
             shutting_down: AtomicBool::new(false),
+            shard_manager: std::sync::OnceLock::new(),
+            up_down: tokio::sync::Mutex::new(()),
         });
         let mut client: Client = ClientBuilder::new_with_http(http.build(), intents)
             .raw_event_handler(Handler {
@@ -550,6 +582,7 @@ impl DiscordSession {
             .map_err(|e| ConnectError::Gateway(e.to_string()))?;
         let http = client.http.clone();
         let shard_manager = client.shard_manager.clone();
+        let _ = shared.shard_manager.set(Arc::downgrade(&shard_manager));
         let mut ready = shared.connected.subscribe();
         let mut client_task = tokio::spawn(async move { client.start().await });
         // From here until the session is shut down, dropping this (a caller
@@ -921,5 +954,26 @@ impl Drop for InteractionReader {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove_reader(self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stage_update_marks_the_gateway_down_only_while_the_shard_is_not_connected() {
+        use ConnectionStage::*;
+        for new in [Disconnected, Connecting, Handshake, Identifying, Resuming] {
+            // The shard is still on its way back: down.
+            for now in [Some(new), Some(Resuming), Some(Disconnected), None] {
+                assert!(stage_update_means_down(new, now), "{new:?} with {now:?}");
+            }
+            // Run late, after the shard had resumed: not down.
+            assert!(!stage_update_means_down(new, Some(Connected)), "{new:?}");
+        }
+        for now in [Some(Connected), Some(Resuming), None] {
+            assert!(!stage_update_means_down(Connected, now), "{now:?}");
+        }
     }
 }
