@@ -227,8 +227,7 @@ impl ScrapeCache {
         let renders = self.renders.clone();
         tokio::task::spawn_blocking(move || {
             let _one = one;
-            let before = renders.under_way.fetch_add(1, Ordering::SeqCst);
-            debug_assert_eq!(before, 0, "two renders at once");
+            let _counted = UnderWay::start(&renders.under_way);
             // The age of a snapshot counts from when its values were read.
             let rendered_at = Instant::now();
             let (text, gzip) = if compress {
@@ -259,7 +258,6 @@ impl ScrapeCache {
                 *latest = Some(snapshot.clone());
             }
             drop(latest);
-            renders.under_way.fetch_sub(1, Ordering::SeqCst);
             snapshot
         })
         .await
@@ -329,6 +327,24 @@ impl ScrapeCache {
             }
             _ => Some(due),
         }
+    }
+}
+
+/// Counts a render under way for as long as it lives, also when the render
+/// panics (else every later render would look like a second at once).
+struct UnderWay<'a>(&'a AtomicUsize);
+
+impl<'a> UnderWay<'a> {
+    fn start(count: &'a AtomicUsize) -> Self {
+        let before = count.fetch_add(1, Ordering::SeqCst);
+        debug_assert_eq!(before, 0, "two renders at once");
+        UnderWay(count)
+    }
+}
+
+impl Drop for UnderWay<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -583,6 +599,23 @@ mod tests {
         assert_ne!(d.bytes.as_ptr(), a.bytes.as_ptr());
     }
 
+    /// A registry with `n` http probes' series.
+    pub(super) fn with_probes(n: usize) -> Arc<Metrics> {
+        let mut yaml = String::from("target: {name: bot}\nprobes:\n");
+        for i in 0..n {
+            yaml.push_str(&format!(
+                "  - {{name: p{i}, http: {{url: \"http://127.0.0.1:9/\"}}}}\n"
+            ));
+        }
+        let config =
+            crate::config::Config::from_yaml(&yaml, std::path::Path::new("t.yaml")).unwrap();
+        let m = Arc::new(Metrics::new(&config));
+        for probe in &config.probes {
+            m.init_probe(probe);
+        }
+        m
+    }
+
     /// The registry as a scrape asks for it, counting the asks: a render
     /// asks once, as it starts.
     pub(super) fn counting(
@@ -616,21 +649,9 @@ mod tests {
     /// for it instead of starting a second, and is served it.
     #[tokio::test]
     async fn a_render_whose_scrape_gave_up_is_kept_for_the_next() {
-        // Enough probes for a render of a few ms in a debug build, so that
-        // the first scrape can be dropped while its render is under way.
-        let mut yaml = String::from("target: {name: bot}\nprobes:\n");
-        for i in 0..3000 {
-            yaml.push_str(&format!(
-                "  - {{name: p{i}, http: {{url: \"http://127.0.0.1:9/\"}}}}\n"
-            ));
-        }
-        let config =
-            crate::config::Config::from_yaml(&yaml, std::path::Path::new("t.yaml")).unwrap();
-        let m = Arc::new(Metrics::new(&config));
-        for probe in &config.probes {
-            m.init_probe(probe);
-        }
-        let (started, registry) = counting(m);
+        // Enough probes for a render of tens of ms in a debug build, so
+        // that the first scrape can be dropped while its render is under way.
+        let (started, registry) = counting(with_probes(3000));
         for _ in 0..20 {
             let cache = Arc::new(ScrapeCache::default());
             started.store(0, Ordering::SeqCst);
