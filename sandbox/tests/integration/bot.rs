@@ -442,3 +442,62 @@ async fn the_bot_is_online_when_start_and_restart_return() {
     );
     sb.shutdown().await;
 }
+
+/// The simulated bot answers a slash command directly, unless it takes
+/// over 2 s (Discord wants a first response within 3 s): then it defers
+/// (a LOADING message) and edits its answer in, whatever the command.
+#[tokio::test]
+async fn a_slash_command_slower_than_two_seconds_is_deferred() {
+    use serenity::all::MessageFlags;
+    use twi_sandbox::RunCommand;
+
+    let mut w = world(BotBehaviour {
+        latency: Latency::fixed(Duration::from_millis(2100)),
+        ..BotBehaviour::default()
+    })
+    .await;
+    let control = w.sb.control().clone();
+    control.bot().unwrap().slash_commands_ready().await;
+    let run = |command: &str| {
+        control
+            .run_command(&RunCommand {
+                user: "erin".into(),
+                channel: "probes".into(),
+                command: command.into(),
+                options: None,
+            })
+            .unwrap()
+    };
+    let callback_type = |id: u64| {
+        control
+            .interaction_truths()
+            .into_iter()
+            .find(|t| t.interaction_id == id)
+            .and_then(|t| t.callback)
+            .map(|(_, kind)| kind)
+    };
+    let loading = |m: &Message| m.flags.is_some_and(|f| f.contains(MessageFlags::LOADING));
+
+    let slow = run("ping");
+    let first = w.bot_message().await;
+    assert!(loading(&first), "a slow /ping is deferred: {first:?}");
+    assert_eq!(callback_type(slow), Some(5));
+    let edited = w
+        .prober
+        .wait_for("the deferred answer's edit", |e| match e {
+            Event::MessageUpdate(u) if u.id == first.id => Some(u.clone()),
+            _ => None,
+        })
+        .await;
+    assert!(
+        edited.embeds.as_ref().is_some_and(|e| !e.is_empty()),
+        "{edited:?}"
+    );
+
+    control.set_bot_behaviour(fast()).unwrap();
+    let quick = run("ping");
+    let answer = w.bot_message().await;
+    assert!(!loading(&answer), "a quick /ping is answered directly");
+    assert_eq!(callback_type(quick), Some(4));
+    w.stop().await;
+}
