@@ -85,6 +85,8 @@ pub(crate) struct Serve {
     pub(crate) control: Option<String>,
     /// The child's last log lines, shown when a wait fails.
     log_tail: Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
+    /// Bumped on every line the child logs.
+    logged: tokio::sync::watch::Receiver<u64>,
 }
 
 /// How many of the child's last log lines a failed wait shows.
@@ -145,13 +147,17 @@ impl Serve {
         // keeping the last lines for a failure's message.
         let log_tail = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
         let tail = log_tail.clone();
+        let (lines_logged, logged) = tokio::sync::watch::channel(0);
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
-                let mut tail = tail.lock().unwrap();
-                if tail.len() == LOG_TAIL_LINES {
-                    tail.pop_front();
+                {
+                    let mut tail = tail.lock().unwrap();
+                    if tail.len() == LOG_TAIL_LINES {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line);
                 }
-                tail.push_back(line);
+                lines_logged.send_modify(|n| *n += 1);
             }
         });
         Serve {
@@ -160,6 +166,7 @@ impl Serve {
             dir,
             control,
             log_tail,
+            logged,
         }
     }
 
@@ -197,6 +204,27 @@ impl Serve {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The first of the child's last log lines that contains `text`, once
+    /// logged (bounded: 20 s).
+    pub(crate) async fn until_logged(&self, text: &str) -> String {
+        let mut logged = self.logged.clone();
+        let found = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                if let Some(line) = self.log_tail().lines().find(|l| l.contains(text)) {
+                    return Some(line.to_string());
+                }
+                logged.changed().await.ok()?;
+            }
+        })
+        .await;
+        found.ok().flatten().unwrap_or_else(|| {
+            panic!(
+                "serve never logged {text:?}; its last log lines:\n{}",
+                self.log_tail()
+            )
+        })
     }
 
     /// The child's last log lines, one per line.
@@ -246,6 +274,13 @@ fn yaml(exporter: &str, sites: &[(&str, &str)]) -> String {
         ));
     }
     y
+}
+
+/// One http probe of `url`, every second.
+fn one_site(url: &str) -> String {
+    format!(
+        "target: {{name: bot}}\nprobes:\n  - name: site\n    every: 1s\n    timeout: 500ms\n    http: {{url: \"{url}\"}}\n"
+    )
 }
 
 #[tokio::test]
@@ -387,26 +422,11 @@ async fn serve_fails_fast_on_a_bad_config() {
 async fn serve_lets_go_of_the_pages_only_start_up_used() {
     let site = TestServer::start(Reply::ok("ok")).await;
     let serve = Serve::start_with(
-        &format!(
-            "target: {{name: bot}}\nprobes:\n  - name: site\n    every: 1s\n    timeout: 500ms\n    http: {{url: \"{}\"}}\n",
-            site.url("/")
-        ),
+        &one_site(&site.url("/")),
         &["--log-level", "info,twi_probe::serve=debug"],
     )
     .await;
-    let said = "start-up over: ";
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let line = loop {
-        if let Some(line) = serve.log_tail().lines().find(|l| l.contains(said)) {
-            break line.to_string();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "serve never let go of its start-up pages:\n{}",
-            serve.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let line = serve.until_logged("start-up over: ").await;
     // "... mappings dropped from the process, B KiB resident before, A KiB after"
     let kib = |before: &str| -> u64 {
         let text = line.split(before).next().unwrap();
@@ -448,10 +468,7 @@ fn thread_arenas(pid: u32) -> usize {
 #[tokio::test]
 async fn serve_allocates_from_one_arena_unless_the_operator_says_otherwise() {
     let site = TestServer::start(Reply::ok("ok")).await;
-    let yaml = format!(
-        "target: {{name: bot}}\nprobes:\n  - name: site\n    every: 1s\n    timeout: 500ms\n    http: {{url: \"{}\"}}\n",
-        site.url("/")
-    );
+    let yaml = one_site(&site.url("/"));
     for (env, arenas_expected) in [
         (None, false),
         (Some(("MALLOC_ARENA_MAX", "4")), true),
