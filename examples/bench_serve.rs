@@ -977,13 +977,10 @@ fn part_footprint(
         let deadline = Instant::now() + every * (args.footprint_runs as u32 + 3) + START_BOUND;
         let poll = every.max(Duration::from_secs(1));
         let body = loop {
-            // Polled every 10 s at 10,000 probes: the server may close the
-            // idle kept-alive connection just as it is reused; once more
-            // on a new connection.
-            let text = match rt.block_on(fetch_as_prometheus(&client, &url)) {
-                Ok(text) => text,
-                Err(_) => rt.block_on(fetch_as_prometheus(&client, &url))?,
-            };
+            // The client drops idle connections before the server does
+            // (`scrape_client`), so a poll 10 s after the last never meets
+            // a closed one.
+            let text = rt.block_on(fetch_as_prometheus(&client, &url))?;
             let samples = samples(&text)?;
             let mut runs: HashMap<&str, f64> = HashMap::new();
             for s in samples.iter().filter(|s| s.name == "probe_runs_total") {

@@ -731,7 +731,7 @@ pub async fn run(
             done.after_kib
         ),
         None => tracing::debug!(
-            "start-up over: read-only file mappings left as they are (no /proc/self/smaps)"
+            "start-up over: read-only file mappings left as they are (not Linux, no /proc/self/smaps, or madvise refused)"
         ),
     });
     crate::web::listener::serve(listener, app, service.options.web, shutdown.clone()).await;

@@ -100,7 +100,7 @@ pub fn droppable_resident_kib(smaps: &str) -> u64 {
 
 /// Drops the process's read-only file mappings from its page tables (see
 /// the module's comment). `None` where this cannot be done (not Linux,
-/// no `/proc`).
+/// no `/proc`, or `madvise` refused a mapping).
 pub fn let_go() -> Option<LetGo> {
     let before = parse(&std::fs::read_to_string("/proc/self/smaps").ok()?);
     let droppable: Vec<&Mapping> = before.iter().filter(|m| m.droppable()).collect();
