@@ -448,8 +448,8 @@ async fn the_bot_is_online_when_start_and_restart_return() {
 /// (a LOADING message) and edits its answer in, whatever the command.
 #[tokio::test]
 async fn a_slash_command_slower_than_two_seconds_is_deferred() {
+    use crate::interactions::run;
     use serenity::all::MessageFlags;
-    use twi_sandbox::RunCommand;
 
     let mut w = world(BotBehaviour {
         latency: Latency::fixed(Duration::from_millis(2100)),
@@ -458,16 +458,6 @@ async fn a_slash_command_slower_than_two_seconds_is_deferred() {
     .await;
     let control = w.sb.control().clone();
     control.bot().unwrap().slash_commands_ready().await;
-    let run = |command: &str| {
-        control
-            .run_command(&RunCommand {
-                user: "erin".into(),
-                channel: "probes".into(),
-                command: command.into(),
-                options: None,
-            })
-            .unwrap()
-    };
     let callback_type = |id: u64| {
         control
             .interaction_truths()
@@ -478,7 +468,7 @@ async fn a_slash_command_slower_than_two_seconds_is_deferred() {
     };
     let loading = |m: &Message| m.flags.is_some_and(|f| f.contains(MessageFlags::LOADING));
 
-    let slow = run("ping");
+    let slow = run(&w.sb, "ping");
     let first = w.bot_message().await;
     assert!(loading(&first), "a slow /ping is deferred: {first:?}");
     assert_eq!(callback_type(slow), Some(5));
@@ -495,7 +485,7 @@ async fn a_slash_command_slower_than_two_seconds_is_deferred() {
     );
 
     control.set_bot_behaviour(fast()).unwrap();
-    let quick = run("ping");
+    let quick = run(&w.sb, "ping");
     let answer = w.bot_message().await;
     assert!(!loading(&answer), "a quick /ping is answered directly");
     assert_eq!(callback_type(quick), Some(4));

@@ -44,7 +44,8 @@ async fn logged_in_with(sb: &Sandbox, account: &str, intents: u64) -> RawGateway
     gw
 }
 
-fn run(sb: &Sandbox, command: &str) -> u64 {
+/// erin runs `command` in #probes; its interaction id.
+pub(crate) fn run(sb: &Sandbox, command: &str) -> u64 {
     sb.control()
         .run_command(&RunCommand {
             user: "erin".into(),
